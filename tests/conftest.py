@@ -1,0 +1,75 @@
+"""Shared fixtures: the real NIH sample, and a synthetic dataset, store and trained run built once per session.
+
+Session fixtures that are expensive (a trained run) are built once for all pytest-xdist workers: the first
+worker builds under a file lock, the others reuse the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO.parent / "shared" / "data" / "nih-sample"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real NIH sample (read-only): CSVs, official lists, blacklist, boxes and 11 full-size PNGs."""
+    if not SAMPLE_DIR.is_dir():
+        pytest.fail(f"the NIH sample is missing: expected {SAMPLE_DIR} (../shared beside the repository)")
+    return SAMPLE_DIR
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by all xdist workers of this session (the parent of the per-worker base temp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """Run ``build(path)`` once per session across xdist workers; return ``path``.
+
+    ``build`` must create ``path``; a marker file written after it returns tells other workers it is complete.
+    """
+    root = _shared_dir(tmp_path_factory)
+    path = root / name
+    done = root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            build(path)
+            done.write_text(json.dumps({"pid": os.getpid()}))
+    return path
+
+
+# Sizes chosen so the whole suite stays within minutes on 2 cores.
+SYNTH_IMAGES = 600
+SYNTH_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A synthetic NIH-format dataset (flat prevalence, 64 px), built once per session."""
+    from cxr.synth import generate
+
+    return build_once(
+        tmp_path_factory,
+        "synth-data",
+        lambda out: generate(out, images=SYNTH_IMAGES, size=SYNTH_SIZE, seed=7, prevalence="flat", workers=1),
+    )
+
+
+@pytest.fixture(scope="session")
+def synth_store(tmp_path_factory, synth_data) -> Path:
+    """A store prepared from :func:`synth_data` at 64 px, no crop."""
+    from cxr.prepare import prepare_store
+
+    return build_once(
+        tmp_path_factory,
+        "synth-store",
+        lambda out: prepare_store(synth_data, out, size=SYNTH_SIZE, crop=1.0, workers=1, progress=False),
+    )

@@ -9,7 +9,8 @@ import sys
 from cxr.cli._app import app
 
 # Each import registers its commands on ``app``; the order is the order of ``cxr --help``.
-from cxr.cli import data as _data  # noqa: E402,F401  synth, inspect, prepare
+from cxr.cli import synth as _synth  # noqa: E402,F401  synth
+from cxr.cli import data as _data  # noqa: E402,F401  inspect, prepare
 from cxr.cli import training as _training  # noqa: E402,F401  train
 from cxr.cli import evaluation as _evaluation  # noqa: E402,F401  evaluate, compare
 from cxr.cli import inference as _inference  # noqa: E402,F401  predict, localize, export, serve

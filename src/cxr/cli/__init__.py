@@ -4,18 +4,15 @@ Heavy imports (torch, lightning, onnxruntime) happen inside the command bodies, 
 ``cxr inspect`` start fast.
 """
 
+import importlib
 import sys
 
 from cxr.cli._app import app
-
-# Each import registers its commands on ``app``; the order is the order of ``cxr --help``.
-from cxr.cli import synth as _synth  # noqa: E402,F401  synth
-from cxr.cli import data as _data  # noqa: E402,F401  inspect, prepare
-from cxr.cli import training as _training  # noqa: E402,F401  train
-from cxr.cli import evaluation as _evaluation  # noqa: E402,F401  evaluate, compare
-from cxr.cli import inference as _inference  # noqa: E402,F401  predict, localize, export, serve
-from cxr.cli import demo as _demo  # noqa: E402,F401  demo
 from cxr.errors import CxrError
+
+# Each stage module registers its commands on ``app``; this order is the order of ``cxr --help``.
+for _stage in ("synth", "data", "training", "evaluation", "inference", "demo"):
+    importlib.import_module(f"cxr.cli.{_stage}")
 
 
 def main() -> None:

@@ -1,3 +1,6 @@
-"""CLI commands: demo (see the module docstring of cxr.cli)."""
+"""CLI command: demo."""
 
-from cxr.cli._app import app  # noqa: F401
+from cxr.cli._app import app
+from cxr.demo import demo_command
+
+app.command("demo")(demo_command)

@@ -1,0 +1,5 @@
+"""``python -m cxr``."""
+
+from cxr.cli import main
+
+main()

@@ -1,3 +1,130 @@
-"""CLI commands: evaluation (see the module docstring of cxr.cli)."""
+"""CLI commands: ``cxr evaluate`` (a run, or anyone's predictions CSV) and ``cxr compare``."""
 
-from cxr.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from cxr.cli._app import app
+from cxr.errors import CxrError
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]], to_stderr: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=to_stderr)
+    if not console.is_terminal:
+        console = Console(stderr=to_stderr, width=200)  # a log or pipe: do not wrap the table at 80 columns
+    keep = [i for i, name in enumerate(header) if name != "n"]  # every row has the same n: the title says it
+    table = Table(title=title, title_justify="left")
+    for i in keep:
+        table.add_column(header[i], justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[i].replace("**", "") for i in keep))
+    console.print(table)
+
+
+def _emit_json(document: dict, target: str | None) -> None:
+    """``--json FILE`` writes the JSON there too; ``--json -`` prints it on stdout (tables go to stderr)."""
+    from cxr.evaluate import _plain, write_json
+
+    if target == "-":
+        sys.stdout.write(json.dumps(_plain(document), indent=2) + "\n")
+    elif target:
+        write_json(document, target)
+
+
+@app.command()
+def evaluate(
+    run: Path | None = typer.Argument(None, help="Run folder (from `cxr train`); omit with --predictions."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Score this predictions CSV instead."),
+    labels: Path | None = typer.Option(None, "--labels", help="NIH Data_Entry_2017[_v2020].csv[.gz]."),
+    images: Path | None = typer.Option(None, "--images", help="Restrict to a list, e.g. test_list.txt."),
+    val_predictions: Path | None = typer.Option(
+        None, "--val-predictions", help="Validation predictions CSV to choose thresholds on (predictions mode)."
+    ),
+    preset: str | None = typer.Option(None, "--preset", help="Seed preset whose reported AUROCs to show."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (predictions mode; default CSV-eval/)."),
+    split: str = typer.Option("test", "--split", help="Split of a run to evaluate: test or val."),
+    tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
+    store: Path | None = typer.Option(None, "--store", help="The run's store, if it does not record one."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    rule: str = typer.Option("youden", "--rule", help="Threshold stored in the model: youden, f1_max, sensitivity_90."),
+    resamples: int = typer.Option(1000, "--resamples", min=1, help="Patient-level bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the metrics JSON to FILE ('-': stdout)."),
+) -> None:
+    """Per-label AUROC with patient-level 95% CIs, AUPRC, operating points, calibration, plots and a report."""
+    from cxr.thresholds import RULES
+
+    if (run is None) == (predictions is None):
+        raise CxrError("give either a RUN folder or --predictions CSV --labels DATA_ENTRY_CSV")
+    if rule not in RULES:
+        raise CxrError(f"--rule must be one of {', '.join(RULES)}")
+    if predictions is not None:
+        from cxr.evaluate import evaluate_predictions
+
+        if labels is None:
+            raise CxrError("--predictions needs --labels DATA_ENTRY_CSV (NIH metadata, 2017 or v2020, gz or not)")
+        for name, given in (("--tta", tta), ("--store", store is not None), ("--split", split != "test")):
+            if given:
+                raise CxrError(f"{name} applies to a RUN; --predictions scores the given probabilities as they are")
+        metrics, folder = evaluate_predictions(
+            predictions, labels, images, out, val_predictions, preset, resamples, seed
+        )
+    else:
+        from cxr.evaluate import evaluate_run
+
+        if split not in ("test", "val"):
+            raise CxrError(f"--split must be test or val, not {split!r}")
+        for name, value in (
+            ("--labels", labels),
+            ("--images", images),
+            ("--out", out),
+            ("--val-predictions", val_predictions),
+        ):
+            if value is not None:
+                raise CxrError(f"{name} applies to --predictions mode; a run is scored into RUN/eval/<split>/")
+        metrics, folder = evaluate_run(run, split, tta, store, batch_size, resamples, seed, rule)
+    from cxr.references import references_for
+    from cxr.report import label_table
+
+    header, rows = label_table(metrics, references_for(metrics["source"].get("preset")))
+    title = f"{metrics['n_images']} images, {metrics['n_patients']} patients; CI: patient bootstrap; report: {folder}"
+    _print_table(title, header, rows, to_stderr=json_out == "-")
+    _emit_json(metrics, json_out)
+
+
+@app.command()
+def compare(
+    items: list[str] = typer.Argument(..., help="Run folders (or predictions CSVs with --labels); first = reference."),
+    split: str = typer.Option("test", "--split", help="Which RUN/eval/<split>/ to compare."),
+    labels: Path | None = typer.Option(None, "--labels", help="NIH metadata CSV, for predictions CSVs."),
+    images: Path | None = typer.Option(None, "--images", help="Restrict predictions CSVs to a list."),
+    out: Path = typer.Option(Path("comparison"), "--out", help="Output folder."),
+    resamples: int = typer.Option(1000, "--resamples", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the comparison JSON to FILE ('-': stdout)."),
+) -> None:
+    """Side-by-side AUROC with CIs and paired patient-level bootstrap differences vs the first run."""
+    from cxr.compare import compare_sets, comparison_tables, load_compared, write_comparison
+
+    if len(items) < 2:
+        raise CxrError("compare needs at least two runs (or predictions CSVs)")
+    short = [Path(item).name for item in items]
+    names = short if len(set(short)) == len(short) else [str(item) for item in items]
+    if len(set(names)) != len(names):
+        raise CxrError("the same run is given twice")
+    named = {name: load_compared(item, split, labels, images) for name, item in zip(names, items, strict=True)}
+    result = compare_sets(named, resamples, seed)
+    paths = write_comparison(result, out)
+    for block in comparison_tables(result):
+        if block[0] == "table":
+            _print_table("", block[1], block[2], to_stderr=json_out == "-")
+    if json_out != "-":
+        typer.echo(f"report: {paths['html']}")
+    _emit_json(result, json_out)

@@ -1,0 +1,253 @@
+"""Experiment configs: defaults in code, presets as short YAML diffs, ``key=value`` overrides, strict types.
+
+The defaults are the settings the seed's six experiments share (``docs/experiments.md``: DenseNet169 + the seed's
+head, Adam 1e-4, batch 16, rotation 15° / shift 0.15 / flip, early stopping with patience 4, a 300 px store cropped
+to 75%). ``configs/experiments/<name>.yaml`` lists only what a preset changes; ``cxr train ... optim.lr=1e-3``
+changes one value more. Unknown keys and wrong types are errors naming the key (as nanoGPT's configurator refuses
+unknown keys). The merged config is written to ``RUN/config.yaml`` and into every checkpoint (as timm saves its args).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from cxr.errors import CxrError
+
+
+@dataclass
+class DataConfig:
+    """Store geometry the experiment expects, the model's input view and training augmentation."""
+
+    store_size: int = 300  # the seed resized to 400 and center-cropped 300: a 75% crop, then 300 px
+    crop: float = 0.75
+    input_size: int = 300
+    eval_transform: Literal["resize", "center_crop"] = "resize"
+    random_crop: bool = False  # CheXNet: random input_size crop of the store image in training
+    rotation: float = 15.0  # degrees, Keras rotation_range
+    shift: float = 0.15  # fraction of the side, Keras width/height_shift_range
+    hflip: bool = True
+    num_workers: int = 4
+
+
+@dataclass
+class TaskConfig:
+    """Which outputs, which rows, which split, and how the training part is sampled (see ``cxr.tasks``)."""
+
+    target: str = "findings"  # "findings" (the 14) or one label: "Fibrosis", "Any Finding", ...
+    drop_blacklisted: bool = True
+    drop_no_finding: bool = False
+    split: Literal["official", "ratio"] = "official"
+    val_fraction: float = 0.1  # of the official train_val images, carved out patient-wise
+    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test for split: ratio
+    split_seed: int = 0
+    sampling: Literal["none", "seed_balanced", "balanced"] = "none"
+    sampling_seed: int = 123  # the seed's sklearn.utils.resample(random_state=123)
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["densenet121", "densenet169", "resnet18", "resnet50"] = "densenet169"
+    head: Literal["gap", "seed"] = "seed"
+    dropout: float = 0.2
+    pretrained: str = "imagenet"  # "imagenet", "none", or a path to weights
+    init_from: str | None = None  # a previous run's checkpoint (the seed chained Adam → SGD → balanced)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    decay: float = 0.0  # Keras time decay per step: lr_t = lr / (1 + decay * t)
+    scheduler: Literal["none", "plateau"] = "none"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 16
+    early_stopping_patience: int = 4  # on validation loss
+    pos_weight: bool = False  # weighted BCE: positives weighted by negatives/positives of the training part
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16/fp16 AMP on GPU
+    channels_last: bool = True  # on GPU
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    experiment: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def experiments_dir() -> Path:
+    """``$CXR_EXPERIMENTS_DIR``, else ``configs/experiments`` at the repository root (editable install)."""
+    if os.environ.get("CXR_EXPERIMENTS_DIR"):
+        return Path(os.environ["CXR_EXPERIMENTS_DIR"])
+    return Path(__file__).resolve().parents[2] / "configs" / "experiments"
+
+
+def available_experiments() -> list[str]:
+    return sorted(path.stem for path in experiments_dir().glob("*.yaml"))
+
+
+def find_experiment(experiment: str | Path) -> Path:
+    """A preset name (``chexnet``) or a YAML path → the YAML file; a clear error lists the presets."""
+    path = Path(experiment)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise CxrError(f"experiment file not found: {path}")
+        return path
+    preset = experiments_dir() / f"{experiment}.yaml"
+    if not preset.is_file():
+        names = ", ".join(available_experiments()) or f"none found in {experiments_dir()}"
+        raise CxrError(f"unknown experiment {str(experiment)!r}; presets: {names} (or pass a YAML path)")
+    return preset
+
+
+def load_config(experiment: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults ← the experiment's YAML ← ``key=value`` overrides (dotted keys, e.g. ``optim.lr=1e-3``)."""
+    config = Config()
+    if experiment is not None:
+        path = find_experiment(experiment)
+        try:
+            mapping = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise CxrError(f"{path}: not valid YAML: {error}") from error
+        if not isinstance(mapping, dict):
+            raise CxrError(f"{path}: expected a mapping of config keys")
+        mapping.setdefault("experiment", path.stem)
+        _apply(config, mapping, "", str(path))
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise CxrError(f"override {override!r} must be key=value, e.g. optim.lr=1e-3")
+        set_value(config, key.strip(), text.strip(), from_text=True)
+    return config
+
+
+def config_from_dict(mapping: dict, source: str = "config") -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict`'s output (``RUN/config.yaml``, a checkpoint's block)."""
+    config = Config()
+    _apply(config, mapping, "", source)
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    """Plain nested dict (lists, not tuples) for YAML and checkpoints."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple | list) else value
+
+    return plain(dataclasses.asdict(config))
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def set_value(config: Config, key: str, value, from_text: bool = False, source: str = "override") -> None:
+    """Set a dotted ``key``, type-checked; ``from_text`` parses a command-line string as YAML first."""
+    *parents, name = key.split(".")
+    node = config
+    for depth, part in enumerate(parents):
+        node = _child(node, part, ".".join(parents[: depth + 1]), source)
+        if not dataclasses.is_dataclass(node):
+            raise CxrError(f"{source}: {'.'.join(parents[: depth + 1])} is a value, not a section (in {key!r})")
+    if name not in _hints(node):
+        _unknown(node, key, source)
+    hint = _hints(node)[name]
+    if dataclasses.is_dataclass(getattr(node, name)):
+        raise CxrError(f"{source}: {key!r} is a section; set one of its keys, e.g. {key}.<key>=value")
+    if from_text and hint is not str:
+        try:
+            value = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError as error:
+            raise CxrError(f"{source}: cannot parse {key}={value!r}: {error}") from error
+    setattr(node, name, _coerce(value, hint, key, source))
+
+
+def _apply(node, mapping: dict, prefix: str, source: str) -> None:
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if name not in _hints(node):
+            _unknown(node, key, source)
+        if dataclasses.is_dataclass(getattr(node, name)):
+            if not isinstance(value, dict):
+                raise CxrError(f"{source}: {key!r} is a section and needs a mapping, got {value!r}")
+            _apply(getattr(node, name), value, f"{key}.", source)
+        else:
+            setattr(node, name, _coerce(value, _hints(node)[name], key, source))
+
+
+def _child(node, part: str, key: str, source: str):
+    if part not in _hints(node):
+        _unknown(node, key, source)
+    return getattr(node, part)
+
+
+def _hints(node) -> dict:
+    return typing.get_type_hints(type(node))
+
+
+def _unknown(node, key: str, source: str) -> typing.NoReturn:
+    known = ", ".join(f.name for f in dataclasses.fields(node))
+    raise CxrError(f"{source}: unknown config key {key!r} (known here: {known})")
+
+
+def _coerce(value, hint, key: str, source: str):
+    """``value`` checked against the annotation ``hint``; YAML 1.1 reads ``1e-4`` as a string, so floats parse."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    where = f"{source}: {key}"
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
+    if origin is Literal:
+        if value not in args:
+            raise CxrError(f"{where} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise CxrError(f"{where} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise CxrError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CxrError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise CxrError(f"{where} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CxrError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise CxrError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {hint!r} for {key}")

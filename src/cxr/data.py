@@ -1,0 +1,142 @@
+"""Torch datasets and the Lightning DataModule over a store; batch prediction over store images.
+
+Training reads the uint8 memmap of a store (``cxr prepare``: decoded once, nanoGPT-style), takes a view per item
+(``cxr.transforms``) and hands uint8 tensors to the loader; conversion to float happens on the device. The memmap is
+opened lazily in each worker process (``cxr.store.Store`` pickles without its pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxr.config import DataConfig
+from cxr.errors import CxrError
+from cxr.store import Store
+from cxr.tasks import TaskSplit, targets
+from cxr.transforms import TrainView, eval_view
+
+
+class StoreImages(Dataset):
+    """Items ``(uint8 (1, S, S), float32 (K,))`` of store rows ``rows`` seen through ``view``."""
+
+    def __init__(self, store: Store, rows: np.ndarray, labels: np.ndarray | None, view: Callable):
+        self.store, self.rows, self.view = store, np.asarray(rows, dtype=np.int64), view
+        self.labels = labels if labels is not None else np.zeros((len(self.rows), 0), np.float32)
+        if len(self.labels) != len(self.rows):
+            raise ValueError(f"{len(self.labels)} label rows for {len(self.rows)} images")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.view(self.store.images[self.rows[item]])
+        # A copy (the memmap is read-only); np copy + from_numpy is ~100x faster than torch.tensor(ndarray).
+        return torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
+
+
+def eval_view_of(data: DataConfig) -> Callable:
+    return partial(eval_view, input_size=data.input_size, mode=data.eval_transform)
+
+
+def train_view_of(data: DataConfig) -> TrainView:
+    return TrainView(
+        input_size=data.input_size,
+        eval_transform=data.eval_transform,
+        rotation=data.rotation,
+        shift=data.shift,
+        hflip=data.hflip,
+        random_crop=data.random_crop,
+    )
+
+
+def part_dataset(store: Store, split: TaskSplit, part: str, data: DataConfig) -> StoreImages:
+    """The dataset of one part of a task split; the training part gets the random view."""
+    labels = split.rows(part)
+    table = split.table.loc[labels]
+    view = train_view_of(data) if part == "train" else eval_view_of(data)
+    return StoreImages(store, table["row"].to_numpy(), targets(table, split.outputs), view)
+
+
+class StoreDataModule(L.LightningDataModule):
+    """Train and validation loaders of a task split; Lightning adds the DistributedSampler under DDP."""
+
+    def __init__(self, store: Store, split: TaskSplit, data: DataConfig, batch_size: int, pin_memory: bool):
+        super().__init__()
+        self.store, self.split, self.data, self.batch_size, self.pin_memory = store, split, data, batch_size, pin_memory
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        workers = self.data.num_workers
+        return DataLoader(
+            part_dataset(self.store, self.split, part, self.data),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,  # workers keep their memmap and warm page cache between epochs
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+
+def store_rows(store: Store, images: Sequence[str]) -> np.ndarray:
+    """images.npy rows of image names; a clear error lists a few names the store lacks."""
+    row_of = dict(zip(store.index["image"], store.index["row"], strict=True))
+    missing = [name for name in images if name not in row_of]
+    if missing:
+        raise CxrError(f"{len(missing)} images are not in store {store.path}, e.g. {missing[:3]}")
+    return np.array([row_of[name] for name in images], dtype=np.int64)
+
+
+def check_store_fits(store: Store, preprocessing: dict) -> None:
+    """A model reads only stores made with its preprocessing (size and crop), never silently another one."""
+    if store.size != preprocessing["store_size"] or abs(store.crop - preprocessing["crop"]) > 1e-6:
+        raise CxrError(
+            f"store {store.path} was prepared at {store.size} px, crop {store.crop}; the model expects "
+            f"{preprocessing['store_size']} px, crop {preprocessing['crop']} (cxr prepare ... --size "
+            f"{preprocessing['store_size']} --crop {preprocessing['crop']})"
+        )
+
+
+def predict_store(
+    artifact,
+    store_path: str | Path | Store,
+    images: Sequence[str],
+    batch_size: int = 64,
+    tta: bool = False,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Probabilities ``(n, K)`` of a model artifact for store images, in ``images`` order.
+
+    ``tta``: the mean of the probabilities of the image and its horizontal mirror (test-time augmentation).
+    """
+    store = store_path if isinstance(store_path, Store) else Store(store_path)
+    check_store_fits(store, artifact.preprocessing)
+    view = partial(
+        eval_view, input_size=artifact.preprocessing["input_size"], mode=artifact.preprocessing["eval_transform"]
+    )
+    loader = DataLoader(
+        StoreImages(store, store_rows(store, images), None, view), batch_size=batch_size, num_workers=num_workers
+    )
+    model = artifact.model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    with torch.inference_mode():
+        for pixels, _ in loader:
+            batch = pixels.to(device).float().div_(255)
+            probabilities = torch.sigmoid(model(batch))
+            if tta:
+                probabilities = (probabilities + torch.sigmoid(model(batch.flip(-1)))) / 2
+            chunks.append(probabilities.float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(artifact.labels)), np.float32)

@@ -1,0 +1,237 @@
+"""The model factory: torchvision backbones with the seed's or CheXNet's head, grayscale in, logits out.
+
+Every model takes ``float32 (B, 1, S, S)`` in ``[0, 1]`` (store pixels / 255), repeats the channel to 3 and
+normalises with the statistics of the ImageNet weights *inside* the model, so ONNX export and every caller share
+one input convention (``docs/architecture.md``, "Model input"). Heads:
+
+- ``seed``: Flatten → Dropout → Linear 256 + ReLU → Dropout → Linear 60 + ReLU → Dropout → Linear K, the head of
+  the original NIH notebooks (Keras DenseNet169, ``include_top=False``, no pooling; ``docs/experiments.md``).
+- ``gap``: global average pooling → Linear K, as CheXNet (Rajpurkar et al., 2017, arXiv:1711.05225).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from cxr.errors import CxrError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHITECTURES = ("densenet121", "densenet169", "resnet18", "resnet50")
+HEADS = ("gap", "seed")
+log = logging.getLogger(__name__)
+
+
+class CxrNet(nn.Module):
+    """Backbone + head with the input convention of the project; ``.feature_layer`` is the Grad-CAM target."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        feature_layer_name: str,
+        architecture: dict,
+        input_size: int,
+        labels: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        # Not persistent: the statistics belong to the preprocessing contract (stored in the artifact), not to the
+        # weights, and random-init models keep ImageNet's so one artifact format fits every model.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._feature_layer_name = feature_layer_name
+        self.architecture = dict(architecture)
+        self.input_config = {"input_size": int(input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        self.labels = list(labels) if labels is not None else None
+
+    @property
+    def feature_layer(self) -> nn.Module:
+        """The last convolutional block (output = the feature map the head sees), for ``pytorch_grad_cam``."""
+        return self.backbone.get_submodule(self._feature_layer_name)
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.architecture["num_outputs"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` of grayscale images ``(B, 1, S, S)`` with values in ``[0, 1]``."""
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected input of shape (B, 1, S, S), got {tuple(x.shape)}")
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return self.head(self.backbone(x))
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    import torchvision.models as tvm
+
+    return getattr(tvm, name)(weights=None)
+
+
+def _imagenet_model(name: str) -> nn.Module:
+    """torchvision's ImageNet weights (hub cache, else download); never a silent fallback to random init."""
+    import torchvision.models as tvm
+
+    weights = tvm.get_model_weights(name).DEFAULT
+    try:
+        return getattr(tvm, name)(weights=weights)
+    except Exception as error:  # URLError, a timeout, a corrupt or partial cache file: all mean "no weights"
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        raise CxrError(
+            f"cannot load ImageNet weights for {name} ({type(error).__name__}: {error}). Offline? Download "
+            f"{weights.url} on a machine with internet and copy it to {cache}, or pass model.pretrained=<path to "
+            "the .pth file>; model.pretrained=none trains from random initialisation."
+        ) from error
+
+
+def _read_weights(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """("cxr", CxrNet state dict) for one of our checkpoints, ("torchvision", state dict) for anything else."""
+    if not path.is_file():
+        raise CxrError(f"pretrained weights not found: {path} (expected 'none', 'imagenet' or a file)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CxrError(f"{path}: not a PyTorch weights file ({type(error).__name__}: {error})") from error
+    if isinstance(payload, dict) and isinstance(payload.get("cxr"), dict) and "state_dict" in payload:
+        state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items() if k.startswith("model.")}
+        return "cxr", state
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CxrError(f"{path}: expected a state dict (name -> tensor) or a cxr checkpoint")
+    # DataParallel-era checkpoints (e.g. CheXNet reproductions) prefix every key with "module.".
+    return "torchvision", {k.removeprefix("module."): v for k, v in state.items()}
+
+
+# Old torchvision DenseNet checkpoints name layers "norm.1"; the modules are "norm1" now.
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _load_torchvision_state(tv_model: nn.Module, state: dict, name: str, path: str) -> None:
+    """Load a torchvision-layout state dict into the backbone; its classifier (any size) is ignored."""
+    state = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+    classifier = ("classifier.", "fc.")
+    state = {k: v for k, v in state.items() if not k.startswith(classifier)}
+    try:
+        missing, unexpected = tv_model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatch: weights of another architecture
+        raise CxrError(f"{path}: weights do not fit {name}: {error}") from error
+    missing = [k for k in missing if not k.startswith(classifier)]
+    if missing or unexpected:
+        raise CxrError(f"{path}: weights do not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def _load_cxr_state(model: CxrNet, state: dict, path: str) -> None:
+    """Load one of our checkpoints: the backbone always, the head when it has the same shape (same task)."""
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    try:
+        model.backbone.load_state_dict(backbone)
+    except RuntimeError as error:
+        raise CxrError(f"{path}: checkpoint does not fit {model.architecture['name']}: {error}") from error
+    head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    own = model.head.state_dict()
+    if head.keys() == own.keys() and all(head[k].shape == own[k].shape for k in own):
+        model.head.load_state_dict(head)
+    else:
+        log.warning("%s: head has another shape (other task or input size); only the backbone was loaded", path)
+
+
+def _backbone(name: str, tv_model: nn.Module) -> tuple[nn.Module, str, int]:
+    """(feature extractor, name of its last block, channels) cut from a torchvision classifier."""
+    if name.startswith("densenet"):
+        features = tv_model.features
+        # torchvision applies this ReLU in DenseNet.forward, Keras has it as the last layer of include_top=False;
+        # as a module, the Grad-CAM target sees the same rectified map the head does.
+        features.add_module("relu5", nn.ReLU())
+        return features, "relu5", tv_model.classifier.in_features
+    parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    features = nn.Sequential(OrderedDict((part, getattr(tv_model, part)) for part in parts))
+    return features, "layer4", tv_model.fc.in_features
+
+
+def _feature_shape(backbone: nn.Module, input_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of the backbone's output at ``input_size``: the seed head's Flatten size depends on it."""
+    was_training = backbone.training
+    backbone.eval()  # batch-norm must not update its running statistics on the probe
+    with torch.no_grad():
+        shape = backbone(torch.zeros(1, 3, input_size, input_size)).shape[1:]
+    backbone.train(was_training)
+    return tuple(int(s) for s in shape)
+
+
+def _head(kind: str, feature_shape: tuple[int, int, int], num_outputs: int, dropout: float) -> nn.Module:
+    channels, height, width = feature_shape
+    if kind == "gap":
+        layers = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        return nn.Sequential(*layers, nn.Linear(channels, num_outputs))
+    # The seed's head (docs/experiments.md): at 300 px DenseNet169 flattens 9x9x1664 = 134,784 features.
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(channels * height * width, 256),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(256, 60),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(60, num_outputs),
+    )
+
+
+def create_model(
+    name: str,
+    num_outputs: int,
+    head: str = "gap",
+    dropout: float = 0.0,
+    pretrained: str | Path = "none",
+    input_size: int = 224,
+    labels: Sequence[str] | None = None,
+) -> CxrNet:
+    """Build a classifier for ``(B, 1, input_size, input_size)`` inputs returning ``(B, num_outputs)`` logits.
+
+    ``pretrained``: ``"none"`` (random init), ``"imagenet"`` (torchvision's weights, from the torch hub cache or
+    downloaded; a :class:`CxrError` says how to provide them offline) or a path to a torchvision state dict or to
+    one of our checkpoints (whose head is reused when its shape matches, e.g. the seed's SGD run started from the
+    Adam run's weights).
+    """
+    if name not in ARCHITECTURES:
+        raise CxrError(f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if head not in HEADS:
+        raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    if num_outputs < 1:
+        raise CxrError(f"a model needs at least one output, got num_outputs={num_outputs}")
+    if labels is not None and len(labels) != num_outputs:
+        raise CxrError(f"{len(labels)} label names for {num_outputs} outputs")
+    if not 0.0 <= dropout < 1.0:
+        raise CxrError(f"dropout must be in [0, 1), got {dropout}")
+    pretrained = str(pretrained)
+    tv_model = _imagenet_model(name) if pretrained == "imagenet" else _torchvision_model(name)
+    kind, state = ("none", {}) if pretrained in ("none", "imagenet") else _read_weights(Path(pretrained))
+    if kind == "torchvision":
+        _load_torchvision_state(tv_model, state, name, pretrained)
+    backbone, feature_layer_name, _ = _backbone(name, tv_model)
+    feature_shape = _feature_shape(backbone, input_size)
+    architecture = {"name": name, "head": head, "dropout": float(dropout), "in_chans": 1, "num_outputs": num_outputs}
+    model = CxrNet(
+        backbone, _head(head, feature_shape, num_outputs, dropout), feature_layer_name, architecture, input_size, labels
+    )
+    if kind == "cxr":
+        _load_cxr_state(model, state, pretrained)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (the seed reports 47.2 M for DenseNet169 + its head at 300 px)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,3 +1,87 @@
-"""CLI commands: data (see the module docstring of cxr.cli)."""
+"""CLI commands ``cxr inspect`` (summarise an NIH folder without decoding a pixel) and ``cxr prepare`` (write a store).
 
-from cxr.cli._app import app  # noqa: F401
+Thin wrappers: the work is in :mod:`cxr.nih` and :mod:`cxr.prepare`; heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cxr.cli._app import app
+
+
+@app.command()
+def inspect(
+    data: Path = typer.Argument(..., help="NIH folder: Data_Entry_2017[_v2020].csv[.gz], lists, images below it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (keys: NIH's names)."),
+) -> None:
+    """Summarise an NIH ChestX-ray14 folder: images, patients, findings, split, blacklist, missing files."""
+    from cxr.nih import load_dataset, summarize
+
+    summary = summarize(load_dataset(data))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    overview = Table(title=f"NIH folder {summary['source']}", show_header=False, title_justify="left")
+    files = ", ".join(f"{key}: {name or '[red]absent[/]'}" for key, name in summary["files"].items())
+    split, black = summary["split"], summary["blacklisted"]
+    missing = summary["missing_images"]
+    age = summary["age"]
+    rows = [
+        ("files", files),
+        ("images", f"{summary['images']:,} ({summary['images_on_disk']:,} image files on disk)"),
+        ("patients", f"{summary['patients']:,}"),
+        (
+            "official split",
+            f"train_val {split['train_val']:,} · test {split['test']:,} · in neither list {summary['unlisted']:,}",
+        ),  # fmt: skip
+        ("blacklisted", f"train_val {black['train_val']:,} · test {black['test']:,} (kept and marked)"),
+        ("age", f"{age['min']}–{age['max']}, median {age['median']}; {summary['age_outliers']} impossible ages"),
+        ("views", " · ".join(f"{k} {v:,}" for k, v in summary["views"].items())),
+        ("sex", " · ".join(f"{k} {v:,}" for k, v in summary["sex"].items())),
+        (
+            "missing images",
+            f"{missing['count']:,}" + (f" (e.g. {', '.join(missing['examples'])})" if missing["count"] else ""),
+        ),  # fmt: skip
+        ("boxes", "no BBox_List_2017.csv" if summary["boxes"] is None else f"{summary['boxes']:,}"),
+    ]
+    for key, value in rows:
+        overview.add_row(f"[bold]{key}", value)
+    console.print(overview)
+    findings = Table("finding", "images", "%", title="Findings (an image may have several)", title_justify="left")
+    for name, count in summary["findings"].items():
+        share = 100 * count / summary["images"] if summary["images"] else 0.0
+        findings.add_row(name, f"{count:,}", f"{share:.1f}")
+    console.print(findings)
+
+
+@app.command()
+def prepare(
+    data: Path = typer.Argument(..., help="NIH folder (see `cxr inspect`)."),
+    out: Path = typer.Option(..., "--out", help="Store folder to write (new, or an interrupted store to resume)."),
+    size: int = typer.Option(300, "--size", help="Side of the stored square images, in pixels."),
+    crop: float = typer.Option(0.75, "--crop", help="Fraction of the shorter side kept by the centered crop."),
+    workers: int | None = typer.Option(None, "--workers", help="Decoding processes (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a store made with other arguments."),
+) -> None:
+    """Decode every image once into a store: uint8 memmap + index.parquet + rejects.csv + manifest.json.
+
+    Killed and rerun with the same arguments, it resumes where it stopped; on a finished store it does nothing.
+    """
+    from cxr.prepare import prepare_store
+
+    manifest = prepare_store(data, out, size=size, crop=crop, workers=workers, progress=True, force=force)
+    counts = manifest["counts"]
+    typer.echo(f"{out}: {counts['images']} images ({counts['train_val']} train_val, {counts['test']} test), "
+               f"{counts['rejected']} rejected (see rejects.csv), {size}x{size} px, crop {crop}")  # fmt: skip

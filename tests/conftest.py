@@ -73,3 +73,48 @@ def synth_store(tmp_path_factory, synth_data) -> Path:
         "synth-store",
         lambda out: prepare_store(synth_data, out, size=SYNTH_SIZE, crop=1.0, workers=1, progress=False),
     )
+
+
+# A recipe that learns the synthetic findings in a few CPU epochs at 64 px (val macro AUROC ~0.87 after 4 epochs);
+# the seed's rotation/shift jitter slows learning this short, and a 20% validation part steadies the AUROC.
+TRAIN_RECIPE = [
+    "--model", "resnet18", "--no-progress", "--image-size", str(SYNTH_SIZE), "--epochs", "4",
+    "model.pretrained=none", "data.num_workers=0", "model.head=gap", "optim.lr=1e-3",
+    "data.rotation=0", "data.shift=0", "task.val_fraction=0.2",
+]  # fmt: skip
+
+
+def train_cli(*args: str) -> None:
+    """Run ``cxr train ARGS`` in-process; re-raise the command's exception, if any."""
+    from typer.testing import CliRunner
+
+    from cxr.cli import app
+
+    result = CliRunner().invoke(app, ["train", *args], catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synth_store) -> Path:
+    """A multi-label run trained once per session on :func:`synth_store` (read-only: copy it to change it)."""
+    import torch
+
+    def build(out: Path) -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # two xdist workers share two cores
+        try:
+            train_cli("--experiment", "multilabel-adam", "--store", str(synth_store), "--out", str(out), *TRAIN_RECIPE)
+        finally:
+            torch.set_num_threads(threads)
+
+    return build_once(tmp_path_factory, "trained-run", build)
+
+
+@pytest.fixture
+def trained_run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of :func:`trained_run` that a test may write into (evaluate, set_thresholds, ...)."""
+    import shutil
+
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))

@@ -57,10 +57,9 @@ def _train_run(store: Path, out: Path, *extra: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def learned_run(store, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("learned") / "run"
-    _train_run(store, out, "--epochs", "4", *RECIPE)
-    return out
+def learned_run(trained_run) -> Path:
+    """The session's trained run (tests/conftest.py: TRAIN_RECIPE on the synthetic store); read-only here."""
+    return trained_run
 
 
 def test_synthetic_training_learns_and_writes_the_run_dir(learned_run, store):

@@ -82,7 +82,7 @@ class TrainConfig:
     early_stopping_patience: int = 4  # on validation loss
     pos_weight: bool = False  # weighted BCE: positives weighted by negatives/positives of the training part
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16/fp16 AMP on GPU
-    channels_last: bool = True  # on GPU
+    channels_last: bool = False  # on GPU; measured slower for DenseNet121 bf16 on an H200 (docs/benchmarks.md)
     seed: int = 0
 
 

@@ -89,6 +89,7 @@ class TrainConfig:
 @dataclass
 class Config:
     experiment: str = "custom"
+    store: str = ""  # set by `cxr train`: the store the run was trained on (`cxr evaluate RUN` reads it)
     data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

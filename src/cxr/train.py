@@ -46,6 +46,7 @@ def fit_store(config: Config, store: Store, image_size: int | None = None) -> Co
             f"--size {data.store_size} --crop {data.crop}) or pass --image-size PX to train at PX px from this one"
         )
     data.store_size, data.crop = store.size, store.crop
+    config.store = str(Path(store.path).resolve())
     if image_size is not None:
         data.input_size = int(image_size)
     crops = data.eval_transform == "center_crop" or data.random_crop

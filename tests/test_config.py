@@ -15,6 +15,7 @@ PRESETS = [
     "binary-fibrosis",
     "binary-finding",
     "chexnet",
+    "demo",
     "disease-only",
     "multilabel-adam",
     "multilabel-balanced",
@@ -142,7 +143,7 @@ def test_yaml_errors_name_the_file_and_key(tmp_path):
         load_config(path)
     path.write_text("optim:\n  lr: 3.0e-4\n")
     assert load_config(path).optim.lr == 3e-4 and load_config(path).experiment == "mine"
-    with pytest.raises(CxrError, match="unknown experiment 'chexnet2'.*chexnet, disease-only"):
+    with pytest.raises(CxrError, match="unknown experiment 'chexnet2'.*chexnet, demo, disease-only"):
         load_config("chexnet2")
 
 

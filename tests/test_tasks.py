@@ -15,6 +15,7 @@ PRESETS = [
     "binary-fibrosis",
     "binary-finding",
     "chexnet",
+    "demo",
     "disease-only",
     "multilabel-adam",
     "multilabel-balanced",

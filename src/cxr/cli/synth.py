@@ -1,3 +1,25 @@
-"""CLI commands: synth (see the module docstring of cxr.cli)."""
+"""CLI command ``cxr synth``: write a synthetic NIH-format dataset (see :mod:`cxr.synth`)."""
 
-from cxr.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cxr.cli._app import app
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Output folder (created; must not exist or be empty)."),
+    images: int = typer.Option(1000, "--images", help="Number of images."),
+    size: int = typer.Option(256, "--size", help="Image width and height in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes byte-identical files."),
+    prevalence: str = typer.Option("nih", "--prevalence", help="Label frequencies: 'nih' (NIH's) or 'flat'."),
+    workers: int | None = typer.Option(None, "--workers", help="Rendering processes (default: all cores)."),
+) -> None:
+    """Write a synthetic dataset in NIH ChestX-ray14's layout: PNGs, metadata CSV, split lists, blacklist, boxes."""
+    from cxr.synth import generate
+
+    path = generate(out, images=images, size=size, seed=seed, prevalence=prevalence, workers=workers, progress=True)
+    typer.echo(f"wrote {images} images ({size} px, {prevalence} prevalence, seed {seed}) to {path}")

@@ -1,0 +1,164 @@
+"""Write a synthetic dataset in NIH ChestX-ray14's exact layout, rendering images in parallel processes.
+
+Layout and formats copy the NIH release (and ``../shared/data/nih-sample``): ``images_001/images/*.png``
+(8-bit grayscale, a few RGBA), ``Data_Entry_2017_v2020.csv`` (CRLF line ends), ``train_val_list.txt`` and
+``test_list.txt`` (no newline after the last name), ``blacklist.csv`` (header ``black``, CR-only line ends) and
+``BBox_List_2017.csv`` (``Infiltrate`` spelled as NIH does, x/y/w/h in the PNG's pixels). Each image's randomness
+comes from ``(seed, image index)`` and each patient's from ``(seed, patient id)``, so the bytes written do not
+depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from cxr.errors import CxrError
+from cxr.synth.anatomy import sample_pose
+from cxr.synth.cohort import ImageRecord, plan_cohort
+from cxr.synth.phantom import Box, Patient, render, sample_patient
+
+DATA_ENTRY = "Data_Entry_2017_v2020.csv"
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+BBOX_LIST = "BBox_List_2017.csv"
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+BBOX_SPELLING = {"Infiltration": "Infiltrate"}
+FIELDS_OF_VIEW_MM = (420.0, 427.856, 424.784, 392.7)  # NIH detectors: 2500×0.168, 2992×0.143, 3056×0.139 ...
+MIN_SIZE, MAX_SIZE = 32, 4096
+CHUNK = 16
+
+
+@lru_cache(maxsize=64)
+def patient(seed: int, patient_id: int, sex: str) -> Patient:
+    """The patient with this id in the dataset of this seed (cached: follow-ups share one patient)."""
+    return sample_patient(np.random.default_rng([seed, 1, patient_id]), patient_id, sex)
+
+
+def render_record(record: ImageRecord, size: int, seed: int) -> tuple[np.ndarray, dict[str, Box]]:
+    """The pixels and boxes of one dataset image; blacklisted images are degraded (rotated, blurred, noisy)."""
+    rng = np.random.default_rng([seed, 2, record.index])
+    pose = sample_pose(rng, record.view, degraded=record.blacklisted)
+    radiograph = render(patient(seed, record.patient_id, record.sex), pose, record.findings, size, rng)
+    return radiograph.image, radiograph.boxes
+
+
+def _write_png(path: Path, image: np.ndarray, rgba: bool) -> None:
+    from PIL import Image
+
+    if rgba:  # as NIH's few RGBA files: gray in R, G and B, opaque alpha
+        image = np.dstack([image, image, image, np.full_like(image, 255)])
+        Image.fromarray(image, "RGBA").save(path, format="PNG")
+    else:
+        Image.fromarray(image, "L").save(path, format="PNG")
+
+
+def _render_chunk(out: str, size: int, seed: int, records: list[ImageRecord]) -> list[tuple[int, dict[str, Box]]]:
+    results = []
+    for record in records:
+        image, boxes = render_record(record, size, seed)
+        _write_png(Path(out) / record.folder / "images" / record.name, image, record.rgba)
+        results.append((record.index, boxes))
+    return results
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; threads inside would oversubscribe
+
+
+def _render_all(out: Path, size: int, seed: int, records: list[ImageRecord], workers: int) -> Iterator[tuple]:
+    chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)]
+    if workers == 1:
+        for chunk in chunks:
+            yield from _render_chunk(str(out), size, seed, chunk)
+        return
+    # Not fork: the caller may hold threads (torch, a progress bar) that a forked child would inherit mid-state.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        futures = [pool.submit(_render_chunk, str(out), size, seed, chunk) for chunk in chunks]
+        for future in as_completed(futures):
+            yield from future.result()
+
+
+def _number(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def write_metadata(
+    out: Path, records: list[ImageRecord], boxes: dict[int, dict[str, Box]], size: int, seed: int
+) -> None:
+    """Write the CSVs and lists beside the images, byte for byte in NIH's formats."""
+    fov = np.random.default_rng([seed, 3]).choice(FIELDS_OF_VIEW_MM, size=len(records))
+    rows = [DATA_ENTRY_HEADER]
+    for record, field_of_view in zip(records, fov, strict=True):
+        spacing = _number(round(field_of_view / size, 6))
+        rows.append(
+            f"{record.name},{record.finding_labels},{record.follow_up},{record.patient_id},{record.age},"
+            f"{record.sex},{record.view},{size},{size},{spacing},{spacing}"
+        )
+    (out / DATA_ENTRY).write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    for split, filename in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
+        names = sorted(record.name for record in records if record.split == split)
+        (out / filename).write_bytes("\n".join(names).encode())
+    black = sorted(record.name for record in records if record.blacklisted)
+    (out / "blacklist.csv").write_bytes("\r".join(["black", *black]).encode())
+    box_rows = sorted(
+        (BBOX_SPELLING.get(finding, finding), record.index, record.name, box)
+        for record in records
+        for finding, box in boxes[record.index].items()
+    )
+    lines = [BBOX_HEADER] + [f"{name},{label},{','.join(map(_number, box))}" for label, _, name, box in box_rows]
+    (out / BBOX_LIST).write_bytes(("\n".join(lines) + "\n").encode())
+
+
+def generate(
+    out: str | os.PathLike,
+    images: int = 1000,
+    size: int = 256,
+    seed: int = 0,
+    prevalence: str = "nih",
+    workers: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write a synthetic NIH-format dataset of ``images`` radiographs (``size`` px square) to ``out``; return it.
+
+    ``prevalence`` is ``"nih"`` (NIH's label frequencies, No Finding ~54%) or ``"flat"`` (every finding ~21%).
+    ``workers`` processes render in parallel (default: all cores); the output is byte-identical for a seed
+    whatever the number of workers. Raises :class:`~cxr.errors.CxrError` for bad arguments or a non-empty ``out``.
+    """
+    out = Path(out)
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise CxrError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+    if workers is not None and workers < 1:
+        raise CxrError(f"--workers must be at least 1, got {workers}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CxrError(f"{out} already exists and is not an empty folder; choose another output or remove it")
+    records = plan_cohort(images, seed, prevalence)
+    for folder in sorted({record.folder for record in records}):
+        (out / folder / "images").mkdir(parents=True, exist_ok=True)
+    workers = min(workers or os.cpu_count() or 1, max(1, len(records) // CHUNK))
+    boxes: dict[int, dict[str, Box]] = {}
+    results = _render_all(out, size, seed, records, workers)
+    if progress:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"rendering {len(records)} images", total=len(records))
+            for index, image_boxes in results:
+                boxes[index] = image_boxes
+                bar.advance(task)
+    else:
+        boxes.update(results)
+    write_metadata(out, records, boxes, size, seed)
+    return out

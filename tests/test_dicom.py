@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cxr.dicom import DicomError, looks_like_dicom, read_dicom
+from cxr.dicom import DicomError, DicomTooLargeError, read_dicom
+from cxr.imaging import ImageDecodeError, decode_grayscale, is_dicom
 
 SAMPLE_IMAGE = "00000001_000.png"  # uses the full 0..255 range, so "by range" mapping is the identity
 
@@ -73,16 +74,13 @@ def dicom_variants(gray: np.ndarray) -> dict[str, bytes]:
     ds.WindowCenter, ds.WindowWidth = 2040.5, 4081
     out["monochrome1-12bit-window"] = to_bytes(ds)
 
-    # Rescale (Modality LUT) then window in rescaled units: value = 2 * stored - 1000.
+    # Rescale (Modality LUT) then window in rescaled units: value = 2 * stored - 1000 = 16 * gray, and a
+    # LINEAR_EXACT window ((v - c) / w + .5) with c = 2040, w = 4080 gives v / 4080 = gray / 255.
     ds = new_dataset()
     ds.set_pixel_data(pixels * 8 + 500, "MONOCHROME2", 12)
     ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
-    low, high = 2 * 500 - 1000, 2 * (255 * 8 + 500) - 1000  # window spanning exactly the image's values
-    # Output range of a window after rescale is the rescaled stored range, 2 * [0, 4095] - 1000.
-    span = 2 * 4095
     ds.VOILUTFunction = "LINEAR_EXACT"
-    ds.WindowWidth = (high - low) * span / (high - low) / 255 * 255 * (high - low) / span
-    ds.WindowCenter = low + ds.WindowWidth / 2
+    ds.WindowCenter, ds.WindowWidth = 2040, 4080
     out["rescale-window"] = to_bytes(ds)
 
     # VOI LUT sequence: a 12-bit → 16-bit table equivalent to x // 16 in 8 bits.
@@ -91,8 +89,8 @@ def dicom_variants(gray: np.ndarray) -> dict[str, bytes]:
     ds = new_dataset()
     ds.set_pixel_data(pixels * 16, "MONOCHROME2", 12)
     item = Dataset()
-    item.LUTDescriptor = [4096, 0, 16]
-    item.LUTData = [(value // 16) * 257 for value in range(4096)]
+    item.add_new("LUTDescriptor", "US", [4096, 0, 16])  # ambiguous VRs (US/SS, US/OW): say which
+    item.add_new("LUTData", "US", [(value // 16) * 257 for value in range(4096)])
     ds.VOILUTSequence = [item]
     out["voi-lut-sequence"] = to_bytes(ds)
 
@@ -146,11 +144,13 @@ def variants(sample_gray) -> dict[str, bytes]:
 )
 def test_dicom_flavours_decode_to_the_png_pixels(variants, sample_gray, flavour, tmp_path):
     data = variants[flavour]
-    assert looks_like_dicom(data[:132])
+    assert is_dicom(data)
     np.testing.assert_array_equal(read_dicom(data), sample_gray)
     path = tmp_path / f"{flavour}.dcm"
     path.write_bytes(data)
     np.testing.assert_array_equal(read_dicom(path), sample_gray)
+    # The shared decoder (used by prepare, predict and serve) hands DICOM to the same reader, with or without suffix.
+    np.testing.assert_array_equal(decode_grayscale(data, name="upload"), sample_gray)
 
 
 def test_jpeg_baseline_dicom_decodes_like_the_jpeg(sample_gray):
@@ -212,7 +212,7 @@ def test_image_without_voi_is_mapped_by_its_range():
 def test_not_a_dicom_is_refused_with_the_file_name(tmp_path, sample_dir):
     png = tmp_path / "actually.dcm"
     png.write_bytes((sample_dir / "images" / SAMPLE_IMAGE).read_bytes())
-    assert not looks_like_dicom(png.read_bytes()[:132])
+    assert not is_dicom(png.read_bytes())
     with pytest.raises(DicomError, match="actually.dcm"):
         read_dicom(png)
 
@@ -222,6 +222,8 @@ def test_truncated_dicom_is_refused(variants, tmp_path):
     path.write_bytes(variants["monochrome2-8bit"][:5000])
     with pytest.raises(DicomError, match="truncated.dcm"):
         read_dicom(path)
+    with pytest.raises(ImageDecodeError, match="truncated.dcm"):
+        decode_grayscale(path)
 
 
 def test_dicom_without_pixels_is_refused():
@@ -237,5 +239,28 @@ def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
     ds = new_dataset()
     ds.set_pixel_data(np.zeros((20, 20), np.uint8), "MONOCHROME2", 8)
-    with pytest.raises(DicomError, match="decompression-bomb"):
+    with pytest.raises(DicomTooLargeError, match="decompression-bomb"):
         read_dicom(to_bytes(ds))
+
+
+def test_dicom_flavours_predict_like_the_png(variants, sample_dir, tmp_path):
+    """End to end (decode → shared preprocessing → model): every DICOM flavour within 1e-4 of the PNG."""
+    import torch
+
+    from cxr.artifact import make_preprocessing, write_artifact
+    from cxr.labels import FINDINGS
+    from cxr.models import create_model
+    from cxr.predict import predict_images
+
+    torch.manual_seed(1)
+    model = create_model("resnet18", len(FINDINGS), input_size=64, labels=list(FINDINGS))
+    checkpoint = write_artifact(tmp_path / "m.ckpt", model, list(FINDINGS), make_preprocessing(model, 64, 0.9))
+    for flavour, data in variants.items():
+        (tmp_path / f"{flavour}.dcm").write_bytes(data)
+    png = sample_dir / "images" / SAMPLE_IMAGE
+    records = {Path(r["image"]).stem: r for r in predict_images(checkpoint, [png, tmp_path])}
+    assert set(records) == {Path(SAMPLE_IMAGE).stem, *variants}
+    reference = np.array(list(records.pop(Path(SAMPLE_IMAGE).stem)["probabilities"].values()))
+    for flavour, record in records.items():
+        difference = np.abs(np.array(list(record["probabilities"].values())) - reference).max()
+        assert difference <= 1e-4, flavour

@@ -15,34 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.errors import CxrError
-
-DICOM_MAGIC = b"DICM"
-"""The four bytes at offset 128 of a DICOM Part 10 file (after the 128-byte preamble)."""
-
-DICOM_SUFFIXES = (".dcm", ".dicom")
+from cxr.imaging import ImageDecodeError, ImageTooLargeError
 
 
-class DicomError(CxrError):
+class DicomError(ImageDecodeError):
     """A DICOM file that cannot be turned into a grayscale radiograph (corrupt, no pixels, unsupported)."""
 
 
-def looks_like_dicom(head: bytes) -> bool:
-    """True when ``head`` (the first >= 132 bytes of a file) carries the DICOM Part 10 ``DICM`` marker."""
-    return len(head) >= 132 and head[128:132] == DICOM_MAGIC
+class DicomTooLargeError(DicomError, ImageTooLargeError):
+    """A DICOM image over Pillow's decompression-bomb limit, refused before its pixels are decoded."""
 
 
-def read_dicom(source: str | Path | bytes) -> np.ndarray:
+def read_dicom(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
     """Decode a DICOM file (path or bytes) into a display-ready ``uint8`` array ``(H, W)``.
 
     Multi-frame images give their first frame; colour images (rare for radiographs) are converted to
-    luminance. Raises :class:`DicomError` naming the file for anything that is not a decodable image, and
-    refuses images larger than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``).
+    luminance. Raises :class:`DicomError` naming the file (``name``, default the path) for anything that is not
+    a decodable image, and :class:`DicomTooLargeError` for images larger than Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    name = "<upload>" if isinstance(source, bytes | bytearray) else str(source)
+    name = name or ("<bytes>" if isinstance(source, bytes | bytearray) else str(source))
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
         dataset = pydicom.dcmread(stream)
@@ -102,8 +97,10 @@ def _check_size(dataset, name: str) -> None:
     if rows <= 0 or columns <= 0:
         raise DicomError(f"{name}: DICOM image has no Rows/Columns")
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and rows * columns > 2 * limit:
-        raise DicomError(f"{name}: image of {columns}x{rows} pixels exceeds the decompression-bomb limit ({limit})")
+    if limit is not None and rows * columns > limit:
+        raise DicomTooLargeError(
+            f"{name}: image of {columns}x{rows} pixels exceeds the decompression-bomb limit ({limit})"
+        )
 
 
 def _decode_first_frame(dataset, name: str) -> np.ndarray:

@@ -1,0 +1,182 @@
+"""Grad-CAM and ``cxr localize``: map geometry, the scoring rules, and maps that point inside synthetic boxes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxr.cam import grad_cam, heatmap_rgba, input_region, map_to_source, overlay, unique_stems
+from cxr.labels import FINDINGS
+from cxr.localize import box_mask, box_to_input, peak, pointing_hit, thresholded_iou
+
+CENTER_CROP = {"crop": 0.5, "store_size": 72, "input_size": 64, "eval_transform": "center_crop"}
+RESIZE = {"crop": 0.5, "store_size": 72, "input_size": 64, "eval_transform": "resize"}
+
+
+def test_input_region_follows_crop_and_eval_view():
+    # 1000 x 800 source, crop 0.5 of the shorter side: a 400 px square at (300, 200).
+    assert input_region(1000, 800, RESIZE) == (300.0, 200.0, 400.0)
+    left, top, side = input_region(1000, 800, CENTER_CROP)
+    scale = 400 / 72  # source pixels per store pixel; the center crop drops 4 store pixels each side
+    assert (left, top, side) == pytest.approx((300 + 4 * scale, 200 + 4 * scale, 64 * scale))
+
+
+@pytest.mark.parametrize("preprocessing", [RESIZE, CENTER_CROP, {**RESIZE, "crop": 1.0, "store_size": 64}])
+def test_map_to_source_inverts_the_preprocessing(preprocessing):
+    """A smooth image through the real preprocessing (model_input) and back lands where it came from."""
+    from cxr.artifact import model_input
+
+    height, width = 300, 420
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    gray = np.uint8(np.clip(128 + 100 * np.sin(xx / 37) * np.cos(yy / 29), 0, 255))
+    back = map_to_source(model_input(gray, preprocessing)[0], width, height, preprocessing)
+    left, top, side = input_region(width, height, preprocessing)
+    inside = np.zeros_like(back, dtype=bool)
+    inside[round(top) : round(top + side), round(left) : round(left + side)] = True
+    assert np.all(back[~inside] == 0)
+    error = np.abs(back[inside] - gray[inside] / 255.0)
+    assert error.mean() < 0.03  # resampling blur only; a shifted or flipped map would be off by ~0.4
+
+
+def test_grad_cam_maps_and_drawings():
+    import torch
+
+    from cxr.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, input_size=64).eval()
+    image = np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
+    maps = grad_cam(model, image, [0, 1, 2, 0])
+    assert maps.shape == (4, 64, 64) and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    np.testing.assert_allclose(maps[0], maps[3], atol=1e-5)  # same finding, same map
+    assert grad_cam(model, image, []).shape == (0, 64, 64)
+    gray = np.full((80, 100), 90, np.uint8)
+    source = map_to_source(maps[0], 100, 80, RESIZE)
+    assert overlay(gray, source).shape == (80, 100, 3)
+    rgba = heatmap_rgba(source)
+    assert rgba.shape == (80, 100, 4) and rgba[..., 3][source == 0].max() == 0
+
+
+def test_unique_stems():
+    assert unique_stems(["a/x.png", "b/x.png", "y.dcm", "c/x.png"]) == ["x", "x-2", "y", "x-3"]
+
+
+def test_box_geometry_and_scores():
+    scale = 64 / 72
+    assert box_to_input(10, 20, 30, 40, RESIZE) == pytest.approx((10 * scale, 20 * scale, 30 * scale, 40 * scale))
+    assert box_to_input(2, 20, 30, 60, CENTER_CROP) == pytest.approx((0, 16, 28, 48))  # x 2..32 → -2..28, clipped
+    mask = box_mask([(1, 1, 2, 2)], 5)  # pixel centres 1.5 and 2.5 are inside [1, 3]
+    assert mask.sum() == 4 and mask[1:3, 1:3].all()
+    grown = box_mask([(1, 1, 2, 2)], 5, tolerance=0.6)  # + centres 0.5 px away; diagonal ones are 0.71 away
+    assert grown.sum() == 4 + 8 and not grown[0, 0] and grown[0, 1] and not grown[4, 1]
+    cam_map = np.zeros((5, 5), np.float32)
+    cam_map[2, 2], cam_map[4, 4] = 1.0, 0.6
+    assert peak(cam_map) == (2, 2) and pointing_hit(cam_map, mask)
+    cam_map[4, 4] = 1.5
+    assert not pointing_hit(cam_map, mask)
+    assert peak(np.zeros((5, 5))) is None and not pointing_hit(np.zeros((5, 5)), mask)
+    plateau = np.zeros((6, 6), np.float32)
+    plateau[0:2, 2:6] = 1.0  # an upsampled border cell: flat up to the edge
+    assert peak(plateau) == (0, 3)  # its centre, not its first pixel (0, 2)
+    # Thresholded at half the peak: {(2,2), (4,4)} vs 4 box pixels → intersection 1, union 5.
+    cam_map[4, 4] = 0.6
+    assert thresholded_iou(cam_map, mask, 0.5) == pytest.approx(1 / 5)
+    assert thresholded_iou(np.zeros((5, 5)), mask) == 0.0
+
+
+def disc_images(rng, count: int, size: int = 48):
+    """Noise with a bright disc in half of them: the finding, and its box, wherever the disc is."""
+    images = rng.normal(0.45, 0.08, (count, 1, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    labels, boxes = rng.random(count) < 0.5, []
+    for image, present in zip(images, labels, strict=True):
+        cx, cy, r = rng.integers(8, size - 8), rng.integers(8, size - 8), rng.integers(4, 7)
+        boxes.append((float(cx - r), float(cy - r), float(2 * r), float(2 * r)))
+        if present:
+            image[0][(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] += 0.35
+    return np.clip(images, 0, 1), labels.astype(np.float32), boxes
+
+
+def test_grad_cam_points_at_what_a_trained_model_detects():
+    """A small CNN (stride 4: 12x12 maps) learns to detect a disc anywhere; Grad-CAM must point inside its box.
+
+    Scored by this module's own rules (box_mask, pointing_hit, thresholded_iou); the same maps against the boxes
+    of other images (a shuffled control) must miss, so the test can fail.
+    """
+    import torch
+    from torch import nn
+
+    from cxr.models import CxrNet
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+    )  # fmt: skip
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1))
+    architecture = {"name": "tiny", "head": "gap", "dropout": 0.0, "in_chans": 1, "num_outputs": 1}
+    model = CxrNet(backbone, head, "5", architecture, input_size=48, labels=["Mass"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        images, labels, _ = disc_images(rng, 32)
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            model(torch.from_numpy(images))[:, 0], torch.from_numpy(labels)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    images, labels, boxes = disc_images(rng, 80)
+    with torch.no_grad():
+        accuracy = ((model(torch.from_numpy(images))[:, 0] > 0).numpy() == (labels > 0.5)).mean()
+    assert accuracy > 0.9  # it learned the finding
+    positives = np.flatnonzero(labels)
+    maps = {i: grad_cam(model, images[i], [0])[0] for i in positives}
+    hits = [pointing_hit(maps[i], box_mask([boxes[i]], 48)) for i in positives]
+    shuffled = [
+        pointing_hit(maps[i], box_mask([boxes[j]], 48)) for i, j in zip(positives, np.roll(positives, 7), strict=True)
+    ]
+    ious = [thresholded_iou(maps[i], box_mask([boxes[i]], 48)) for i in positives]
+    assert np.mean(hits) >= 0.8 and np.mean(shuffled) <= 0.3
+    assert np.mean(ious) > 0.2
+
+
+# --- against synthetic boxes, with a model trained on synthetic data ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_localize_scores_a_trained_run_against_synthetic_boxes(trained_run_copy, synth_store):
+    """``cxr localize`` end to end on a run trained on synthetic data: every box scored, reports written.
+
+    How well such a short training localizes is a measurement (docs/benchmarks.md), not asserted here; that the
+    scoring points correctly is proven by ``test_grad_cam_points_at_what_a_trained_model_detects``.
+    """
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from cxr.cli import app
+    from cxr.store import Store
+
+    result = CliRunner().invoke(app, ["localize", str(trained_run_copy), "--store", str(synth_store)])
+    assert result.exit_code == 0, result.output
+    out = trained_run_copy / "localize"
+    document = json.loads((out / "localize.json").read_text())
+    store, parts = Store(synth_store), pd.read_parquet(trained_run_copy / "split.parquet")
+    test_images = set(parts.loc[parts["part"] == "test", "image"])
+    boxes = store.boxes()
+    expected = boxes[boxes["image"].isin(test_images)].groupby(["image", "finding"]).ngroups
+    overall = document["overall"]
+    assert overall["cases"] == expected == len(pd.read_csv(out / "cases.csv")) > 50
+    assert set(document["findings"]) <= set(FINDINGS)
+    for item in [overall, *document["findings"].values()]:
+        assert 0 <= item["pointing_game_strict"] <= item["pointing_game"] <= 1  # tolerance only adds hits
+        assert 0 <= item["mean_iou"] <= 1 and 0 < item["random_baseline"] < 1
+    report = (out / "report.md").read_text()
+    assert "| finding | cases | pointing game |" in report and "Zhang et al." in report
+    examples = list((out / "examples").glob("*.png"))
+    assert examples and all(f"examples/{p.name}" in report for p in examples)

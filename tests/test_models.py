@@ -33,18 +33,31 @@ def test_forward_backward_reaches_every_parameter(name, head):
     logits.sum().backward()
     no_gradient = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_gradient == []
-    feature_map = model.feature_layer(torch.zeros(1, *_feature_input_shape(model)))
-    assert feature_map.dim() == 4 and (feature_map >= 0).all()  # the rectified map the head sees
+    # Below 224 px the Grad-CAM target is the last stride-16 block (a 4x4 map at 64 px, not 2x2).
+    assert model.feature_layer is model.backbone.get_submodule("layer3" if name.startswith("resnet") else "denseblock3")
+    assert _feature_map_side(model, 64) == 4
 
 
-def _feature_input_shape(model):
-    """Input shape of the feature layer, found by a forward hook at 64 px."""
-    shapes = []
-    handle = model.feature_layer.register_forward_hook(lambda module, args, out: shapes.append(args[0].shape[1:]))
+@pytest.mark.parametrize("name", ["densenet121", "resnet18"])
+def test_from_224_px_the_cam_target_is_the_rectified_map_the_head_sees(name):
+    model = create_model(name, num_outputs=2, head="gap", input_size=224).eval()
+    assert model.feature_layer is model.backbone[-1]
+    maps = []
+    handle = model.feature_layer.register_forward_hook(lambda module, args, out: maps.append(out))
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 1, 64, 64))
+        model(torch.rand(1, 1, 224, 224))
     handle.remove()
-    return shapes[0]
+    assert maps[0].shape[-2:] == (7, 7) and (maps[0] >= 0).all()
+
+
+def _feature_map_side(model, size: int) -> int:
+    """Side of the feature layer's output map at ``size`` px."""
+    sides = []
+    handle = model.feature_layer.register_forward_hook(lambda module, args, out: sides.append(out.shape[-1]))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 1, size, size))
+    handle.remove()
+    return sides[0]
 
 
 def test_seed_head_flattens_the_feature_map_of_its_input_size():

@@ -1,11 +1,12 @@
 """Grad-CAM heatmaps (Selvaraju et al., 2017, arXiv:1610.02391) with the ``grad-cam`` package, and their geometry.
 
-The map is computed at the model input (``S x S``, the target is the model's ``feature_layer``: DenseNet's last
-rectified dense block, ResNet's ``layer4``) and normalised to ``[0, 1]`` by ``pytorch_grad_cam``. The model input
-is a crop of the source image (the store's centered square, then the eval view's resize or center crop), so
-:func:`input_region` says which square of the source the map covers; overlays are drawn in source geometry and
-are transparent / untinted outside that square. Grad-CAM installs hooks on the model: callers that share a model
-between threads (``cxr serve``) hold a lock around :func:`grad_cam`.
+The map is computed at the model input (``S x S``; the target is the model's ``feature_layer``: the last block —
+DenseNet's rectified dense block, ResNet's ``layer4`` — from 224 px, their stride-16 block below, see ``cxr.models``)
+and normalised to ``[0, 1]`` by ``pytorch_grad_cam``. The model input is a crop of the source image (the store's
+centered square, then the eval view's resize or center crop), so :func:`input_region` says which square of the
+source the map covers; overlays are drawn in source geometry and are transparent / untinted outside that square.
+Grad-CAM installs hooks on the model: callers that share a model between threads (``cxr serve``) hold a lock around
+:func:`grad_cam`.
 """
 
 from __future__ import annotations

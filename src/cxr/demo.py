@@ -27,7 +27,7 @@ class DemoRecipe:
     images: int = 2400
     synth_size: int = 256
     seed: int = 0
-    store_size: int = 96
+    store_size: int = 128
     experiment: str = "demo"
     epochs: int = 6
     batch_size: int = 32

@@ -159,7 +159,8 @@ def test_model_card_reads_the_runs_test_metrics(tmp_path, checkpoint):
 def invoke(*args: str):
     from cxr.cli import app
 
-    return CliRunner().invoke(app, [str(a) for a in args])
+    # A wide terminal, so rich's tables keep each path on one line whatever the path of the checkout.
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "240"})
 
 
 def test_cli_json_is_one_object_for_one_image_and_a_list_for_several(checkpoint, predictor, sample_images):

@@ -133,7 +133,7 @@ def run_demo(out: Path, recipe: DemoRecipe | None = None, console: Console | Non
 
     recipe = recipe or DemoRecipe()
     console = console or Console()
-    out.mkdir(parents=True, exist_ok=True)
+    _fresh_output(out, console)
     command = get_command(app)
     timings: dict[str, float] = {}
     stages = demo_stages(out, recipe)
@@ -147,6 +147,16 @@ def run_demo(out: Path, recipe: DemoRecipe | None = None, console: Console | Non
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     _print_summary(console, out, summary)
     return summary
+
+
+def _fresh_output(out: Path, console: Console) -> None:
+    """An empty ``out``: a previous demo's output (with ``data/`` or ``demo.json``) is replaced, anything else kept."""
+    if out.exists() and any(out.iterdir()):
+        if not ((out / "data").is_dir() or (out / "demo.json").is_file()):
+            raise CxrError(f"{out} is not empty and is not a previous demo's output: choose another --out")
+        console.print(f"Replacing the previous demo output in {out}")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _invoke(command: Callable, args: list[str], stage: str) -> None:

@@ -1,0 +1,32 @@
+"""`cxr demo`'s stage list and its output folder handling (the full demo runs in `make demo`, not in the suite)."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from cxr.demo import DemoRecipe, _fresh_output, demo_stages
+from cxr.errors import CxrError
+
+
+def test_the_stages_cover_the_pipeline_in_order(tmp_path):
+    names = [stage.name for stage in demo_stages(tmp_path, DemoRecipe())]
+    assert names == ["synthesize", "inspect", "prepare", "train", "evaluate", "localize", "export", "predict"]
+    train = next(stage for stage in demo_stages(tmp_path, DemoRecipe()) if stage.name == "train").args()
+    assert train[:3] == ["train", "--experiment", "demo"]
+
+
+def test_a_previous_demo_output_is_replaced_but_nothing_else(tmp_path):
+    console = Console(quiet=True)
+    previous = tmp_path / "demo-output"
+    (previous / "data").mkdir(parents=True)
+    (previous / "data" / "old.png").write_bytes(b"x")
+    _fresh_output(previous, console)
+    assert previous.is_dir() and not any(previous.iterdir())
+
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("keep me")
+    with pytest.raises(CxrError, match="not a previous demo's output"):
+        _fresh_output(foreign, console)
+    assert (foreign / "chapter1.tex").read_text() == "keep me"

@@ -7,20 +7,19 @@ import dataclasses
 import pytest
 import yaml
 
-from cxr.config import Config, config_from_dict, experiments_dir, find_experiment, load_config, save_config
+from cxr.config import (
+    Config,
+    available_experiments,
+    config_from_dict,
+    experiments_dir,
+    find_experiment,
+    load_config,
+    save_config,
+)
 from cxr.errors import CxrError
 from cxr.labels import ANY_FINDING
 
-PRESETS = [
-    "binary-fibrosis",
-    "binary-finding",
-    "chexnet",
-    "demo",
-    "disease-only",
-    "multilabel-adam",
-    "multilabel-balanced",
-    "multilabel-sgd",
-]
+PRESETS = available_experiments()  # tests/test_tasks.py pins the list itself
 SEED_SGD = {"name": "sgd", "lr": 1e-4, "momentum": 0.9, "nesterov": True, "decay": 1e-6}
 
 

@@ -30,3 +30,25 @@ def test_a_previous_demo_output_is_replaced_but_nothing_else(tmp_path):
     with pytest.raises(CxrError, match="not a previous demo's output"):
         _fresh_output(foreign, console)
     assert (foreign / "chapter1.tex").read_text() == "keep me"
+
+
+def test_a_stage_that_exits_non_zero_stops_the_demo():
+    import typer
+    from typer.main import get_command
+
+    from cxr.demo import _invoke
+
+    app = typer.Typer()
+
+    @app.command()
+    def skipped(code: int = 1) -> None:
+        raise typer.Exit(code)  # how `cxr predict` reports a skipped file
+
+    @app.command()
+    def fine() -> None:
+        pass
+
+    command = get_command(app)
+    _invoke(command, ["fine"], "fine")
+    with pytest.raises(CxrError, match="'predict' failed with exit code 1"):
+        _invoke(command, ["skipped"], "predict")

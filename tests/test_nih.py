@@ -271,3 +271,17 @@ def test_complete_v2020_table(sample_dir, tmp_path):
     assert summary["blacklisted"] == {"train_val": 834, "test": 334, "total": 1_168}
     assert summary["unlisted"] == 0 and summary["age_outliers"] == 0
     assert summary["missing_images"]["count"] == 112_120
+
+
+def test_gzipped_lists_and_blacklist_are_read_like_plain_ones(sample_dir, tmp_path):
+    import gzip
+
+    from cxr.nih import read_blacklist, read_image_list
+
+    for name in ("test_list.txt", "blacklist.csv"):
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress((sample_dir / name).read_bytes()))
+    assert read_image_list(tmp_path / "test_list.txt.gz") == read_image_list(sample_dir / "test_list.txt")
+    assert read_blacklist(tmp_path / "blacklist.csv.gz") == read_blacklist(sample_dir / "blacklist.csv")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(InputFormatError, match="binary.txt"):
+        read_image_list(tmp_path / "binary.txt")

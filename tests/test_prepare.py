@@ -233,6 +233,20 @@ def test_resume_refuses_a_changed_source_and_restarts_from_bare_leftovers(tiny_n
     assert manifest["counts"]["missing"] == 2
 
 
+def test_force_starts_over_when_the_source_changed_under_an_interrupted_run(tiny_nih, tmp_path, monkeypatch):
+    out = tmp_path / "store"
+    monkeypatch.setattr(prepare_module, "_write_chunk", lambda *task: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        prepare_store(tiny_nih, out, size=16, workers=1, progress=False)
+    monkeypatch.undo()
+    next(tiny_nih.rglob("00000012_000.png")).unlink()
+    with pytest.raises(CxrError, match="use --force"):
+        prepare_store(tiny_nih, out, size=16, workers=1, progress=False)
+    manifest = prepare_store(tiny_nih, out, size=16, workers=1, progress=False, force=True)
+    assert manifest["complete"] and manifest["counts"]["missing"] == 2
+    assert not (out / IN_PROGRESS).exists()
+
+
 def test_full_disk_is_a_clear_error(tiny_nih, tmp_path, monkeypatch):
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -57,6 +57,8 @@ def align(named: dict[str, ScoredSet]) -> tuple[list[str], dict[str, ScoredSet]]
         order = np.argsort([position[image] for image in data.images])
         columns = [data.labels.index(label) for label in labels]
         targets = data.targets[order][:, columns]
+        if name != names[0] and not np.array_equal(data.patient_ids[order], aligned[names[0]].patient_ids):
+            raise CxrError(f"{name} and {names[0]} assign different patients to the same images: cannot pair them")
         if name != names[0] and not np.array_equal(targets, aligned[names[0]].targets):
             raise CxrError(f"{name} and {names[0]} disagree on the labels of the same images (different metadata?)")
         aligned[name] = ScoredSet(

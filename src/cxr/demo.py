@@ -160,11 +160,14 @@ def _fresh_output(out: Path, console: Console) -> None:
 
 
 def _invoke(command: Callable, args: list[str], stage: str) -> None:
+    """Run one stage; any non-zero exit stops the demo. Outside standalone mode click *returns* the code of a
+    ``typer.Exit`` (``cxr predict`` exits 1 when it skipped a file) and raises ``SystemExit`` for ``sys.exit``."""
     try:
-        command.main(args, standalone_mode=False, prog_name="cxr")
-    except SystemExit as exit_:  # a command that calls sys.exit(0) is fine, anything else stops the demo
-        if exit_.code not in (0, None):
-            raise CxrError(f"demo stage {stage!r} failed with exit code {exit_.code}") from None
+        code = command.main(args, standalone_mode=False, prog_name="cxr")
+    except SystemExit as exit_:
+        code = exit_.code
+    if code not in (0, None):
+        raise CxrError(f"demo stage {stage!r} failed with exit code {code}")
 
 
 def _summary(out: Path, timings: dict[str, float]) -> dict:

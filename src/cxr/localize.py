@@ -14,9 +14,9 @@ finding's output is computed whatever the model predicted, and scored in model-i
 - Two baselines with the pointing game's rule: always pointing at the image centre, and pointing at a uniformly
   random pixel (the share of the image the boxes plus tolerance cover). A map is informative where it beats both.
 
-Grad-CAM's resolution is the feature map's (input / 32 for DenseNet and ResNet): at the demo's small inputs a map
-has 3-4 cells a side, which bounds how precisely it can point. Writes ``RUN/localize/localize.json``, ``cases.csv``,
-``report.md`` and a few overlays.
+Grad-CAM's resolution is its target layer's: input / 32 from 224 px, input / 16 below
+(``cxr.models.FINE_CAM_BELOW``), so the demo's 128 px inputs give 8 cells a side, which bounds how precisely a map
+can point. Writes ``RUN/localize/localize.json``, ``cases.csv``, ``report.md`` and a few overlays.
 """
 
 from __future__ import annotations

@@ -151,7 +151,11 @@ def read_metadata(path: str | Path, age_max: float = 120) -> pd.DataFrame:
 
 def read_image_list(path: str | Path) -> list[str]:
     """Image names of ``train_val_list.txt`` / ``test_list.txt``, one per line (the last line may lack a newline)."""
-    text = Path(path).read_bytes().decode("utf-8-sig")
+    try:
+        with _open_text(Path(path)) as handle:  # gzipped or not, like the metadata
+            text = handle.read()
+    except (UnicodeDecodeError, OSError, EOFError) as error:
+        raise InputFormatError(path, f"not a text list of image names ({type(error).__name__}: {error})") from error
     return [name for name in (line.strip() for line in text.splitlines()) if name]
 
 

@@ -164,6 +164,9 @@ def prepare_store(
     lock = open(out / LOCK, "a+b")  # noqa: SIM115  held until the end; the kernel drops it if this process dies
     try:
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The holder unlinks the lock file when it ends: a lock won on that orphaned inode is no lock at all.
+        if os.fstat(lock.fileno()).st_ino != os.stat(out / LOCK).st_ino:
+            raise OSError("lock file replaced")
     except OSError:
         lock.close()
         raise CxrError(f"another cxr prepare is writing {out}; wait for it or choose another --out") from None
@@ -182,12 +185,14 @@ def prepare_store(
         fingerprint = hashlib.sha256("\n".join([*table["image"], "", *names]).encode()).hexdigest()
         images_path = out / "images.npy"
         state_path = out / STATE
-        if state_path.exists() and images_path.exists():
-            state = json.loads(state_path.read_text())
-            if state["fingerprint"] != fingerprint:
+        if state_path.exists() and json.loads(state_path.read_text())["fingerprint"] != fingerprint:
+            if not force:
                 raise CxrError(f"the images of {dataset.root} (listed or on disk) changed since {out} was started: "
                                "use --force to start over")  # fmt: skip
-            chunk_size = state["chunk_size"]
+            log(f"--force: the source changed since {out} was started; starting over")
+            _clear(out)
+        if state_path.exists() and images_path.exists():
+            chunk_size = json.loads(state_path.read_text())["chunk_size"]
         else:
             (out / JOURNAL).unlink(missing_ok=True)
             allocate_images(images_path, (len(files), size, size))

@@ -50,13 +50,17 @@ def predict(
 
 
 def _write_csv(records: list[dict], path: Path) -> None:
-    """The predictions CSV ``cxr evaluate --predictions`` reads: ``Image Index`` (file name), ``prob_<label>``."""
+    """The predictions CSV ``cxr evaluate --predictions`` reads: ``Image Index`` (the file name, or the path where
+    two files share a name), ``prob_<label>``."""
     import pandas as pd
 
     labels = list(records[0]["probabilities"])
     table = pd.DataFrame([[r["probabilities"][label] for label in labels] for r in records], columns=labels)
     table = table.add_prefix("prob_")
-    table.insert(0, "Image Index", [Path(r["image"]).name for r in records])
+    names = [Path(r["image"]).name for r in records]
+    if len(set(names)) < len(names):  # same file name in two folders (common in DICOM exports): keep the paths
+        names = [str(r["image"]) for r in records]
+    table.insert(0, "Image Index", names)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False, float_format="%.9g")
 

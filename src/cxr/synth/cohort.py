@@ -119,8 +119,10 @@ def plan_cohort(images: int, seed: int, prevalence: str = "nih") -> list[ImageRe
     rng = np.random.default_rng([seed, 0])
     # Follow-ups per patient: geometric, mean ~3.3 (NIH: 112,120 images of 30,805 patients, 3.6 each).
     counts: list[int] = []
-    while sum(counts) < images:
-        counts.append(min(int(rng.geometric(0.3)), 40, images - sum(counts)))
+    total = 0  # a running total: re-summing the list each draw was quadratic in the number of patients
+    while total < images:
+        counts.append(min(int(rng.geometric(0.3)), 40, images - total))
+        total += counts[-1]
     patient_index = np.repeat(np.arange(len(counts)), counts)
     follow_up = np.concatenate([np.arange(n) for n in counts])
     sex = np.where(rng.random(len(counts)) < 0.565, "M", "F")  # NIH: 56.5% male

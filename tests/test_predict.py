@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -202,3 +203,14 @@ def test_cli_nothing_predictable_is_a_user_error(checkpoint, tmp_path):
     result = invoke("predict", checkpoint, tmp_path / "x.png")
     assert result.exit_code != 0
     assert isinstance(result.exception, CxrError) and "no image could be predicted" in str(result.exception)
+
+
+def test_csv_keeps_paths_when_two_files_share_a_name(checkpoint, sample_images, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(sample_images[0], tmp_path / folder / "IM0001.png")
+    csv = tmp_path / "predictions.csv"
+    result = invoke("predict", checkpoint, tmp_path / "a", tmp_path / "b", "--csv", csv)
+    assert result.exit_code == 0, result.output
+    ids = pd.read_csv(csv)["Image Index"].tolist()
+    assert sorted(ids) == sorted([str(tmp_path / "a" / "IM0001.png"), str(tmp_path / "b" / "IM0001.png")])

@@ -245,3 +245,22 @@ def _initial_parameters(overrides: list[str]) -> dict:
     return dict(
         create_model("resnet18", 14, head="gap", dropout=config.model.dropout, input_size=64).named_parameters()
     )
+
+
+def test_a_model_that_cannot_be_built_leaves_no_run_behind(store, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CxrError, match="not found"):
+        _train_run(store, out, "--epochs", "1", *RECIPE, "model.init_from=/nonexistent/best.ckpt")
+    assert not (out / "config.yaml").exists()
+
+
+def test_keras_decay_and_plateau_cannot_be_combined(store, tmp_path):
+    with pytest.raises(CxrError, match="cannot be combined"):
+        _train_run(store, tmp_path / "run", "--epochs", "1", *RECIPE, "optim.decay=1e-6", "optim.scheduler=plateau")
+
+
+def test_the_model_artifact_carries_no_optimizer_state(learned_run):
+    best = torch.load(learned_run / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(learned_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and "cxr" in best and best["state_dict"]
+    assert "optimizer_states" in last  # what --resume needs

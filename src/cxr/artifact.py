@@ -197,6 +197,15 @@ def set_thresholds(path: str | Path, thresholds: dict[str, float]) -> None:
     _atomic_save(checkpoint, Path(path))
 
 
+def strip_training_state(path: str | Path) -> None:
+    """Drop what only ``--resume`` needs (optimizer and scheduler states, loop and callback states) from a model
+    artifact, in place and atomically; weights, the ``cxr`` block and Lightning's version stay."""
+    checkpoint = read_checkpoint(path)
+    for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
+        checkpoint.pop(key, None)
+    _atomic_save(checkpoint, Path(path))
+
+
 def model_input(gray: np.ndarray, preprocessing: dict) -> np.ndarray:
     """A source image (uint8 H×W, any size) → model input float32 (1, S, S) in [0, 1].
 

@@ -136,6 +136,7 @@ def fit(
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_only
 
+    from cxr.artifact import strip_training_state
     from cxr.data import StoreDataModule
     from cxr.lightning_module import AtomicCheckpointIO, CxrModule, EpochMetricsCSV
 
@@ -145,15 +146,21 @@ def fit(
     for part in ("train", "val"):
         if not len(split.rows(part)):
             raise CxrError(f"the {part} part is empty for this store and task; a larger store is needed")
-    if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)
-        _prepare_run_dir(run_dir, config, resume)
-        split.split_table().to_parquet(run_dir / "split.parquet", index=False)
+    if config.optim.decay > 0 and config.optim.scheduler == "plateau":
+        raise CxrError("optim.decay (Keras time decay, set per step) and optim.scheduler=plateau cannot be combined: "
+                       "the per-step decay would undo every plateau reduction")  # fmt: skip
 
     L.seed_everything(config.train.seed, workers=True)
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     preprocessing = preprocessing_of(config)
     pos_weight = _pos_weight(split) if config.train.pos_weight else None
+    # Built before the run folder exists: a model that cannot be built (ImageNet weights offline, a wrong
+    # model.init_from) must not leave a folder that can be neither restarted nor resumed.
     module = CxrModule(config, split.outputs, preprocessing, pos_weight)
+    if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)
+        _prepare_run_dir(run_dir, config, resume)
+        split.split_table().to_parquet(run_dir / "split.parquet", index=False)
+
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -191,9 +198,11 @@ def fit(
     if config.train.channels_last and on_gpu:
         module.model.to(memory_format=torch.channels_last)
     datamodule = StoreDataModule(store, split, config.data, config.train.batch_size, pin_memory=on_gpu)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run_dir / "checkpoints" / "last.ckpt" if resume else None)
     if trainer.is_global_zero:
+        # best.ckpt is the model artifact: only last.ckpt needs the optimizer state (--resume), which for Adam is
+        # twice the weights' size; every reader of the artifact (predict, export, serve, evaluate) pays for it.
+        strip_training_state(run_dir / "checkpoints" / "best.ckpt")
         write_val_predictions(run_dir, store, split, device="cuda" if on_gpu else "cpu")
     return FitResult(run_dir=run_dir, trainer=trainer, module=module)
 

@@ -264,3 +264,14 @@ def test_the_model_artifact_carries_no_optimizer_state(learned_run):
     last = torch.load(learned_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert "optimizer_states" not in best and "cxr" in best and best["state_dict"]
     assert "optimizer_states" in last  # what --resume needs
+
+
+def test_the_model_artifact_is_readable_by_others(learned_run):
+    mode = (learned_run / "checkpoints" / "best.ckpt").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask(), oct(mode)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

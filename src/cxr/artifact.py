@@ -126,6 +126,9 @@ def _atomic_save(checkpoint: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the model unreadable to the rest of the team
     try:
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)  # readers never see a half-written checkpoint

@@ -275,3 +275,13 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def test_resume_needs_neither_imagenet_nor_the_init_from_file(store, trained_run, tmp_path):
+    init = tmp_path / "init.ckpt"
+    init.write_bytes((trained_run / "checkpoints" / "best.ckpt").read_bytes())
+    out = tmp_path / "run"
+    _train_run(store, out, "--epochs", "1", *RECIPE, f"model.init_from={init}")
+    init.unlink()  # the earlier run moved away: every weight of a resume comes from last.ckpt anyway
+    _train_run(store, out, "--epochs", "1", "--resume", *RECIPE, f"model.init_from={init}")
+    assert (out / "val_predictions.parquet").is_file()

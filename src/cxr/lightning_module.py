@@ -52,16 +52,25 @@ def keras_time_decay(step: int, decay: float) -> float:
 class CxrModule(L.LightningModule):
     """A :class:`cxr.models.CxrNet` (attribute ``model``: the checkpoint's ``model.*`` weights) and its training."""
 
-    def __init__(self, config: Config, outputs: list[str], preprocessing: dict, pos_weight: list[float] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        outputs: list[str],
+        preprocessing: dict,
+        pos_weight: list[float] | None = None,
+        resume: bool = False,
+    ):
         super().__init__()
         self.config, self.outputs, self.preprocessing = config, list(outputs), dict(preprocessing)
         spec = config.model
+        # On --resume every weight comes from last.ckpt: loading ImageNet or model.init_from first would only make
+        # a resume fail on a node without the torch hub cache or after the earlier run was moved.
         self.model = create_model(
             spec.name,
             len(outputs),
             head=spec.head,
             dropout=spec.dropout,
-            pretrained=spec.init_from or spec.pretrained,
+            pretrained="none" if resume else (spec.init_from or spec.pretrained),
             input_size=config.data.input_size,
             labels=outputs,
         )

@@ -156,7 +156,7 @@ def fit(
     pos_weight = _pos_weight(split) if config.train.pos_weight else None
     # Built before the run folder exists: a model that cannot be built (ImageNet weights offline, a wrong
     # model.init_from) must not leave a folder that can be neither restarted nor resumed.
-    module = CxrModule(config, split.outputs, preprocessing, pos_weight)
+    module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume)
     if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)
         _prepare_run_dir(run_dir, config, resume)
         split.split_table().to_parquet(run_dir / "split.parquet", index=False)

@@ -122,6 +122,8 @@ def write_heatmaps(predictor, gray: np.ndarray, findings: Sequence[str], out_dir
     for each finding; return ``{finding: {"overlay": path, "map": path}}``."""
     from cxr.artifact import model_input
 
+    if not findings:  # nothing positive: no preprocessing, no Grad-CAM pass (nor an ONNX file's torch twin)
+        return {}
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = [predictor.labels.index(finding) for finding in findings]
     maps = grad_cam(predictor.model, model_input(gray, predictor.preprocessing), indices)

@@ -16,6 +16,7 @@ import numpy as np
 from cxr.bootstrap import bootstrap_auroc, paired_p_value, patient_codes, percentile_interval, resample_counts
 from cxr.errors import CxrError
 from cxr.evaluate import summary_labels, write_json
+from cxr.metrics import macro_average
 from cxr.predictions import ScoredSet, load_predictions, read_scored_set
 from cxr.report import fmt, fmt_ci, render_html, render_markdown
 
@@ -91,14 +92,14 @@ def compare_sets(named: dict[str, ScoredSet], n_resamples: int = 1000, seed: int
     for name, boot in boots.items():
         per_label = dict(zip(labels, np.c_[boot.point, boot.interval(level)].tolist(), strict=True))
         entry = {label: {"auroc": row[0], "auroc_ci": row[1:]} for label, row in per_label.items()}
-        macro = float(np.nanmean(boot.point[mask]))
+        macro = macro_average(boot.point[mask])
         entry["macro"] = {"auroc": macro, "auroc_ci": percentile_interval(boot.macro_samples, level).tolist()}
         result["auroc"][name] = entry
     base = boots[names[0]]
     for name in names[1:]:
         boot = boots[name]
         samples = np.c_[boot.samples - base.samples, boot.macro_samples - base.macro_samples]
-        point = np.r_[boot.point - base.point, np.nanmean(boot.point[mask]) - np.nanmean(base.point[mask])]
+        point = np.r_[boot.point - base.point, macro_average(boot.point[mask]) - macro_average(base.point[mask])]
         intervals, p_values = percentile_interval(samples, level), paired_p_value(samples)
         keys = [*labels, "macro"]
         result["differences"][name] = {

@@ -17,7 +17,15 @@ import pandas as pd
 from cxr.bootstrap import bootstrap_auroc, percentile_interval
 from cxr.errors import CxrError
 from cxr.labels import NO_FINDING
-from cxr.metrics import auprc, brier_score, expected_calibration_error, micro_auroc, prevalence, reliability
+from cxr.metrics import (
+    auprc,
+    brier_score,
+    expected_calibration_error,
+    macro_average,
+    micro_auroc,
+    prevalence,
+    reliability,
+)
 from cxr.predictions import (
     ScoredSet,
     join_labels,
@@ -67,7 +75,7 @@ def score(
     pooled_y, pooled_p = y[:, mask].reshape(-1), p[:, mask].reshape(-1)
     return {
         "findings": findings,
-        "macro_auroc": float(np.nanmean(boot.point[mask])) if np.isfinite(boot.point[mask]).any() else math.nan,
+        "macro_auroc": macro_average(boot.point[mask]),
         "macro_auroc_ci": percentile_interval(boot.macro_samples, level).tolist(),
         "micro_auroc": micro_auroc(y[:, mask], p[:, mask]),
         "micro_auroc_ci": percentile_interval(boot.micro_samples, level).tolist(),

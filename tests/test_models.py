@@ -234,3 +234,12 @@ def test_feature_layer_drives_pytorch_grad_cam(name):
     with GradCAM(model=model, target_layers=[model.feature_layer]) as cam:
         heatmap = cam(input_tensor=torch.rand(2, 1, 64, 64), targets=[ClassifierOutputTarget(1)] * 2)
     assert heatmap.shape == (2, 64, 64) and np.isfinite(heatmap).all() and heatmap.max() > 0
+
+
+def test_densenet169_with_the_seed_head_has_the_seeds_parameter_count():
+    from cxr.models import count_parameters
+
+    # docs/experiments.md: 47.2 M parameters at 300 px. Keras' total counts BatchNorm's moving statistics too.
+    model = create_model("densenet169", 14, head="seed", dropout=0.2, input_size=300)
+    statistics = sum(b.numel() for name, b in model.named_buffers() if "running_" in name)
+    assert round((count_parameters(model) + statistics) / 1e6, 1) == 47.2

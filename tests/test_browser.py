@@ -8,12 +8,11 @@ Set ``CXR_SCREENSHOT=path.png`` to keep a screenshot of the page with a result.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import running_server
 from cxr.labels import FINDINGS
 
 pytestmark = pytest.mark.browser
@@ -36,7 +35,6 @@ def chromium_path() -> Path:
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory) -> str:
     import torch
-    import uvicorn
 
     from cxr.artifact import make_preprocessing, write_artifact
     from cxr.models import create_model
@@ -52,16 +50,8 @@ def server_url(tmp_path_factory) -> str:
         make_preprocessing(model, 64, 0.9),
         thresholds,
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(checkpoint), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with running_server(create_app(checkpoint)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from conftest import running_server
 from cxr.labels import FINDINGS
 from cxr.serve import create_app
 
@@ -206,21 +206,8 @@ def test_cli_onnx_and_api_agree(checkpoint, sample_dir, tmp_path, png_bytes):
 @pytest.fixture
 def live_server(checkpoint):
     """uvicorn on 127.0.0.1 (a free port) in a thread: the real HTTP stack, not the in-process test client."""
-    import time
-
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(create_app(checkpoint), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with running_server(create_app(checkpoint)) as url:
+        yield url
 
 
 def test_load_on_loopback_has_no_server_errors(live_server, png_bytes, sample_dir):

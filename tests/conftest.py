@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO.parent / "shared" / "data" / "nih-sample"
+SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "nih-sample"
 
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    """The real NIH sample (read-only): CSVs, official lists, blacklist, boxes and 11 full-size PNGs."""
-    if not SAMPLE_DIR.is_dir():
-        pytest.fail(f"the NIH sample is missing: expected {SAMPLE_DIR} (../shared beside the repository)")
+    """The real NIH sample (read-only; tests/data/nih-sample/README.md): CSVs, the complete official lists, the
+    blacklist, boxes and 11 full-size PNGs, one of them RGBA."""
     return SAMPLE_DIR
 
 
@@ -78,8 +76,9 @@ def synth_store(tmp_path_factory, synth_data) -> Path:
 
 # A recipe that learns the synthetic findings in a few CPU epochs at 64 px (val macro AUROC ~0.87 after 4 epochs);
 # the seed's rotation/shift jitter slows learning this short, and a 20% validation part steadies the AUROC.
+TRAIN_EPOCHS = 4
 TRAIN_RECIPE = [
-    "--model", "resnet18", "--no-progress", "--image-size", str(SYNTH_SIZE), "--epochs", "4",
+    "--model", "resnet18", "--no-progress", "--image-size", str(SYNTH_SIZE), "--epochs", str(TRAIN_EPOCHS),
     "model.pretrained=none", "data.num_workers=0", "model.head=gap", "optim.lr=1e-3",
     "data.rotation=0", "data.shift=0", "task.val_fraction=0.2",
 ]  # fmt: skip

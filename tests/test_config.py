@@ -11,7 +11,7 @@ from cxr.config import (
     Config,
     available_experiments,
     config_from_dict,
-    experiments_dir,
+    experiments_dirs,
     find_experiment,
     load_config,
     save_config,
@@ -146,11 +146,16 @@ def test_yaml_errors_name_the_file_and_key(tmp_path):
         load_config("chexnet2")
 
 
-def test_experiments_dir_can_be_moved(tmp_path, monkeypatch):
-    assert (experiments_dir() / "chexnet.yaml").is_file()
+def test_user_presets_come_first_and_the_shipped_ones_stay(tmp_path, monkeypatch):
+    shipped = experiments_dirs()[-1]
+    assert (shipped / "chexnet.yaml").is_file() and shipped.parent.parent.name == "cxr"  # inside the package
     (tmp_path / "tiny.yaml").write_text("train:\n  epochs: 2\n")
+    (tmp_path / "chexnet.yaml").write_text("train:\n  epochs: 3\n")
     monkeypatch.setenv("CXR_EXPERIMENTS_DIR", str(tmp_path))
     assert load_config("tiny").train.epochs == 2
+    assert load_config("chexnet").train.epochs == 3  # a user's preset shadows the shipped one of that name
+    assert load_config("demo").experiment == "demo"  # the shipped presets are still found
+    assert "tiny" in available_experiments() and "multilabel-adam" in available_experiments()
 
 
 def test_merged_config_round_trips_through_yaml(tmp_path):

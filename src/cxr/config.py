@@ -2,7 +2,7 @@
 
 The defaults are the settings the seed's six experiments share (``docs/experiments.md``: DenseNet169 + the seed's
 head, Adam 1e-4, batch 16, rotation 15° / shift 0.15 / flip, early stopping with patience 4, a 300 px store cropped
-to 75%). ``configs/experiments/<name>.yaml`` lists only what a preset changes; ``cxr train ... optim.lr=1e-3``
+to 75%). ``cxr/configs/experiments/<name>.yaml`` (inside the package) lists only what a preset changes; ``cxr train ... optim.lr=1e-3``
 changes one value more. Unknown keys and wrong types are errors naming the key (as nanoGPT's configurator refuses
 unknown keys). The merged config is written to ``RUN/config.yaml`` and into every checkpoint (as timm saves its args).
 """
@@ -14,6 +14,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -97,15 +98,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def experiments_dir() -> Path:
-    """``$CXR_EXPERIMENTS_DIR``, else ``configs/experiments`` at the repository root (editable install)."""
-    if os.environ.get("CXR_EXPERIMENTS_DIR"):
-        return Path(os.environ["CXR_EXPERIMENTS_DIR"])
-    return Path(__file__).resolve().parents[2] / "configs" / "experiments"
+def experiments_dirs() -> list[Path]:
+    """Where presets are looked up, first match wins: the folders in ``$CXR_EXPERIMENTS_DIR`` (``os.pathsep``
+    separated; a user's or a lab's own presets), then the presets shipped inside the package."""
+    user = [Path(p) for p in os.environ.get("CXR_EXPERIMENTS_DIR", "").split(os.pathsep) if p]
+    # Package data, read through importlib.resources: a wheel installed outside any checkout finds them too.
+    return [*user, Path(str(resources.files("cxr") / "configs" / "experiments"))]
 
 
 def available_experiments() -> list[str]:
-    return sorted(path.stem for path in experiments_dir().glob("*.yaml"))
+    return sorted({path.stem for folder in experiments_dirs() for path in folder.glob("*.yaml")})
 
 
 def find_experiment(experiment: str | Path) -> Path:
@@ -115,11 +117,12 @@ def find_experiment(experiment: str | Path) -> Path:
         if not path.is_file():
             raise CxrError(f"experiment file not found: {path}")
         return path
-    preset = experiments_dir() / f"{experiment}.yaml"
-    if not preset.is_file():
-        names = ", ".join(available_experiments()) or f"none found in {experiments_dir()}"
-        raise CxrError(f"unknown experiment {str(experiment)!r}; presets: {names} (or pass a YAML path)")
-    return preset
+    for folder in experiments_dirs():
+        preset = folder / f"{experiment}.yaml"
+        if preset.is_file():
+            return preset
+    names = ", ".join(available_experiments()) or "none found in " + ", ".join(map(str, experiments_dirs()))
+    raise CxrError(f"unknown experiment {str(experiment)!r}; presets: {names} (or pass a YAML path)")
 
 
 def load_config(experiment: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:

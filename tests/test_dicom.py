@@ -264,3 +264,241 @@ def test_dicom_flavours_predict_like_the_png(variants, sample_dir, tmp_path):
     for flavour, record in records.items():
         difference = np.abs(np.array(list(record["probabilities"].values())) - reference).max()
         assert difference <= 1e-4, flavour
+
+
+# Real-world files: pydicom's wheel ships them in pydicom/data/test_files (CT, MR, RT, secondary captures, every
+# codec). Only what is in the installed wheel is used: ``download=False``, and a missing file skips its test.
+
+
+def bundled(name: str) -> str:
+    """The path of ``name`` in pydicom's bundled test files; skips the test if this pydicom wheel lacks it."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} is not in the installed pydicom wheel (pydicom/data/test_files)")
+    return path
+
+
+def refusal(source, name: str) -> str:
+    """The message of the DicomError ``read_dicom`` raises, checked to be one line that starts with the file name."""
+    with pytest.raises(DicomError) as info:
+        read_dicom(source, name=name)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{name}: "), message
+    return message.removeprefix(f"{name}: ")
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma (PS3.3 C.7.6.3.1.2 YBR_FULL's Y), written out here, by range to 0..255 like the pipeline."""
+    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.rint((y - y.min()) * (255.0 / (y.max() - y.min())))
+
+
+# The same image twice: compressed (or encoded differently) and a lossless reference.
+LOSSLESS_TWINS = [
+    ("rle", "MR_small_RLE.dcm", "MR_small.dcm"),
+    ("rle-32bit-rgb", "SC_rgb_rle_32bit.dcm", "SC_rgb_rle.dcm"),
+    ("jpeg-lossless-sv1", "SC_rgb_jpeg_gdcm.dcm", "SC_rgb_rle.dcm"),
+    ("jpeg-ls-lossless", "MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),
+    ("jpeg2000-lossless", "MR_small_jp2klossless.dcm", "MR_small.dcm"),
+    ("big-endian", "MR_small_bigendian.dcm", "MR_small.dcm"),
+    ("big-endian-rgb-odd-size", "SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm"),
+    ("implicit-vr", "MR_small_implicit.dcm", "MR_small.dcm"),
+    ("multi-frame-first-frame", "SC_rgb_rle_2frame.dcm", "SC_rgb_rle.dcm"),
+]
+# Lossy twins: within a grey level on average. A YBR image taken for RGB (or converted twice) is tens of levels off.
+LOSSY_TWINS = [
+    ("jpeg-baseline-rgb", "SC_rgb_dcmtk_+eb+cr.dcm", "SC_rgb_rle.dcm"),
+    ("jpeg-baseline-ybr-full", "SC_rgb_dcmtk_+eb+cy+n2.dcm", "SC_rgb_rle.dcm"),
+    ("jpeg-baseline-ybr-full-422", "SC_rgb_dcmtk_+eb+cy+np.dcm", "SC_rgb_rle.dcm"),
+    ("jpeg-ls-near-lossless-rgb", "SC_rgb_jls_lossy_line.dcm", "SC_rgb_rle.dcm"),
+    ("uncompressed-ybr-full-422", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_rle.dcm"),
+]
+
+
+@pytest.mark.parametrize(("family", "encoded", "reference"), LOSSLESS_TWINS, ids=[t[0] for t in LOSSLESS_TWINS])
+def test_real_files_decode_like_their_lossless_twin(family, encoded, reference):
+    np.testing.assert_array_equal(read_dicom(bundled(encoded)), read_dicom(bundled(reference)))
+
+
+@pytest.mark.parametrize(("family", "encoded", "reference"), LOSSY_TWINS, ids=[t[0] for t in LOSSY_TWINS])
+def test_real_lossy_files_decode_close_to_their_lossless_twin(family, encoded, reference):
+    difference = np.abs(read_dicom(bundled(encoded)).astype(int) - read_dicom(bundled(reference)).astype(int))
+    assert difference.mean() <= 1.0, (family, difference.mean())
+
+
+@pytest.mark.parametrize(
+    ("family", "name", "shape"),
+    [
+        ("jpeg-extended-12bit", "JPGExtended.dcm", (1024, 256)),  # Pillow cannot: needs pylibjpeg-libjpeg
+        ("jpeg2000-ybr-rct-jp2-header", "GDCMJ2K_TextGBR.dcm", (400, 400)),  # Pillow cannot: needs pylibjpeg-openjpeg
+        ("jpeg2000-lossy", "JPEG2000.dcm", (1024, 256)),
+        ("jpeg-ls-near-lossless-16bit", "JPEGLSNearLossless_16.dcm", None),
+        ("deflated", "image_dfl.dcm", None),
+    ],
+)
+def test_real_files_of_every_codec_decode(family, name, shape):
+    gray = read_dicom(bundled(name))
+    assert gray.dtype == np.uint8 and gray.ndim == 2 and gray.std() > 0
+    assert shape is None or gray.shape == shape
+
+
+def test_real_rgb_becomes_its_luma():
+    import pydicom
+
+    path = bundled("SC_rgb_rle.dcm")
+    expected = luma(pydicom.dcmread(path).pixel_array)
+    assert np.abs(read_dicom(path).astype(int) - expected).max() <= 1
+
+
+def test_real_signed_window_matches_the_dicom_formula():
+    """MR_small: signed 16-bit with a window, PS3.3 C.11.2.1.2.1 (LINEAR) written out as in the synthetic test."""
+    import pydicom
+
+    path = bundled("MR_small.dcm")
+    ds = pydicom.dcmread(path)
+    c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    expected = np.rint(np.clip((ds.pixel_array - (c - 0.5)) / (w - 1) + 0.5, 0, 1) * 255)
+    assert int(ds.PixelRepresentation) == 1
+    assert np.abs(read_dicom(path).astype(float) - expected).max() <= 1
+
+
+def test_palette_colour_is_the_luma_of_its_lut():
+    """examples_palette.dcm (16-bit LUTs): each index looked up in the red/green/blue tables by hand (C.7.9)."""
+    import pydicom
+
+    path = bundled("examples_palette.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "PALETTE COLOR"
+    first = int(ds.RedPaletteColorLookupTableDescriptor[1])
+    tables = [
+        np.frombuffer(ds[f"{colour}PaletteColorLookupTableData"].value, dtype="<u2")
+        for colour in ("Red", "Green", "Blue")
+    ]
+    index = np.clip(ds.pixel_array.astype(int) - first, 0, len(tables[0]) - 1)
+    rgb = np.stack([table[index] for table in tables], axis=-1)
+    assert np.abs(read_dicom(path).astype(int) - luma(rgb)).max() <= 1
+
+
+def test_palette_colour_synthetic():
+    """Black, red, green, blue, white through a 16-bit palette → 0, 76, 150, 29, 255 (601-2 luma)."""
+    ds = new_dataset()
+    ds.set_pixel_data(np.array([[0, 1, 2], [3, 4, 4]], np.uint8), "PALETTE COLOR", 8)
+    top = 65535
+    lut = {"Red": [0, top, 0, 0, top], "Green": [0, 0, top, 0, top], "Blue": [0, 0, 0, top, top]}
+    for colour, values in lut.items():
+        ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [5, 0, 16])
+        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", np.array(values, "<u2").tobytes())
+    gray = read_dicom(to_bytes(ds)).astype(int)
+    assert np.abs(gray - [[0, 76, 150], [29, 255, 255]]).max() <= 1
+
+
+def test_invalid_number_of_frames_still_gives_the_first_frame():
+    """badVR.dcm: Number of Frames is '1A'. Native data is the frames end to end (PS3.5 8.1.1), so frame 0 is the
+    first Rows x Columns values whatever the count says."""
+    import pydicom
+
+    path = bundled("badVR.dcm")
+    ds = pydicom.dcmread(path)
+    first = np.frombuffer(ds.PixelData, dtype="<u4")[: ds.Rows * ds.Columns].reshape(ds.Rows, ds.Columns)
+    first = first.astype(float)
+    expected = np.rint((first - first.min()) * (255.0 / (first.max() - first.min())))
+    np.testing.assert_array_equal(read_dicom(path), expected)
+
+
+def test_multiframe_cut_short_gives_its_intact_first_frame():
+    frames = np.stack([np.full((8, 8), v, np.uint8) for v in (40, 200, 90)])
+    ds = new_dataset()
+    ds.set_pixel_data(frames, "MONOCHROME2", 8)
+    ds.PixelData = ds.PixelData[: 64 + 10]  # frame 0 whole, frame 1 cut, frame 2 gone
+    np.testing.assert_array_equal(read_dicom(to_bytes(ds)), frames[0])
+    ds.PixelData = ds.PixelData[:50]
+    assert refusal(to_bytes(ds), "cut.dcm") == "truncated pixel data (50 of the 64 bytes of one frame)"
+
+
+def test_dataset_without_file_meta_decodes():
+    """No File Meta Information (PS3.10 7.1), hence no Transfer Syntax UID: the encoding pydicom parsed is used."""
+    from pydicom.dataset import Dataset
+
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    ds = Dataset()
+    ds.Modality = "CR"
+    ds.set_pixel_data(gray, "MONOCHROME2", 8)
+    del ds.file_meta
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=True, little_endian=True)
+    np.testing.assert_array_equal(read_dicom(buffer.getvalue()), gray)
+
+
+def test_real_truncated_file_is_refused_in_one_line(tmp_path):
+    path = bundled("MR_truncated.dcm")
+    assert refusal(path, "MR_truncated.dcm") == "truncated pixel data (8130 of the 8192 bytes of one frame)"
+    with pytest.raises(ImageDecodeError, match=r"^MR_truncated\.dcm: truncated pixel data"):
+        decode_grayscale(path, name="MR_truncated.dcm")
+
+
+def test_real_files_without_an_image_are_refused_in_one_line():
+    assert refusal(bundled("rtplan.dcm"), "rtplan.dcm") == "DICOM file has no pixel data (is it an image?)"
+    assert "no Rows/Columns" in refusal(bundled("meta_missing_tsyntax.dcm"), "meta_missing_tsyntax.dcm")
+
+
+def test_a_missing_codec_is_named(monkeypatch):
+    import pydicom.pixels
+
+    class Unavailable:
+        is_available = False
+        missing_dependencies = ["pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"]
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Unavailable())
+    assert refusal(bundled("MR_small_jpeg_ls_lossless.dcm"), "ls.dcm") == (
+        "transfer syntax JPEG-LS Lossless Image Compression needs a codec that is not installed: "
+        "pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)"
+    )
+
+
+def test_a_codec_panic_is_a_refusal(monkeypatch):
+    """pylibjpeg-rle (Rust) panics on corrupt RLE; pyo3 raises that as a BaseException named PanicException."""
+    from pydicom.pixels.decoders.base import Decoder
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(self, *args, **kwargs):
+        raise PanicException("index out of bounds: the len is 400 but the index is 401")
+
+    monkeypatch.setattr(Decoder, "as_array", panic)
+    message = refusal(bundled("MR_small_RLE.dcm"), "rle.dcm")
+    assert message.startswith("corrupt RLE Lossless pixel data (the codec crashed: index out of bounds")
+
+
+# The files of pydicom's wheel that no reader should turn into an image, and why (pydicom's test_files/README.txt).
+UNREADABLE = {
+    "JPEG-lossy.dcm": "cannot decode JPEG Extended",  # invalid SOS parameters; JPGExtended.dcm is its fixed twin
+    "JPEG2000-embedded-sequence-delimiter.dcm": "cannot decode JPEG 2000",  # codestream bytes overwritten on purpose
+    "MR_truncated.dcm": "truncated pixel data",
+    "meta_missing_tsyntax.dcm": "no Rows/Columns",  # two bytes of "pixel data", no Image Pixel module
+    "nested_priv_SQ.dcm": "no Rows/Columns",
+}
+
+
+def test_every_bundled_file_decodes_or_is_refused_in_one_line():
+    """The corpus of ``benchmarks/dicom_corpus.py`` as a test: any refusal beyond the files above (or files that
+    hold no image at all) means a codec or a photometric interpretation went missing."""
+    import pydicom
+
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    decoded = 0
+    for path in sorted(folder.glob("*.dcm")):
+        try:
+            gray = read_dicom(path, name=path.name)
+        except DicomError as error:
+            message = str(error)
+            assert "\n" not in message and message.startswith(f"{path.name}: "), message
+            expected = UNREADABLE.get(path.name, "has no pixel data")
+            assert expected in message, message
+            continue
+        assert path.name not in UNREADABLE
+        assert gray.dtype == np.uint8 and gray.ndim == 2
+        decoded += 1
+    assert decoded >= 59, f"{decoded} images decoded (59 of 64 with pixel data in pydicom 3.0's wheel)"

@@ -49,6 +49,20 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
+def color_to_gray(pixels: np.ndarray, rgb: bool = False) -> np.ndarray:
+    """Colour ``(H, W, C)`` -> 8-bit grey: ITU-R 601-2 luma (Pillow's ``L`` weights, in OpenCV's fixed point), then
+    deeper images by their own range, as :func:`_to_uint8` maps grey ones. The package's one colour conversion.
+
+    Channels are BGR(A), as OpenCV decodes, or RGB(A) with ``rgb`` (DICOM RGB, YBR and PALETTE COLOR). Depths that
+    ``cv2.cvtColor`` does not take (32-bit integers, float64) go through float32, plenty for an 8-bit result.
+    """
+    if pixels.dtype not in (np.uint8, np.uint16, np.float32):
+        pixels = pixels.astype(np.float32)
+    codes = {3: cv2.COLOR_RGB2GRAY, 4: cv2.COLOR_RGBA2GRAY} if rgb else {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}
+    code = codes.get(pixels.shape[2])
+    return _to_uint8(cv2.cvtColor(pixels, code) if code is not None else pixels[..., 0])
+
+
 def _open_checked(data: bytes, name: str) -> Image.Image:
     """Open an image lazily (header only) and refuse it before decoding if it exceeds the decompression-bomb limit."""
     try:
@@ -87,10 +101,7 @@ def _decode_opencv(data: bytes, name: str) -> np.ndarray:
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise ImageDecodeError(f"{name}: truncated or corrupt image")
-    if pixels.ndim == 3:  # BGR(A), 8 or 16 bits; the same ITU-R 601-2 luma weights as Pillow, in fixed point
-        code = {4: cv2.COLOR_BGRA2GRAY, 3: cv2.COLOR_BGR2GRAY}.get(pixels.shape[2])
-        pixels = cv2.cvtColor(pixels, code) if code is not None else pixels[..., 0]
-    return _to_uint8(pixels)
+    return color_to_gray(pixels) if pixels.ndim == 3 else _to_uint8(pixels)  # BGR(A), 8 or 16 bits
 
 
 DECODERS = {"pillow": _decode_pillow, "opencv": _decode_opencv}

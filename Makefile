@@ -1,22 +1,36 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # The venv is built with pip (not uv/poetry): pip takes torch from the machine's local wheel cache.
+# It installs the exact versions in requirements.lock (Linux x86_64, Python 3.11; `make lock` refreshes it from
+# pyproject.toml); `make venv LOCK=` installs from pyproject.toml's ranges instead (other platforms).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK ?= requirements.lock
 DEMO_OUT ?= demo-output
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv lock demo test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+ifneq ($(LOCK),)
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+else
 	$(PY) -m pip install --quiet -e '.[dev]'
+endif
 # The complete NIH metadata table ships in this wheel; tests/test_nih.py reads it (and skips without it).
 # Downloaded, not installed; the leading '-' keeps an offline machine going.
-	-$(PY) -m pip download --quiet --no-deps --dest $(VENV)/wheels torchxrayvision
+	-$(PY) -m pip download --quiet --no-deps --dest $(VENV)/wheels torchxrayvision==1.5.7
 	touch $(STAMP)
+
+# pip-tools in a venv of its own, so the project's venv holds exactly the lock.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet 'pip-tools>=7.4'
+	.venv-lock/bin/pip-compile --quiet --upgrade --strip-extras --extra dev --no-emit-index-url --no-emit-find-links \
+		--output-file $(LOCK) pyproject.toml
 
 venv: $(STAMP)
 

@@ -74,12 +74,14 @@ def synth_store(tmp_path_factory, synth_data) -> Path:
     )
 
 
-# A recipe that learns the synthetic findings in a few CPU epochs at 64 px (val macro AUROC ~0.87 after 4 epochs);
-# the seed's rotation/shift jitter slows learning this short, and a 20% validation part steadies the AUROC.
+# A recipe that learns the synthetic findings in a few CPU epochs at 64 px: val macro AUROC of the best epoch 0.849
+# and 0.827 with train.seed 0 and 1 on the development machine (Adam 1e-3 was erratic there, 0.78-0.81: its validation
+# loss jumped between epochs). The seed's rotation/shift jitter slows learning this short, and a 20% validation part
+# steadies the AUROC.
 TRAIN_EPOCHS = 4
 TRAIN_RECIPE = [
     "--model", "resnet18", "--no-progress", "--image-size", str(SYNTH_SIZE), "--epochs", str(TRAIN_EPOCHS),
-    "model.pretrained=none", "data.num_workers=0", "model.head=gap", "optim.lr=1e-3",
+    "model.pretrained=none", "data.num_workers=0", "model.head=gap", "optim.lr=3e-4",
     "data.rotation=0", "data.shift=0", "task.val_fraction=0.2",
 ]  # fmt: skip
 

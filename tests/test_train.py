@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +18,23 @@ import pytest
 import torch
 import yaml
 from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
+from conftest import TRAIN_EPOCHS, TRAIN_RECIPE
 from cxr.artifact import load_artifact
 from cxr.cli import app
 from cxr.config import load_config
+from cxr.data import EpochSampler, StoreImages
 from cxr.errors import CxrError
 from cxr.labels import FINDINGS
+from cxr.store import Store
+from cxr.transforms import TrainView
 
 CXR = str(Path(sys.executable).with_name("cxr"))
 TINY = ["--model", "resnet18", "--no-progress", "model.pretrained=none", "data.num_workers=0"]
-# Learns the synthetic findings in a few CPU epochs at 64 px (val macro AUROC ~0.87 after 4 epochs on the session
-# store); the seed's rotation/shift jitter slows learning this short, and a 20% validation part steadies the AUROC.
-RECIPE = [*TINY, "model.head=gap", "optim.lr=1e-3", "data.rotation=0", "data.shift=0", "task.val_fraction=0.2"]
+# tests/conftest.py's TRAIN_RECIPE without its size and epochs (the tests below set those).
+RECIPE = [*TINY, "model.head=gap", "optim.lr=3e-4", "data.rotation=0", "data.shift=0", "task.val_fraction=0.2"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +86,7 @@ def test_synthetic_training_learns_and_writes_the_run_dir(learned_run, store):
     aurocs = [
         roc_auc_score(predictions[f], predictions[f"prob_{f}"]) for f in FINDINGS if predictions[f].nunique() == 2
     ]
-    assert np.mean(aurocs) >= 0.8, aurocs
+    assert np.mean(aurocs) >= 0.78, aurocs  # chance is 0.5; tests/conftest.py gives the values measured
     best = metrics.loc[metrics["val_loss"].idxmin(), "val_macro_auroc"]
     assert np.mean(aurocs) == pytest.approx(best, abs=1e-3)  # the parquet is the best checkpoint's, as logged
 
@@ -89,6 +95,45 @@ def test_synthetic_training_learns_and_writes_the_run_dir(learned_run, store):
     assert artifact.config == config and artifact.labels == list(FINDINGS)
     assert artifact.preprocessing["store_size"] == 64 and artifact.preprocessing["input_size"] == 64
     assert artifact.thresholds == dict.fromkeys(FINDINGS, 0.5)
+
+
+def test_epoch_sampler_orders_by_seed_and_epoch_alone_and_shards_ranks():
+    def keys(epoch: int, **kwargs) -> list[tuple[int, int]]:
+        sampler = EpochSampler(10, shuffle=True, seed=3, **kwargs)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first, second = keys(0), keys(1)
+    assert keys(1) == second and first != second  # a resumed run sees the uninterrupted run's order
+    assert {e for e, _ in second} == {1} and sorted(i for _, i in second) == list(range(10))
+    shards = [keys(1, rank=rank, world=3) for rank in range(3)]
+    assert [len(shard) for shard in shards] == [4, 4, 4]  # ranks step equally often: two images padded
+    interleaved = [key for step in zip(*shards, strict=True) for key in step]
+    assert interleaved == second + second[:2]
+    assert list(EpochSampler(5, shuffle=False)) == [(0, i) for i in range(5)]
+
+
+def test_augmentation_depends_on_seed_epoch_and_image_not_on_loader_workers(store):
+    dataset = StoreImages(Store(store), np.arange(24), None, TrainView(64, rotation=15, shift=0.1, hflip=True), seed=5)
+    assert torch.equal(dataset[(1, 3)][0], dataset[(1, 3)][0]) and not torch.equal(
+        dataset[(1, 3)][0], dataset[(2, 3)][0]
+    )
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        sampler = EpochSampler(len(dataset), shuffle=True, seed=5)
+        sampler.set_epoch(2)
+        return [x for x, _ in DataLoader(dataset, batch_size=8, sampler=sampler, num_workers=workers)]
+
+    assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2), strict=True))
+
+
+def test_runs_and_checkpoints_record_versions_and_machine(learned_run):
+    (start,) = json.loads((learned_run / "environment.json").read_text())
+    for package in ("cxr", "torch", "lightning", "numpy", "onnxruntime"):
+        assert start["versions"][package] == metadata.version(package), package
+    assert start["time"] and start["cpu"] and start["gpus"] == []
+    written = torch.load(learned_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["cxr"]
+    assert written["environment"]["versions"] == start["versions"]
 
 
 def test_predict_store_orders_by_name_and_averages_the_mirror(learned_run, store):
@@ -165,44 +210,46 @@ def test_run_dir_is_not_overwritten_and_resume_checks_the_config(learned_run, st
         _train_run(store, learned_run, "--epochs", "5", "--resume", *RECIPE)
 
 
-def test_kill_minus_9_mid_epoch_then_resume_finishes(store, tmp_path):
+@pytest.mark.parametrize("delay", [0.0, 1.5])
+def test_kill_minus_9_then_resume_ends_as_the_uninterrupted_run(store, trained_run, tmp_path, delay):
+    """Killed somewhere in the second epoch or later (the exact point depends on the machine's speed), resumed: the
+    run trains exactly the steps left, numbers its epochs as the uninterrupted run and ends with its very weights.
+
+    The reference is the session's run (tests/conftest.py), trained in-process with the same recipe and one thread.
+    """
     out = tmp_path / "run"
     command = [CXR, "train", "--experiment", "multilabel-adam", "--store", str(store), "--out", str(out)]
-    command += ["--image-size", "64", "--epochs", "2", *RECIPE, "train.batch_size=8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "killed.log"  # a file, not a pipe: nobody drains a pipe while we wait
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    deadline = time.monotonic() + 300
-    # Checkpoints are renamed into place: once last.ckpt exists it is complete; metrics.csv closes the epoch.
-    while not ((out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()):
+    process = subprocess.Popen([*command, *TRAIN_RECIPE], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    deadline = time.monotonic() + 600
+    while not (out / "metrics.csv").exists():  # written when the first epoch ends
         assert process.poll() is None, "training ended early: " + log.read_text()[-2000:]
-        assert time.monotonic() < deadline, "no checkpoint after the first epoch"
+        assert time.monotonic() < deadline, "the first epoch did not end"
         time.sleep(0.05)
-    time.sleep(0.3)  # a few steps into the second epoch (dozens of steps of 8 images)
+    time.sleep(delay)
     assert process.poll() is None, "finished before it could be killed: " + log.read_text()[-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = pd.read_csv(out / "metrics.csv")
-    assert before["epoch"].tolist() == [0], "killed after the second epoch had ended"
     assert not (out / "val_predictions.parquet").exists()
 
-    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([*command, *TRAIN_RECIPE, "--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = pd.read_csv(out / "metrics.csv")
-    assert after["epoch"].tolist() == [0, 1]
-    assert after["train_loss"].iloc[0] == before["train_loss"].iloc[0]  # epoch 0 was not trained again
-    # The resumed run trained exactly the steps left: two epochs of the training part at batch 8, no more, no less.
-    # (The checkpoint's "epoch" field is 1 or 2 depending on which Lightning hook wrote last.ckpt; steps are exact.)
-    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    n_train = int((pd.read_parquet(out / "split.parquet")["part"] == "train").sum())
-    assert last["global_step"] == 2 * -(-n_train // 8)
-    assert last["loops"]["fit_loop"]["epoch_progress"]["total"]["completed"] == 2
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), pd.read_csv(trained_run / "metrics.csv"))
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    reference = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == reference["global_step"] > 0
+    assert last["epoch"] == reference["epoch"] == TRAIN_EPOCHS
+    for name, tensor in reference["state_dict"].items():
+        assert torch.equal(last["state_dict"][name], tensor), name
     assert (out / "val_predictions.parquet").is_file()
+    assert len(json.loads((out / "environment.json").read_text())) == 2  # the start and the resume
 
 
 DDP_SCRIPT = """
 import sys, torch
 from cxr.config import load_config
+from cxr.data import EpochSampler, StoreImages
 from cxr.train import fit
 torch.set_num_threads(1)
 store, out = sys.argv[1], sys.argv[2]

@@ -7,14 +7,14 @@ opened lazily in each worker process (``cxr.store.Store`` pickles without its pi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cxr.config import DataConfig
 from cxr.errors import CxrError
@@ -24,10 +24,17 @@ from cxr.transforms import TrainView, eval_view
 
 
 class StoreImages(Dataset):
-    """Items ``(uint8 (1, S, S), float32 (K,))`` of store rows ``rows`` seen through ``view``."""
+    """Items ``(uint8 (1, S, S), float32 (K,))`` of store rows ``rows`` seen through ``view``.
 
-    def __init__(self, store: Store, rows: np.ndarray, labels: np.ndarray | None, view: Callable):
-        self.store, self.rows, self.view = store, np.asarray(rows, dtype=np.int64), view
+    With ``seed`` the view is random (training) and its draws come from a generator seeded by (seed, epoch, store
+    row): items are then keyed ``(epoch, i)`` (:class:`EpochSampler`), so an image's augmentation in an epoch does not
+    depend on the number of loader workers, on which worker drew it, or on whether the run was resumed.
+    """
+
+    def __init__(
+        self, store: Store, rows: np.ndarray, labels: np.ndarray | None, view: Callable, seed: int | None = None
+    ):
+        self.store, self.rows, self.view, self.seed = store, np.asarray(rows, dtype=np.int64), view, seed
         self.labels = labels if labels is not None else np.zeros((len(self.rows), 0), np.float32)
         if len(self.labels) != len(self.rows):
             raise ValueError(f"{len(self.labels)} label rows for {len(self.rows)} images")
@@ -35,10 +42,48 @@ class StoreImages(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.view(self.store.images[self.rows[item]])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, item = key if isinstance(key, tuple) else (0, key)
+        pixels = self.store.images[self.rows[item]]
+        if self.seed is None:
+            image = self.view(pixels)
+        else:
+            image = self.view(pixels, generator=item_generator(self.seed, epoch, int(self.rows[item])))
         # A copy (the memmap is read-only); np copy + from_numpy is ~100x faster than torch.tensor(ndarray).
         return torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
+
+
+def item_generator(seed: int, epoch: int, row: int) -> torch.Generator:
+    """A torch generator for one image in one epoch; SeedSequence mixes the three numbers into unrelated streams."""
+    state = np.random.SeedSequence([seed, epoch, row]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class EpochSampler(Sampler):
+    """Keys ``(epoch, i)`` of a dataset of ``n`` items: a permutation drawn from (seed, epoch) alone, or the identity.
+
+    Lightning calls ``set_epoch`` before every epoch (a resumed run at the epoch it resumes), so the order is the
+    same in an uninterrupted and a resumed run. Under DDP each of ``world`` ranks takes every ``world``-th key of the
+    same permutation, padded by wrapping around so that all ranks step equally often (as ``DistributedSampler``).
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.shuffle, self.seed, self.rank, self.world, self.epoch = n, shuffle, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        padded = order + order[: len(self) * self.world - self.n]
+        return ((self.epoch, i) for i in padded[self.rank :: self.world])
 
 
 def eval_view_of(data: DataConfig) -> Callable:
@@ -56,31 +101,44 @@ def train_view_of(data: DataConfig) -> TrainView:
     )
 
 
-def part_dataset(store: Store, split: TaskSplit, part: str, data: DataConfig) -> StoreImages:
-    """The dataset of one part of a task split; the training part gets the random view."""
+def part_dataset(store: Store, split: TaskSplit, part: str, data: DataConfig, seed: int = 0) -> StoreImages:
+    """The dataset of one part of a task split; the training part gets the random view, seeded by ``seed``."""
     labels = split.rows(part)
     table = split.table.loc[labels]
-    view = train_view_of(data) if part == "train" else eval_view_of(data)
-    return StoreImages(store, table["row"].to_numpy(), targets(table, split.outputs), view)
+    training = part == "train"
+    view = train_view_of(data) if training else eval_view_of(data)
+    return StoreImages(store, table["row"].to_numpy(), targets(table, split.outputs), view, seed if training else None)
 
 
 class StoreDataModule(L.LightningDataModule):
-    """Train and validation loaders of a task split; Lightning adds the DistributedSampler under DDP."""
+    """Train and validation loaders of a task split, sharded over DDP ranks by :class:`EpochSampler`.
 
-    def __init__(self, store: Store, split: TaskSplit, data: DataConfig, batch_size: int, pin_memory: bool):
+    The Trainer must run with ``use_distributed_sampler=False``: Lightning's replacement sampler would not pass the
+    epoch on to the augmentation.
+    """
+
+    def __init__(
+        self, store: Store, split: TaskSplit, data: DataConfig, batch_size: int, pin_memory: bool, seed: int = 0
+    ):
         super().__init__()
         self.store, self.split, self.data, self.batch_size, self.pin_memory = store, split, data, batch_size, pin_memory
+        self.seed = seed
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         workers = self.data.num_workers
+        dataset = part_dataset(self.store, self.split, part, self.data, self.seed)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DataLoader(
-            part_dataset(self.store, self.split, part, self.data),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world),
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,  # workers keep their memmap and warm page cache between epochs
             drop_last=False,
+            # The loader's own generator seeds its workers; kept apart from the global one that dropout draws on.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

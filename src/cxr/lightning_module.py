@@ -17,7 +17,6 @@ import lightning as L
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
@@ -146,16 +145,6 @@ class CxrModule(L.LightningModule):
         checkpoint["cxr"] = artifact_metadata(
             self.outputs, self.model.architecture, self.preprocessing, config=to_dict(self.config)
         )
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file and renamed: a run killed while saving keeps its previous last.ckpt."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
 
 
 class EpochMetricsCSV(L.Callback):

@@ -10,6 +10,7 @@ metrics.csv, tensorboard/, val_predictions.parquet.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import yaml
 
 from cxr.config import Config, config_from_dict, save_config, to_dict
 from cxr.errors import CxrError
+from cxr.provenance import environment
 from cxr.store import Store
 from cxr.tasks import TaskSplit, build_split, targets
 
@@ -89,14 +91,20 @@ def _prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> None:
     save_config(config, saved)
 
 
+def _record_environment(run_dir: Path) -> None:
+    """``RUN/environment.json``: one entry per start (the first, then each --resume), as a resume may move machines."""
+    path = run_dir / "environment.json"
+    starts = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([*starts, environment()], indent=2) + "\n")
+
+
 def _precision(config: Config, on_gpu: bool) -> str:
+    """``train.precision``; ``auto`` is AMP on a GPU, and on a CPU bf16 only where it is native (cxr.precision)."""
     if config.train.precision != "auto":
         return config.train.precision
-    if not on_gpu:
-        return "32-true"
-    import torch
+    from cxr.precision import auto_precision
 
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return auto_precision(on_gpu)
 
 
 def _gpu_count(devices: int | str) -> int:
@@ -137,8 +145,9 @@ def fit(
     from lightning.pytorch.utilities import rank_zero_only
 
     from cxr.artifact import strip_training_state
+    from cxr.checkpointing import AtomicCheckpointIO, LastCheckpoint
     from cxr.data import StoreDataModule
-    from cxr.lightning_module import AtomicCheckpointIO, CxrModule, EpochMetricsCSV
+    from cxr.lightning_module import CxrModule, EpochMetricsCSV
 
     store, run_dir = Store(store_path), Path(run_dir)
     config = fit_store(config, store, image_size)
@@ -159,19 +168,20 @@ def fit(
     module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume)
     if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)
         _prepare_run_dir(run_dir, config, resume)
+        _record_environment(run_dir)
         split.split_table().to_parquet(run_dir / "split.parquet", index=False)
 
-    checkpoints = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor="val_loss",
         mode="min",
         save_top_k=1,
-        save_last=True,
-        enable_version_counter=False,  # always best.ckpt / last.ckpt, also after --resume
+        enable_version_counter=False,  # always best.ckpt, also after --resume
     )
     callbacks = [
-        checkpoints,
+        best,
+        LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"),  # what --resume reads (cxr.checkpointing: why)
         EarlyStopping(monitor="val_loss", mode="min", patience=config.train.early_stopping_patience),
         EpochMetricsCSV(run_dir / "metrics.csv", split.outputs),
     ]
@@ -187,6 +197,7 @@ def fit(
         precision=_precision(config, on_gpu),
         benchmark=on_gpu,  # cuDNN autotuning: the input size is fixed for a whole run
         sync_batchnorm=on_gpu and num_nodes * _gpu_count(devices) > 1,  # one BN statistic over all ranks
+        use_distributed_sampler=False,  # cxr.data.EpochSampler shards the data itself (and seeds augmentation)
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         logger=TensorBoardLogger(run_dir, name="tensorboard", version=""),
@@ -197,7 +208,9 @@ def fit(
     )
     if config.train.channels_last and on_gpu:
         module.model.to(memory_format=torch.channels_last)
-    datamodule = StoreDataModule(store, split, config.data, config.train.batch_size, pin_memory=on_gpu)
+    datamodule = StoreDataModule(
+        store, split, config.data, config.train.batch_size, pin_memory=on_gpu, seed=config.train.seed
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=run_dir / "checkpoints" / "last.ckpt" if resume else None)
     if trainer.is_global_zero:
         # best.ckpt is the model artifact: only last.ckpt needs the optimizer state (--resume), which for Adam is

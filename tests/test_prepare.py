@@ -155,6 +155,7 @@ def test_real_sample_images(sample_dir, tmp_path):
     store = Store(tmp_path / "store")
     assert manifest["counts"]["images"] == 11 == len(store)
     assert manifest["counts"]["missing"] == 2000 - 11 and manifest["counts"]["undecodable"] == 0
+    assert manifest["environment"]["versions"]["numpy"] == np.__version__ and manifest["environment"]["cpu"]
     assert (store.index["source_width"] == 1024).all()
     row = int(store.index.set_index("image").loc["00000100_000.png", "row"])
     grey = np.asarray(Image.open(sample_dir / "images" / "00000100_000.png"))[..., 0]  # the RGBA one: R = G = B

@@ -20,6 +20,7 @@ from cxr import __version__
 from cxr.errors import CxrError
 from cxr.labels import check_names
 from cxr.models import CxrNet, create_model
+from cxr.provenance import environment
 from cxr.transforms import EVAL_TRANSFORMS, eval_view
 
 FORMAT = "cxr-model"
@@ -89,6 +90,7 @@ def artifact_metadata(
         "preprocessing": check_preprocessing(dict(preprocessing)),
         "thresholds": thresholds,
         "config": dict(config or {}),
+        "environment": environment(),  # versions and machine that wrote it (cxr.provenance)
     }
 
 

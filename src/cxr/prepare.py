@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import CxrError
+from cxr.provenance import environment
 from cxr.store import IN_PROGRESS as STATE
 from cxr.store import JOURNAL, Journal, allocate_images, atomic_write, dumps, read_journal, write_tables
 
@@ -215,6 +216,7 @@ def prepare_store(
         sizes = [size for c in range(len(chunks)) for size in done[c]["sizes"]]
         reasons = {c * chunk_size + int(i): reason for c in done for i, reason in done[c]["rejects"].items()}
         extra = {"package_version": __version__, "decoder": DECODER, "interpolation": "area"}
+        extra["environment"] = environment(timestamp=False)
         manifest = write_tables(out, dataset, present, sizes, reasons, params | extra)
         for name in (STATE, JOURNAL):
             (out / name).unlink(missing_ok=True)

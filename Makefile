@@ -29,7 +29,7 @@ endif
 lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet 'pip-tools>=7.4'
-	.venv-lock/bin/pip-compile --quiet --upgrade --strip-extras --extra dev --no-emit-index-url --no-emit-find-links \
+	.venv-lock/bin/pip-compile --quiet --upgrade --allow-unsafe --strip-extras --extra dev --no-emit-index-url --no-emit-find-links \
 		--output-file $(LOCK) pyproject.toml
 
 venv: $(STAMP)

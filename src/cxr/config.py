@@ -3,8 +3,9 @@
 The defaults are the settings the seed's six experiments share (``docs/experiments.md``: DenseNet169 + the seed's
 head, Adam 1e-4, batch 16, rotation 15° / shift 0.15 / flip, early stopping with patience 4, a 300 px store cropped
 to 75%). ``cxr/configs/experiments/<name>.yaml`` (inside the package) lists only what a preset changes;
-``cxr train ... optim.lr=1e-3`` changes one value more. Unknown keys and wrong types are errors naming the key (as nanoGPT's configurator refuses
-unknown keys). The merged config is written to ``RUN/config.yaml`` and into every checkpoint (as timm saves its args).
+``cxr train ... optim.lr=1e-3`` changes one value more. Unknown keys and wrong types are errors naming the key (as
+nanoGPT's configurator refuses unknown keys). The merged config is written to ``RUN/config.yaml`` and into every
+checkpoint (as timm saves its args).
 """
 
 from __future__ import annotations

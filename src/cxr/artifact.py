@@ -8,8 +8,6 @@ merged config. The weights are the LightningModule's ``model.*`` entries of ``st
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 
 from cxr import __version__
 from cxr.errors import CxrError
+from cxr.files import replacing
 from cxr.labels import check_names
 from cxr.models import CxrNet, create_model
 from cxr.provenance import environment
@@ -125,18 +124,8 @@ def write_artifact(
 
 
 def _atomic_save(checkpoint: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the model unreadable to the rest of the team
-    try:
+    with replacing(path) as tmp:  # readers never see a half-written checkpoint
         torch.save(checkpoint, tmp)
-        os.replace(tmp, path)  # readers never see a half-written checkpoint
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -15,12 +15,13 @@ resumed run ends with the weights of the uninterrupted run, wherever it was kill
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from cxr.files import replacing
 
 
 class LastCheckpoint(L.Callback):
@@ -65,10 +66,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file and renamed: a run killed while saving keeps its previous last.ckpt."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 def start_of_epoch(loops: dict) -> None:

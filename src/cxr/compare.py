@@ -15,7 +15,8 @@ import numpy as np
 
 from cxr.bootstrap import bootstrap_auroc, paired_p_value, patient_codes, percentile_interval, resample_counts
 from cxr.errors import CxrError
-from cxr.evaluate import summary_labels, write_json
+from cxr.evaluate import summary_labels
+from cxr.files import write_json
 from cxr.metrics import macro_average
 from cxr.predictions import ScoredSet, load_predictions, read_scored_set
 from cxr.report import fmt, fmt_ci, render_html, render_markdown
@@ -148,7 +149,7 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write ``comparison.json``, ``forest.png``, ``comparison.md`` and ``comparison.html`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(result, out_dir / "comparison.json")}
+    paths = {"json": write_json(out_dir / "comparison.json", result)}
     boot = result["bootstrap"]
     intro = (f"{len(result['runs'])} runs on the same {result['n_images']} images of {result['n_patients']} patients. "
              f"Paired {boot['unit']}-level bootstrap ({boot['resamples']} resamples, seed {boot['seed']}): every "

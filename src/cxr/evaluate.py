@@ -7,7 +7,6 @@ Two modes share one scorer (:func:`score`, the metrics JSON of issue 5 / ``docs/
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd
 
 from cxr.bootstrap import bootstrap_auroc, percentile_interval
 from cxr.errors import CxrError
+from cxr.files import write_json
 from cxr.labels import NO_FINDING
 from cxr.metrics import (
     auprc,
@@ -100,27 +100,6 @@ def score(
     }
 
 
-def _plain(value):
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to null (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(metrics: dict, path: str | Path) -> Path:
-    """Write a metrics dict as strict JSON (NaN as ``null``), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(metrics), indent=2) + "\n")
-    return path
-
-
 def predict_split(artifact, store: Path, images: list[str], batch_size: int, tta: bool) -> np.ndarray:
     """Probabilities ``(n, K)`` of the artifact on store images (horizontal-flip TTA optional), via ``cxr.data``."""
     from cxr.data import predict_store
@@ -184,7 +163,7 @@ def evaluate_run(
     thresholds = choose_thresholds(val.targets, val.probabilities, labels)
     operating, fallback = operating_thresholds(thresholds, rule)
     record = {"chosen_on": "validation", "rule": rule, "operating": operating, "fallback_0.5": fallback}
-    write_json(record | {"thresholds": thresholds, "n_images": len(val.images)}, run / "thresholds.json")
+    write_json(run / "thresholds.json", record | {"thresholds": thresholds, "n_images": len(val.images)})
     set_thresholds(checkpoint, operating)
 
     probabilities = predict_split(artifact, store.path, images, batch_size, tta)
@@ -196,7 +175,7 @@ def evaluate_run(
     metrics["source"] = {"run": str(run), "split": split, "tta": tta, "store": str(store.path), "preset": preset}
     out = run / "eval" / split
     write_scored_set(data, out)
-    write_json(metrics, out / "metrics.json")
+    write_json(out / "metrics.json", metrics)
     counts = {str(part): int(n) for part, n in parts["part"].value_counts().items()}
     title = f"{preset or run.name}: {split} split"
     source = f"Run `{run}`, best checkpoint, {split} split"
@@ -243,7 +222,7 @@ def evaluate_predictions(
     out = (
         Path(out) if out else predictions.parent / (predictions.name.removesuffix(".gz").removesuffix(".csv") + "-eval")
     )
-    write_json(metrics, out / "metrics.json")
+    write_json(out / "metrics.json", metrics)
     source = f"Predictions `{predictions}` scored against `{labels_csv}`" + (
         f", images of `{images_list}`." if images_list else "."
     )

@@ -21,6 +21,7 @@ import torch
 
 from cxr import __version__
 from cxr.errors import CxrError
+from cxr.files import replacing
 from cxr.onnx_model import FORMAT, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxPredictor
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; anything >= 17 has every op these CNNs use
@@ -48,11 +49,10 @@ def export_onnx(
     predictor = TorchPredictor.from_path(model_path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     size = predictor.input_size
     graph = _WithSigmoid(predictor.model).eval()
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
-    try:
+    with replacing(out) as partial:  # a failed export or parity check leaves no file behind
         # The exporter reports its progress on stdout; `cxr export` prints its own summary instead.
         with contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(
@@ -75,10 +75,6 @@ def export_onnx(
         onnx.checker.check_model(model)
         onnx.save(model, os.fspath(partial))
         max_diff, checked = check_parity(predictor, partial, tolerance)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, out)
     return {"path": str(out), "opset": opset, "max_abs_diff": max_diff, "checked": checked}
 
 

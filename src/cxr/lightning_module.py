@@ -9,7 +9,6 @@ one class in the validation part gets NaN and is left out of the macro mean.
 from __future__ import annotations
 
 import math
-import os
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from cxr.artifact import artifact_metadata
 from cxr.config import Config, to_dict
+from cxr.files import replacing
 from cxr.models import create_model
 
 
@@ -169,6 +169,5 @@ class EpochMetricsCSV(L.Callback):
             previous = pd.read_csv(self.path)
             previous = previous[previous["epoch"] < trainer.current_epoch]  # an epoch redone after --resume
             table = pd.concat([previous, table], ignore_index=True) if len(previous) else table
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, self.path)
+        with replacing(self.path) as tmp:
+            table.to_csv(tmp, index=False)

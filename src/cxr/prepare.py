@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import CxrError
+from cxr.files import write_json
 from cxr.provenance import environment
 from cxr.store import IN_PROGRESS as STATE
-from cxr.store import JOURNAL, Journal, allocate_images, atomic_write, dumps, read_journal, write_tables
+from cxr.store import JOURNAL, Journal, allocate_images, read_journal, write_tables
 
 STORE_FILES = ("images.npy", "index.parquet", "rejects.csv", "boxes.parquet", "manifest.json")
 LOCK = ".prepare.lock"
@@ -199,7 +200,7 @@ def prepare_store(
             allocate_images(images_path, (len(files), size, size))
             chunk_size = chunk_size or chunk_size_for(len(files), workers)
             state = {"params": params, "fingerprint": fingerprint, "rows": len(files), "chunk_size": chunk_size}
-            atomic_write(state_path, dumps(state))
+            write_json(state_path, state)
         offset = np.load(images_path, mmap_mode="r").offset
         chunks = range(0, len(files), chunk_size)
         done = read_journal(out / JOURNAL)

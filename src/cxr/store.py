@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.errors import CxrError, InputFormatError
+from cxr.files import replacing, write_bytes, write_json
 from cxr.labels import LABELS
 
 FORMAT, FORMAT_VERSION = "cxr-store", 1
@@ -35,15 +36,6 @@ IN_PROGRESS = ".prepare-state.json"
 """Present while ``cxr prepare`` has not finished the store (interrupted or running)."""
 JOURNAL = ".prepare-journal.jsonl"
 """Chunks a running ``cxr prepare`` has finished, one JSON line each (see :class:`Journal`)."""
-
-
-def _replace(path: Path, write) -> None:
-    """Write via a temporary file renamed into place, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # Writing, while prepare runs: a durable journal of finished chunks, the preallocated images, atomic files.
@@ -102,16 +94,6 @@ class Journal:
             os.close(self.images)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file, fsync it, and rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def allocate_images(path: Path, shape: tuple[int, int, int]) -> None:
     """Create images.npy (zeros) and reserve its disk space now: a full disk is a clear error here, not a worker
     killed by SIGBUS when it writes into a sparse memory map hours later."""
@@ -125,11 +107,6 @@ def allocate_images(path: Path, shape: tuple[int, int, int]) -> None:
         path.unlink(missing_ok=True)
         raise CxrError(f"cannot reserve {length / 1e9:.1f} GB for {path} ({error.strerror}): free disk space or "
                        "choose another --out") from None  # fmt: skip
-
-
-def dumps(obj) -> bytes:
-    """Indented JSON, newline-terminated, as bytes."""
-    return (json.dumps(obj, indent=2) + "\n").encode()
 
 
 def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: dict[int, str], info: dict) -> dict:
@@ -150,7 +127,8 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
     index = stored.loc[usable, list(INDEX_COLUMNS)].reset_index(drop=True)
     for column in ("image", "split", "view", "sex"):
         index[column] = index[column].astype(str)
-    _replace(out / "index.parquet", lambda p: index.to_parquet(p, index=False))
+    with replacing(out / "index.parquet") as tmp:
+        index.to_parquet(tmp, index=False)
 
     # Rejects in metadata order: missing files (no row) and images that failed to decode (a zero row).
     positions = np.flatnonzero(present)
@@ -161,7 +139,7 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "reason"])
     writer.writerows([table.at[i, "image"], reason_at[i]] for i in sorted(reason_at))
-    _replace(out / "rejects.csv", lambda p: p.write_text(buffer.getvalue()))
+    write_bytes(out / "rejects.csv", buffer.getvalue().encode())
 
     boxes_file = None
     if dataset.boxes is not None:
@@ -169,7 +147,8 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
         x, y, w, h = box_to_store(*(boxes[c].to_numpy() for c in "xywh"), boxes["source_width"].to_numpy(),
                                   boxes["source_height"].to_numpy(), info["crop"], info["size"])  # fmt: skip
         boxes = boxes.assign(x=x, y=y, w=w, h=h)[list(BOX_COLUMNS)].sort_values(["row", "finding"], kind="stable")
-        _replace(out / "boxes.parquet", lambda p: boxes.reset_index(drop=True).to_parquet(p, index=False))
+        with replacing(out / "boxes.parquet") as tmp:
+            boxes.reset_index(drop=True).to_parquet(tmp, index=False)
         boxes_file = "boxes.parquet"
 
     missing = int((~present).sum())
@@ -196,7 +175,7 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
         "counts": counts,
         **{k: v for k, v in info.items() if k not in ("size", "crop", "source")},
     }
-    _replace(out / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from cxr.config import Config, config_from_dict, save_config, to_dict
 from cxr.errors import CxrError
+from cxr.files import write_json
 from cxr.provenance import environment
 from cxr.store import Store
 from cxr.tasks import TaskSplit, build_split, targets
@@ -95,7 +96,7 @@ def _record_environment(run_dir: Path) -> None:
     """``RUN/environment.json``: one entry per start (the first, then each --resume), as a resume may move machines."""
     path = run_dir / "environment.json"
     starts = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps([*starts, environment()], indent=2) + "\n")
+    write_json(path, [*starts, environment()])
 
 
 def _precision(config: Config, on_gpu: bool) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -30,12 +29,12 @@ def _print_table(title: str, header: list[str], rows: list[list[str]], to_stderr
 
 def _emit_json(document: dict, target: str | None) -> None:
     """``--json FILE`` writes the JSON there too; ``--json -`` prints it on stdout (tables go to stderr)."""
-    from cxr.evaluate import _plain, write_json
+    from cxr.files import to_json, write_json
 
     if target == "-":
-        sys.stdout.write(json.dumps(_plain(document), indent=2) + "\n")
+        sys.stdout.write(to_json(document))
     elif target:
-        write_json(document, target)
+        write_json(target, document)
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +209,18 @@ def test_run_dir_is_not_overwritten_and_resume_checks_the_config(learned_run, st
         _train_run(store, learned_run, "--epochs", "4", *RECIPE)
     with pytest.raises(CxrError, match=r"another config.*train\.epochs"):
         _train_run(store, learned_run, "--epochs", "5", "--resume", *RECIPE)
+
+
+def test_resume_takes_a_moved_store_and_other_workers_but_not_another_split(trained_run_copy, store, tmp_path):
+    moved = Path(shutil.copytree(store, tmp_path / "moved"))
+    resume = ["--experiment", "multilabel-adam", "--store", str(moved), "--out", str(trained_run_copy), "--resume"]
+    _train(*resume, *TRAIN_RECIPE, "data.num_workers=1")  # run settings: a finished run has nothing left to do
+    assert yaml.safe_load((trained_run_copy / "config.yaml").read_text())["store"] == str(moved.resolve())
+    index = pd.read_parquet(moved / "index.parquet")
+    index.loc[index["split"] == "test", "split"] = "train_val"  # the same images, another official split
+    index.to_parquet(moved / "index.parquet", index=False)
+    with pytest.raises(CxrError, match="gives another split"):
+        _train(*resume, *TRAIN_RECIPE)
 
 
 @pytest.mark.parametrize("delay", [0.0, 1.5])

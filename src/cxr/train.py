@@ -73,23 +73,42 @@ def preprocessing_of(config: Config) -> dict:
     }
 
 
-def _prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> None:
+RUN_SETTINGS = ("store", "data.num_workers")
+"""Config keys that say where and how a run is executed, not what it learns: they may change on --resume (a moved
+store, another machine). Results do not depend on them (cxr.data.EpochSampler: not even on the number of workers)."""
+
+
+def _changed_keys(previous: dict, current: dict) -> list[str]:
+    changed = []
+    for section, value in current.items():
+        if isinstance(value, dict):
+            changed += [f"{section}.{key}" for key in value if previous[section][key] != value[key]]
+        elif previous[section] != value:
+            changed.append(section)
+    return [key for key in changed if key not in RUN_SETTINGS]
+
+
+def _prepare_run_dir(run_dir: Path, config: Config, split: TaskSplit, resume: bool) -> None:
     saved = run_dir / "config.yaml"
     if resume:
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise CxrError(f"nothing to resume in {run_dir}: no checkpoints/last.ckpt (start it without --resume)")
         previous = to_dict(config_from_dict(yaml.safe_load(saved.read_text()), str(saved)))
-        current = to_dict(config)
-        changed = [f"{s}.{k}" for s in current if isinstance(current[s], dict) for k in current[s]
-                   if previous[s][k] != current[s][k]]  # fmt: skip
-        changed += [s for s in current if not isinstance(current[s], dict) and previous[s] != current[s]]
+        changed = _changed_keys(previous, to_dict(config))
         if changed:
             raise CxrError(f"--resume with another config than {saved}: {', '.join(changed)} differ")
+        # The store may have moved: what must not change is the data it gives this task.
+        before, now = pd.read_parquet(run_dir / "split.parquet"), split.split_table()
+        if before.astype(str).values.tolist() != now.astype(str).values.tolist():  # dtypes differ after parquet
+            raise CxrError(f"--resume: store {config.store} gives another split than {run_dir / 'split.parquet'} "
+                           "(other images or parts); resume with the store the run started from")  # fmt: skip
+        save_config(config, saved)  # the run settings of this start (where the store is now: cxr evaluate RUN)
         return
     if saved.exists():
         raise CxrError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(config, saved)
+    split.split_table().to_parquet(run_dir / "split.parquet", index=False)
 
 
 def _record_environment(run_dir: Path) -> None:
@@ -168,9 +187,8 @@ def fit(
     # model.init_from) must not leave a folder that can be neither restarted nor resumed.
     module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume)
     if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)
-        _prepare_run_dir(run_dir, config, resume)
+        _prepare_run_dir(run_dir, config, split, resume)
         _record_environment(run_dir)
-        split.split_table().to_parquet(run_dir / "split.parquet", index=False)
 
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",

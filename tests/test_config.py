@@ -9,6 +9,8 @@ import yaml
 
 from cxr.config import (
     Config,
+    EvalView,
+    Scheduler,
     available_experiments,
     config_from_dict,
     experiments_dirs,
@@ -117,7 +119,8 @@ def test_overrides_are_typed():
         ("train.epochs=2.5", "train.epochs must be an integer"),
         ("optim.lr=fast", "optim.lr must be a number"),
         ("data.hflip=maybe", "data.hflip must be true or false"),
-        ("model.name=vgg16", "model.name must be one of"),
+        ("model.head=mlp", "model.head must be one of gap, seed"),
+        ("optim.scheduler=cosine", "optim.scheduler must be one of none, plateau"),
         ("optim.betas=[0.9]", "optim.betas must be a list of 2"),
         ("optim=1", "'optim' is a section"),
         ("train.epochs.max=1", "train.epochs is a value"),
@@ -163,3 +166,12 @@ def test_merged_config_round_trips_through_yaml(tmp_path):
     save_config(config, tmp_path / "config.yaml")
     again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
     assert again == config and dataclasses.asdict(again) == dataclasses.asdict(config)
+
+
+def test_settings_vocabularies_are_enums_and_yaml_stays_plain(tmp_path):
+    config = load_config("chexnet", ["data.eval_transform=resize"])
+    assert config.data.eval_transform is EvalView.RESIZE and config.optim.scheduler is Scheduler.PLATEAU
+    save_config(config, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "eval_transform: resize" in text and "scheduler: plateau" in text and "!!" not in text
+    assert config_from_dict(yaml.safe_load(text)) == config

@@ -15,6 +15,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,46 @@ import yaml
 from cxr.errors import CxrError
 
 
+class EvalView(StrEnum):
+    """How a store image becomes the model's input at validation, test and inference time."""
+
+    RESIZE = "resize"  # to input_size (the identity when the store has the model's size)
+    CENTER_CROP = "center_crop"  # an input_size square from the middle (CheXNet's 256 -> 224)
+
+
+class Head(StrEnum):
+    GAP = "gap"  # global average pooling + linear (+ dropout)
+    SEED = "seed"  # docs/experiments.md: flatten + dense layers, as the Keras original
+
+
+class Optimizer(StrEnum):
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class Scheduler(StrEnum):
+    NONE = "none"
+    PLATEAU = "plateau"  # ReduceLROnPlateau on the validation loss
+
+
+class SplitScheme(StrEnum):
+    OFFICIAL = "official"  # NIH's train_val / test lists
+    RATIO = "ratio"  # a seeded patient-wise split by task.ratios
+
+
+class Sampling(StrEnum):
+    NONE = "none"
+    SEED_BALANCED = "seed_balanced"
+    BALANCED = "balanced"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16/fp16 AMP on GPU; on CPU bf16 only where the CPU computes it natively
+    FP32 = "32-true"
+    FP16_MIXED = "16-mixed"
+    BF16_MIXED = "bf16-mixed"
+
+
 @dataclass
 class DataConfig:
     """Store geometry the experiment expects, the model's input view and training augmentation."""
@@ -31,7 +72,7 @@ class DataConfig:
     store_size: int = 300  # the seed resized to 400 and center-cropped 300: a 75% crop, then 300 px
     crop: float = 0.75
     input_size: int = 300
-    eval_transform: Literal["resize", "center_crop"] = "resize"
+    eval_transform: EvalView = EvalView.RESIZE
     random_crop: bool = False  # CheXNet: random input_size crop of the store image in training
     rotation: float = 15.0  # degrees, Keras rotation_range
     shift: float = 0.15  # fraction of the side, Keras width/height_shift_range
@@ -46,18 +87,18 @@ class TaskConfig:
     target: str = "findings"  # "findings" (the 14) or one label: "Fibrosis", "Any Finding", ...
     drop_blacklisted: bool = True
     drop_no_finding: bool = False
-    split: Literal["official", "ratio"] = "official"
+    split: SplitScheme = SplitScheme.OFFICIAL
     val_fraction: float = 0.1  # of the official train_val images, carved out patient-wise
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test for split: ratio
     split_seed: int = 0
-    sampling: Literal["none", "seed_balanced", "balanced"] = "none"
+    sampling: Sampling = Sampling.NONE
     sampling_seed: int = 123  # the seed's sklearn.utils.resample(random_state=123)
 
 
 @dataclass
 class ModelConfig:
-    name: Literal["densenet121", "densenet169", "resnet18", "resnet50"] = "densenet169"
-    head: Literal["gap", "seed"] = "seed"
+    name: str = "densenet169"  # a name of cxr.models.factory.BACKBONES, checked when the model is built
+    head: Head = Head.SEED
     dropout: float = 0.2
     pretrained: str = "imagenet"  # "imagenet", "none", or a path to weights
     init_from: str | None = None  # a previous run's checkpoint (the seed chained Adam → SGD → balanced)
@@ -65,14 +106,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adam", "sgd"] = "adam"
+    name: Optimizer = Optimizer.ADAM
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
     decay: float = 0.0  # Keras time decay per step: lr_t = lr / (1 + decay * t)
-    scheduler: Literal["none", "plateau"] = "none"
+    scheduler: Scheduler = Scheduler.NONE
     plateau_factor: float = 0.1
     plateau_patience: int = 1
 
@@ -83,7 +124,7 @@ class TrainConfig:
     batch_size: int = 16
     early_stopping_patience: int = 4  # on validation loss
     pos_weight: bool = False  # weighted BCE: positives weighted by negatives/positives of the training part
-    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"  # auto: bf16/fp16 AMP on GPU
+    precision: Precision = Precision.AUTO
     channels_last: bool = False  # on GPU; measured slower for DenseNet121 bf16 on an H200 (docs/benchmarks.md)
     seed: int = 0
 
@@ -158,6 +199,8 @@ def to_dict(config: Config) -> dict:
     """Plain nested dict (lists, not tuples) for YAML and checkpoints."""
 
     def plain(value):
+        if isinstance(value, Enum):
+            return value.value
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return list(value) if isinstance(value, tuple | list) else value
@@ -226,6 +269,11 @@ def _coerce(value, hint, key: str, source: str):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(value, next(a for a in args if a is not type(None)), key, source)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise CxrError(f"{where} must be one of {', '.join(m.value for m in hint)}; got {value!r}") from None
     if origin is Literal:
         if value not in args:
             raise CxrError(f"{where} must be one of {', '.join(map(str, args))}; got {value!r}")

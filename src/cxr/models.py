@@ -14,19 +14,20 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from cxr.config import Head
 from cxr.errors import CxrError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ARCHITECTURES = ("densenet121", "densenet169", "resnet18", "resnet50")
-HEADS = ("gap", "seed")
+HEADS = tuple(Head)
 log = logging.getLogger(__name__)
 
 
@@ -154,17 +155,39 @@ def _load_cxr_state(model: CxrNet, state: dict, path: str) -> None:
 FINE_CAM_BELOW = 224
 
 
-def _backbone(name: str, tv_model: nn.Module) -> tuple[nn.Module, str, str, int]:
-    """(feature extractor, its last block, its last stride-16 block, channels) cut from a torchvision classifier."""
-    if name.startswith("densenet"):
-        features = tv_model.features
-        # torchvision applies this ReLU in DenseNet.forward, Keras has it as the last layer of include_top=False;
-        # as a module, the Grad-CAM target sees the same rectified map the head does.
-        features.add_module("relu5", nn.ReLU())
-        return features, "relu5", "denseblock3", tv_model.classifier.in_features
+@dataclass(frozen=True)
+class Backbone:
+    """How a torchvision classifier becomes a feature extractor: ``cut`` returns (features, their channels);
+    ``last_block`` and ``fine_block`` (stride 16, Grad-CAM's target below ``FINE_CAM_BELOW`` px) name its modules."""
+
+    cut: Callable[[nn.Module], tuple[nn.Module, int]]
+    last_block: str
+    fine_block: str
+
+
+def _densenet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
+    features = tv_model.features
+    # torchvision applies this ReLU in DenseNet.forward, Keras has it as the last layer of include_top=False;
+    # as a module, the Grad-CAM target sees the same rectified map the head does.
+    features.add_module("relu5", nn.ReLU())
+    return features, tv_model.classifier.in_features
+
+
+def _resnet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
     parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-    features = nn.Sequential(OrderedDict((part, getattr(tv_model, part)) for part in parts))
-    return features, "layer4", "layer3", tv_model.fc.in_features
+    return nn.Sequential(OrderedDict((part, getattr(tv_model, part)) for part in parts)), tv_model.fc.in_features
+
+
+DENSENET = Backbone(_densenet_features, last_block="relu5", fine_block="denseblock3")
+RESNET = Backbone(_resnet_features, last_block="layer4", fine_block="layer3")
+BACKBONES: dict[str, Backbone] = {
+    "densenet121": DENSENET,
+    "densenet169": DENSENET,
+    "resnet18": RESNET,
+    "resnet50": RESNET,
+}
+"""The architectures ``model.name`` may name (torchvision's constructors of the same name): one entry each."""
+ARCHITECTURES = tuple(BACKBONES)
 
 
 def _feature_shape(backbone: nn.Module, input_size: int) -> tuple[int, int, int]:
@@ -229,8 +252,9 @@ def create_model(
     kind, state = ("none", {}) if pretrained in ("none", "imagenet") else _read_weights(Path(pretrained))
     if kind == "torchvision":
         _load_torchvision_state(tv_model, state, name, pretrained)
-    backbone, last_block, fine_block, _ = _backbone(name, tv_model)
-    feature_layer_name = fine_block if input_size < FINE_CAM_BELOW else last_block
+    spec = BACKBONES[name]
+    backbone, _ = spec.cut(tv_model)
+    feature_layer_name = spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block
     feature_shape = _feature_shape(backbone, input_size)
     architecture = {"name": name, "head": head, "dropout": float(dropout), "in_chans": 1, "num_outputs": num_outputs}
     model = CxrNet(

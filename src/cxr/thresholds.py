@@ -12,12 +12,22 @@ frozen and applied to test. Three rules per label, all predicting positive when 
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import numpy as np
 
 from cxr.metrics import as_matrix, operating_points
 
-RULES: tuple[str, ...] = ("youden", "f1_max", "sensitivity_90")
-"""Threshold rules, in report order."""
+
+class ThresholdRule(StrEnum):
+    """The rules above, in report order (``cxr evaluate --rule`` takes their values)."""
+
+    YOUDEN = "youden"
+    F1_MAX = "f1_max"
+    SENSITIVITY_90 = "sensitivity_90"
+
+
+RULES: tuple[str, ...] = tuple(ThresholdRule)
 
 TARGET_SENSITIVITY = 0.90
 

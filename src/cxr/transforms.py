@@ -14,9 +14,10 @@ import cv2
 import numpy as np
 import torch
 
+from cxr.config import EvalView
 from cxr.errors import CxrError
 
-EVAL_TRANSFORMS = ("resize", "center_crop")
+EVAL_TRANSFORMS = tuple(EvalView)
 
 
 def _check_store_image(store_image: np.ndarray) -> int:

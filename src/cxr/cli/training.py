@@ -25,7 +25,7 @@ def train(
     image_size: int | None = typer.Option(
         None, "--image-size", help="Model input size; also needed to use a store of another size or crop."
     ),
-    model: str | None = typer.Option(None, "--model", help="densenet121, densenet169, resnet18 or resnet50."),
+    model: str | None = typer.Option(None, "--model", help="An architecture: densenet121, resnet18, ... (README)."),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu, gpu ..."),
     devices: str = typer.Option("auto", "--devices", help="Devices per node: a count, a list, or auto."),
     num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes (torchrun / SLURM set the ranks)."),

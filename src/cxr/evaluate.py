@@ -1,6 +1,6 @@
 """``cxr evaluate``: metrics with patient-level CIs, thresholds from validation, calibration, plots and reports.
 
-Two modes share one scorer (:func:`score`, the metrics JSON of issue 5 / ``docs/architecture.md``): a run
+Two modes share one scorer (:func:`score`, the metrics JSON of ``docs/architecture.md``): a run
 (:func:`evaluate_run`: predict a split with the best checkpoint) and anyone's predictions CSV
 (:func:`evaluate_predictions`). JSON keys are NIH's finding names.
 """
@@ -50,7 +50,7 @@ def score(
     bins: int = 10,
     level: float = 0.95,
 ) -> dict:
-    """The metrics JSON of ``docs/architecture.md`` / issue 5 for one scored set.
+    """The metrics JSON of ``docs/architecture.md`` for one scored set.
 
     ``thresholds`` (``{label: {rule: value}}``) must come from validation; without them they are chosen on
     ``data`` itself and the JSON says so (``thresholds_chosen_on``), since such operating points are optimistic.

@@ -1,6 +1,6 @@
 """The LightningModule (model, loss, metrics, optimizer — nothing else) and the per-epoch metrics.csv writer.
 
-Lightning owns the loop (AMP, checkpoints, early stopping, DDP); this module stays thin, as the style guide asks.
+Lightning owns the loop (AMP, checkpoints, early stopping, DDP); this module stays thin: no data handling here.
 Loss: binary cross-entropy on logits, optionally weighted per output by negatives/positives (CheXNet's weighted BCE).
 Validation: loss, and per-output + macro AUROC (torchmetrics, exact, synchronised across DDP ranks); an output with
 one class in the validation part gets NaN and is left out of the macro mean.

@@ -1,6 +1,6 @@
 """``cxr train``: a config + a store → a run directory, on PyTorch Lightning.
 
-Lightning is the engine (``docs/DESIGN.md``): AMP (bf16 where the GPU has it, else fp16), checkpoints best (by
+Lightning is the engine: AMP (bf16 where the GPU has it, else fp16), checkpoints best (by
 validation loss) and last, early stopping, TensorBoard, a rich progress bar, resume, and DDP over GPUs and nodes
 (``--devices``, ``--num-nodes``, ``--strategy ddp``; under torchrun or SLURM Lightning reads the ranks from the
 environment). The run directory follows ``docs/architecture.md``: config.yaml, split.parquet, checkpoints/,

@@ -256,7 +256,13 @@ def create_model(
     backbone, _ = spec.cut(tv_model)
     feature_layer_name = spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block
     feature_shape = _feature_shape(backbone, input_size)
-    architecture = {"name": name, "head": head, "dropout": float(dropout), "in_chans": 1, "num_outputs": num_outputs}
+    architecture = {
+        "name": str(name),
+        "head": Head(head).value,
+        "dropout": float(dropout),
+        "in_chans": 1,
+        "num_outputs": num_outputs,
+    }
     model = CxrNet(
         backbone, _head(head, feature_shape, num_outputs, dropout), feature_layer_name, architecture, input_size, labels
     )

@@ -67,7 +67,7 @@ def preprocessing_of(config: Config) -> dict:
         "crop": data.crop,
         "store_size": data.store_size,
         "input_size": data.input_size,
-        "eval_transform": data.eval_transform,
+        "eval_transform": str(data.eval_transform.value),  # plain str: checkpoints load with weights_only
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
     }
@@ -225,7 +225,7 @@ def fit(
         enable_progress_bar=progress,
         enable_model_summary=progress,
     )
-    if config.train.channels_last and on_gpu:
+    if config.train.channels_last:  # GPU or CPU (the demo's preset sets it: faster there, benchmarks/cpu_precision.py)
         module.model.to(memory_format=torch.channels_last)
     datamodule = StoreDataModule(
         store, split, config.data, config.train.batch_size, pin_memory=on_gpu, seed=config.train.seed

@@ -60,6 +60,33 @@ def test_grad_cam_maps_and_drawings():
     assert rgba.shape == (80, 100, 4) and rgba[..., 3][source == 0].max() == 0
 
 
+def test_batched_grad_cam_gives_pytorch_grad_cam_s_maps():
+    """``grad_cam_batch`` (one forward per image, partial backward per label, images batched) against the package's
+    ``GradCAM`` run per image on copies of it, as ``grad_cam`` used to; the model's weights keep ``requires_grad``."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxr.cam import grad_cam_batch
+    from cxr.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 5, input_size=64).eval()
+    images = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
+    wanted = [[0, 3], [4], [], [1, 2, 0], [2, 2]]
+    maps = grad_cam_batch(model, images, wanted, chunk=2)  # chunks of 2: a chunk boundary inside the batch
+    assert [m.shape for m in maps] == [(len(w), 64, 64) for w in wanted]
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())  # restored, and left untouched
+    for image, indices, batched in zip(images, wanted, maps, strict=True):
+        if not indices:
+            continue
+        copies = torch.from_numpy(image[None]).expand(len(indices), -1, -1, -1).contiguous()
+        with GradCAM(model=model, target_layers=[model.feature_layer]) as cam:
+            expected = cam(input_tensor=copies, targets=[ClassifierOutputTarget(i) for i in indices])
+        np.testing.assert_allclose(batched, expected, atol=1e-4)
+        assert [peak(m) for m in batched] == [peak(m) for m in expected]  # the pointing game's points
+
+
 def test_unique_stems():
     assert unique_stems(["a/x.png", "b/x.png", "y.dcm", "c/x.png"]) == ["x", "x-2", "y", "x-3"]
 

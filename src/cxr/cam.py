@@ -1,11 +1,13 @@
-"""Grad-CAM heatmaps (Selvaraju et al., 2017, arXiv:1610.02391) with the ``grad-cam`` package, and their geometry.
+"""Grad-CAM heatmaps (Selvaraju et al., 2017, arXiv:1610.02391), the ``grad-cam`` package's maps, and their geometry.
 
 The map is computed at the model input (``S x S``; the target is the model's ``feature_layer``: the last block —
 DenseNet's rectified dense block, ResNet's ``layer4`` — from 224 px, their stride-16 block below, see ``cxr.models``)
-and normalised to ``[0, 1]`` by ``pytorch_grad_cam``. The model input is a crop of the source image (the store's
-centered square, then the eval view's resize or center crop), so :func:`input_region` says which square of the
-source the map covers; overlays are drawn in source geometry and are transparent / untinted outside that square.
-Grad-CAM installs hooks on the model: callers that share a model between threads (``cxr serve``) hold a lock around
+and normalised to ``[0, 1]`` exactly as ``pytorch_grad_cam.GradCAM`` does; :func:`grad_cam_batch` computes those
+maps for many images with a fraction of the package's work (``tests/test_cam.py`` checks they agree). The model
+input is a crop of the source image (the store's centered square, then the eval view's resize or center crop), so
+:func:`input_region` says which square of the source the map covers; overlays are drawn in source geometry and are
+transparent / untinted outside that square. Grad-CAM installs a hook on the model and switches its weights'
+``requires_grad`` off while it runs: callers that share a model between threads (``cxr serve``) hold a lock around
 :func:`grad_cam`.
 """
 
@@ -23,25 +25,92 @@ from cxr.imaging import crop_square
 
 
 def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int]) -> np.ndarray:
-    """Grad-CAM maps ``float32 (len(label_indices), S, S)`` in ``[0, 1]`` for one model input ``(1, S, S)``.
+    """Grad-CAM maps ``float32 (len(label_indices), S, S)`` in ``[0, 1]`` for one model input ``(1, S, S)``."""
+    return grad_cam_batch(model, np.asarray(model_input)[None], [list(label_indices)])[0]
 
-    One forward/backward pass over the input repeated once per label: the maps of all requested findings cost
-    about as much as one batch prediction.
+
+def grad_cam_batch(
+    model, model_inputs: np.ndarray, label_indices: Sequence[Sequence[int]], chunk: int = 32
+) -> list[np.ndarray]:
+    """Grad-CAM maps of several inputs ``(N, 1, S, S)``: per input ``i``, ``float32 (len(label_indices[i]), S, S)``.
+
+    The maps are ``pytorch_grad_cam.GradCAM``'s (``tests/test_cam.py`` compares them), computed with less work:
+    one forward pass per input, not one per (input, label), and per label only the backward pass from the logits to
+    the target layer, not through the whole network and its weights. The inputs of a chunk share each pass: in eval
+    mode nothing mixes samples, so the gradient of a sum of logits, one per input, is every input's own gradient.
+    ``cxr localize`` maps hundreds of images this way.
     """
     import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    if not label_indices:
-        size = model_input.shape[-1]
-        return np.zeros((0, size, size), dtype=np.float32)
+    model.eval()
     device = next(model.parameters()).device
-    batch = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32)[None]).to(device)
-    batch = batch.expand(len(label_indices), -1, -1, -1).contiguous()
-    targets = [ClassifierOutputTarget(int(index)) for index in label_indices]
-    with GradCAM(model=model, target_layers=[model.feature_layer]) as cam:
-        maps = cam(input_tensor=batch, targets=targets)
-    return np.asarray(maps, dtype=np.float32)
+    inputs = np.ascontiguousarray(model_inputs, dtype=np.float32)
+    size, maps = inputs.shape[-1], []
+    for start in range(0, len(inputs), chunk):
+        wanted = [[int(index) for index in indices] for indices in label_indices[start : start + chunk]]
+        if not any(wanted):
+            maps += [np.zeros((0, size, size), np.float32) for _ in wanted]
+            continue
+        activations, gradients = _activations_and_gradients(
+            model, torch.from_numpy(inputs[start : start + chunk]).to(device), wanted
+        )
+        maps += [_gradcam_maps(activations[i], gradients[: len(indices), i], size) for i, indices in enumerate(wanted)]
+    return maps
+
+
+def _activations_and_gradients(model, batch, wanted: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The target layer's activations ``(N, C, h, w)`` and, per round ``r``, the gradient of input ``i``'s logit
+    ``wanted[i][r]`` with respect to them, ``(R, N, C, h, w)`` (zero where input ``i`` has fewer labels).
+
+    The layers below the target run without autograd (the weights' ``requires_grad`` is off meanwhile, and the
+    target's output re-enters the graph as a leaf), so only the layers above it keep activations for the backward.
+    """
+    import torch
+
+    captured = []
+
+    def leaf(module, args, output):
+        captured.append(output.detach().requires_grad_())
+        return captured[-1]
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    handle = model.feature_layer.register_forward_hook(leaf)
+    try:
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        with torch.enable_grad():
+            logits = model(batch)
+            rounds = max(len(indices) for indices in wanted)
+            selectors = torch.zeros((rounds, *logits.shape), dtype=logits.dtype, device=logits.device)
+            for i, indices in enumerate(wanted):
+                selectors[range(len(indices)), i, indices] = 1
+            gradients = [
+                torch.autograd.grad(logits, captured[0], selectors[r], retain_graph=r < rounds - 1)[0]
+                for r in range(rounds)
+            ]
+    finally:
+        handle.remove()
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+    return captured[0].detach().float().cpu().numpy(), torch.stack(gradients).float().cpu().numpy()
+
+
+def _gradcam_maps(activations: np.ndarray, gradients: np.ndarray, size: int) -> np.ndarray:
+    """Maps ``(R, size, size)`` of one input from its activations ``(C, h, w)`` and gradients ``(R, C, h, w)``,
+    step for step as ``pytorch_grad_cam.GradCAM``: channel weights = mean gradient, ReLU of the weighted sum,
+    min-max scaled, bilinearly resized to the input, min-max scaled again."""
+    weights = np.mean(gradients, axis=(2, 3))
+    cams = np.maximum((weights[:, :, None, None] * activations[None]).sum(axis=1), 0)
+    out = np.empty((len(cams), size, size), dtype=np.float32)
+    for r, cam in enumerate(cams):
+        out[r] = _unit_range(np.maximum(cv2.resize(_unit_range(cam).astype(np.float32), (size, size)), 0))
+    return out
+
+
+def _unit_range(image: np.ndarray) -> np.ndarray:
+    """``pytorch_grad_cam``'s scaling: shift the minimum to 0, divide by the maximum (+1e-7: an empty map stays 0)."""
+    image = image - np.min(image)
+    return image / (1e-7 + np.max(image))
 
 
 def input_region(width: int, height: int, preprocessing: dict) -> tuple[float, float, float]:

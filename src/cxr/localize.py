@@ -32,6 +32,7 @@ from cxr.errors import CxrError
 
 DEFAULT_FRACTION = 0.5
 ZHANG_TOLERANCE = 15 / 224  # Zhang et al. (2016): 15 px at 224 px, as a fraction of the input side
+IMAGES_PER_PASS = 32  # images per batched Grad-CAM pass: bounds memory whatever the split's size
 
 
 def box_to_input(x: float, y: float, w: float, h: float, preprocessing: dict) -> tuple[float, float, float, float]:
@@ -115,11 +116,9 @@ def localize_run(
     written to ``localize.json``: ``{"findings": {finding: {"cases", "pointing_game", "pointing_game_strict",
     "mean_iou", "center_baseline", "random_baseline"}}, "overall": {...}, "rule": {...}, ...}``.
     """
-    from cxr.cam import grad_cam
     from cxr.data import check_store_fits
     from cxr.predict import TorchPredictor
     from cxr.store import Store
-    from cxr.transforms import eval_view
 
     if not 0 < fraction <= 1:
         raise CxrError(f"the IoU threshold fraction must be in (0, 1], got {fraction}")
@@ -131,46 +130,63 @@ def localize_run(
     store = Store(store_path)
     check_store_fits(store, predictor.preprocessing)
     cases = localization_cases(store, run, split, predictor.labels)
-    pre, size = predictor.preprocessing, predictor.input_size
-    tolerance = ZHANG_TOLERANCE * size if tolerance is None else float(tolerance)
+    tolerance = ZHANG_TOLERANCE * predictor.input_size if tolerance is None else float(tolerance)
     out = run / "localize"
     (out / "examples").mkdir(parents=True, exist_ok=True)
     for stale in (out / "examples").glob("*.png"):  # a rerun must not list the examples of an earlier one
         stale.unlink()
-    rows, shown = [], {}
-    for row, image_boxes in cases.groupby("row", sort=True):
-        view = eval_view(store.image(int(row)), size, pre["eval_transform"])
-        findings = sorted(image_boxes["finding"].unique())
-        maps = grad_cam(
-            predictor.model, (view.astype(np.float32) / 255.0)[None], [predictor.labels.index(f) for f in findings]
-        )
-        for finding, cam_map in zip(findings, maps, strict=True):
-            boxes = [
-                box_to_input(b.x, b.y, b.w, b.h, pre)
-                for b in image_boxes[image_boxes["finding"] == finding].itertuples()
-            ]
-            mask, region = box_mask(boxes, size), box_mask(boxes, size, tolerance)
-            image = str(image_boxes["image"].iloc[0])
-            rows.append(
-                {
-                    "image": image,
-                    "finding": finding,
-                    "hit": pointing_hit(cam_map, region),
-                    "strict_hit": pointing_hit(cam_map, mask),
-                    "iou": thresholded_iou(cam_map, mask, fraction),
-                    "center_hit": bool(region[size // 2, size // 2]),
-                    "random_hit": float(region.mean()),
-                }
-            )
-            if shown.get(finding, 0) < examples:
-                shown[finding] = shown.get(finding, 0) + 1
-                _write_example(out / "examples" / f"{Path(image).stem}_{finding}.png", view, cam_map, boxes, rows[-1])
-    scores = pd.DataFrame(rows)
+    scores = pd.DataFrame(_score_cases(cases, store, predictor, tolerance, fraction, examples, out / "examples"))
     document = _summarise(scores, run, split, store, fraction, tolerance)
     (out / "localize.json").write_text(json.dumps(document, indent=2) + "\n")
     scores.to_csv(out / "cases.csv", index=False)
     (out / "report.md").write_text(_report(document, sorted(p.name for p in (out / "examples").glob("*.png"))))
     return document
+
+
+def _score_cases(cases: pd.DataFrame, store, predictor, tolerance: float, fraction: float, examples: int, out: Path):
+    """One scored row per (image, finding) of ``cases``; the first ``examples`` per finding are drawn into ``out``.
+
+    Images go through Grad-CAM :data:`IMAGES_PER_PASS` at a time (:func:`cxr.cam.grad_cam_batch`: one forward pass
+    per image, one partial backward pass per finding); the maps are the same as one image at a time.
+    """
+    from cxr.cam import grad_cam_batch
+    from cxr.transforms import eval_view
+
+    pre, size = predictor.preprocessing, predictor.input_size
+    groups = list(cases.groupby("row", sort=True))
+    rows, shown = [], {}
+    for start in range(0, len(groups), IMAGES_PER_PASS):
+        part = groups[start : start + IMAGES_PER_PASS]
+        views = [eval_view(store.image(int(row)), size, pre["eval_transform"]) for row, _ in part]
+        findings = [sorted(image_boxes["finding"].unique()) for _, image_boxes in part]
+        indices = [[predictor.labels.index(finding) for finding in names] for names in findings]
+        maps = grad_cam_batch(predictor.model, np.stack(views)[:, None].astype(np.float32) / 255.0, indices)
+        for (_, image_boxes), view, names, image_maps in zip(part, views, findings, maps, strict=True):
+            image = str(image_boxes["image"].iloc[0])
+            for finding, cam_map in zip(names, image_maps, strict=True):
+                boxes = [
+                    box_to_input(b.x, b.y, b.w, b.h, pre)
+                    for b in image_boxes[image_boxes["finding"] == finding].itertuples()
+                ]
+                rows.append(_score(image, finding, cam_map, boxes, size, tolerance, fraction))
+                if shown.get(finding, 0) < examples:
+                    shown[finding] = shown.get(finding, 0) + 1
+                    _write_example(out / f"{Path(image).stem}_{finding}.png", view, cam_map, boxes, rows[-1])
+    return rows
+
+
+def _score(image: str, finding: str, cam_map: np.ndarray, boxes, size: int, tolerance: float, fraction: float):
+    """The scores of one map against the finding's boxes (model-input pixels), and the two baselines."""
+    mask, region = box_mask(boxes, size), box_mask(boxes, size, tolerance)
+    return {
+        "image": image,
+        "finding": finding,
+        "hit": pointing_hit(cam_map, region),
+        "strict_hit": pointing_hit(cam_map, mask),
+        "iou": thresholded_iou(cam_map, mask, fraction),
+        "center_hit": bool(region[size // 2, size // 2]),
+        "random_hit": float(region.mean()),
+    }
 
 
 def _rates(scores: pd.DataFrame) -> dict:
@@ -189,7 +205,8 @@ def _summarise(scores: pd.DataFrame, run: Path, split: str, store, fraction: flo
         "run": str(run),
         "split": split,
         "store": str(store.path),
-        "method": "Grad-CAM (pytorch_grad_cam) on the model's feature layer, map of the box's finding",
+        "method": "Grad-CAM (pytorch_grad_cam's GradCAM maps, batched) on the model's feature layer, map of the "
+        "box's finding",
         "rule": {
             "pointing_game": f"the map's maximum (centre of its plateau) within {tolerance:.1f} px of a box of the "
             "finding (Zhang et al. 2016: 15 px at 224 px, scaled to the input)",

@@ -52,3 +52,30 @@ def test_a_stage_that_exits_non_zero_stops_the_demo():
     _invoke(command, ["fine"], "fine")
     with pytest.raises(CxrError, match="'predict' failed with exit code 1"):
         _invoke(command, ["skipped"], "predict")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, "32-true"), (True, "bf16-mixed")])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native, expected):
+    """The demo's preset leaves ``train.precision`` at ``auto``: fp32 where bf16 would be emulated (slower), bf16
+    autocast where the CPU has it natively (AMX / AVX-512 BF16); an explicit precision is kept either way."""
+    from cxr import precision
+    from cxr.config import load_config
+    from cxr.train import _precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    config = load_config("demo")
+    assert config.train.precision == "auto"
+    assert _precision(config, on_gpu=False) == expected
+    assert _precision(load_config("demo", ["train.precision=32-true"]), on_gpu=False) == "32-true"
+
+
+def test_native_bf16_flags_are_read_from_cpuinfo(tmp_path):
+    """The fallback detector reads the flags line; plain AVX-512 (emulated bf16) does not count as native."""
+    from cxr.precision import NATIVE_BF16_FLAGS, cpuinfo_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\n")
+    assert not cpuinfo_flags(cpuinfo) & NATIVE_BF16_FLAGS
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpuinfo_flags(cpuinfo) & NATIVE_BF16_FLAGS == {"avx512_bf16", "amx_bf16"}
+    assert cpuinfo_flags(tmp_path / "missing") == frozenset()

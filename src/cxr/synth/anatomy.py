@@ -174,6 +174,16 @@ class Scene:
         dc, dr = col - np.float32(offset[0]), row - np.float32(offset[1])
         self.x = (np.float32(inverse[0, 0]) * dc + np.float32(inverse[0, 1]) * dr).astype(np.float32)
         self.y = (np.float32(inverse[1, 0]) * dc + np.float32(inverse[1, 1]) * dr).astype(np.float32)
+        self._memo: dict[tuple, np.ndarray] = {}
+
+    def memo(self, key: tuple, compute) -> np.ndarray:
+        """``compute()``, once per ``key`` for this image (read-only): a lung's shape and mask are needed by the
+        normal chest, by its air depth and by volume-loss footprints alike."""
+        if key not in self._memo:
+            layer = compute()
+            layer.flags.writeable = False
+            self._memo[key] = layer
+        return self._memo[key]
 
     def zeros(self) -> np.ndarray:
         """A float32 layer of the image's shape."""
@@ -203,11 +213,19 @@ class Scene:
         points = np.concatenate(list(curves)) if not isinstance(curves, np.ndarray) else curves.reshape(-1, 2)
         pixels = np.round(self.to_pixels(points) * 16).astype(np.int32)  # 4 fractional bits (shift=4)
         thickness = np.asarray(widths, np.float64) * self.scale
-        levels = np.round(255 * np.asarray(values) * np.minimum(1.0, thickness)).astype(int)
-        pixel_widths = np.maximum(1, np.round(thickness)).astype(int)
-        for curve, level, width in zip(np.split(pixels, np.cumsum(lengths)[:-1]), levels, pixel_widths, strict=True):
-            if level > 0:
-                cv2.polylines(canvas, [curve], False, int(level), int(width), cv2.LINE_AA, 4)
+        levels = np.round(255 * np.asarray(values) * np.minimum(1.0, thickness)).astype(int).tolist()
+        pixel_widths = np.maximum(1, np.round(thickness)).astype(int).tolist()
+        ends = np.cumsum(lengths).tolist()
+        curves = [pixels[end - n : end] for end, n in zip(ends, lengths, strict=True)]
+        # One cv2 call per run of consecutive curves of the same value and width: cv2 draws a call's curves one
+        # after the other, so the canvas is the same as curve by curve, with a fraction of the calls (vessel trees
+        # have hundreds of short segments).
+        start = 0
+        for k in range(1, len(curves) + 1):
+            if k == len(curves) or (levels[k], pixel_widths[k]) != (levels[start], pixel_widths[start]):
+                if levels[start] > 0:
+                    cv2.polylines(canvas, curves[start:k], False, levels[start], pixel_widths[start], cv2.LINE_AA, 4)
+                start = k
         return canvas.astype(np.float32) / 255
 
 
@@ -227,7 +245,9 @@ def bump(radius: np.ndarray) -> np.ndarray:
 
 def soft_step(value: np.ndarray, width: float) -> np.ndarray:
     """0 below ``-width``, 1 above ``+width``, linear between: a blurred edge of an implicit shape."""
-    return np.clip(0.5 + value / (2 * width), 0.0, 1.0)
+    step = value / (2 * width)  # in place from here: the same arithmetic as 0.5 + value / (2 * width), no temporaries
+    step += 0.5
+    return np.clip(step, 0.0, 1.0, out=step)
 
 
 def ellipse(scene: Scene, cx: float, cy: float, rx: float, ry: float, tilt: float = 0.0) -> np.ndarray:
@@ -250,10 +270,16 @@ def lung_shape(
 ) -> np.ndarray:
     """The superellipse level of one lung (< 1 inside, 0 at its centre), before the dome cut.
 
-    Evaluated at every pixel, or at body-frame points ``x``, ``y`` (e.g. a shrunken lung's coordinates).
+    Evaluated at every pixel (computed once per image and lung geometry: read-only), or at body-frame points ``x``,
+    ``y`` (e.g. a shrunken lung's coordinates).
     """
-    x = scene.x if x is None else x
-    y = scene.y if y is None else y
+    if x is None and y is None and scene is not None:
+        key = ("lung_shape", side, anatomy.lung_center, anatomy.lung_half_axes, anatomy.lung_exponent)
+        return scene.memo(key, lambda: _lung_shape(anatomy, side, scene.x, scene.y))
+    return _lung_shape(anatomy, side, scene.x if x is None else x, scene.y if y is None else y)
+
+
+def _lung_shape(anatomy: Anatomy, side: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     cx, cy = anatomy.lung_center
     ax, ay_up, ay_down = anatomy.lung_half_axes
     p = np.float32(anatomy.lung_exponent)
@@ -262,7 +288,14 @@ def lung_shape(
 
 
 def lung_mask(anatomy: Anatomy, scene: Scene, side: int) -> np.ndarray:
-    """Soft mask of one lung: the superellipse, above its dome, lateral to the mediastinum."""
+    """Soft mask of one lung: the superellipse, above its dome, lateral to the mediastinum (read-only, see
+    :meth:`Scene.memo`)."""
+    key = ("lung_mask", side, anatomy.lung_center, anatomy.lung_half_axes, anatomy.lung_exponent,
+           anatomy.dome(side), anatomy.dome_curvature, anatomy.mediastinum_half_width)  # fmt: skip
+    return scene.memo(key, lambda: _lung_mask(anatomy, scene, side))
+
+
+def _lung_mask(anatomy: Anatomy, scene: Scene, side: int) -> np.ndarray:
     edge = 1.5 / scene.scale  # about a pixel and a half
     inside = soft_step(1 - lung_shape(anatomy, scene, side), 2 * edge)
     above_dome = soft_step(dome_height(anatomy, scene, side) - scene.y, edge)

@@ -51,14 +51,18 @@ def render_record(record: ImageRecord, size: int, seed: int) -> tuple[np.ndarray
     return radiograph.image, radiograph.boxes
 
 
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the PNGs: the same pixels as the default (6) in ~65% of its encoding time, files ~10% larger."""
+
+
 def _write_png(path: Path, image: np.ndarray, rgba: bool) -> None:
     from PIL import Image
 
     if rgba:  # as NIH's few RGBA files: gray in R, G and B, opaque alpha
         image = np.dstack([image, image, image, np.full_like(image, 255)])
-        Image.fromarray(image, "RGBA").save(path, format="PNG")
+        Image.fromarray(image, "RGBA").save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
-        Image.fromarray(image, "L").save(path, format="PNG")
+        Image.fromarray(image, "L").save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _render_chunk(out: str, size: int, seed: int, records: list[ImageRecord]) -> list[tuple[int, dict[str, Box]]]:

@@ -163,7 +163,7 @@ def expose(density: np.ndarray, pose: Pose, rng: np.random.Generator) -> np.ndar
     low, high = np.percentile(signal[::2, ::2], [0.5, 99.5])
     signal = np.clip((signal - low) / max(high - low, 1e-6), 0, 1)
     # Choose the gamma that brings the mean to the target (bisection on a subsample: fast and deterministic).
-    sample = signal[::3, ::3]
+    sample = np.ascontiguousarray(signal[::3, ::3])  # the same values; 14 passes over it read it faster packed
     lo, hi = -2.0, 2.0
     for _ in range(14):
         mid = (lo + hi) / 2

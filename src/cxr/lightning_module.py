@@ -80,8 +80,10 @@ class CxrModule(L.LightningModule):
         self.val_counts = ClassCounts(k)
 
     def _images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 batch → float in [0, 1], NHWC with ``train.channels_last`` (as the weights, on GPU and CPU alike:
+        oneDNN's CPU convolutions are faster in NHWC too, see ``benchmarks/cpu_precision.py``)."""
         images = pixels.float().div_(255)  # uint8 travelled to the device: 4x less to copy than float32
-        if self.config.train.channels_last and images.is_cuda:
+        if self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 

@@ -9,7 +9,7 @@ import typer
 
 from cxr.cli._app import app
 from cxr.errors import CxrError
-from cxr.thresholds import ThresholdRule
+from cxr.evaluation.thresholds import ThresholdRule
 
 
 def _print_table(title: str, header: list[str], rows: list[list[str]], to_stderr: bool) -> None:
@@ -62,7 +62,7 @@ def evaluate(
     if (run is None) == (predictions is None):
         raise CxrError("give either a RUN folder or --predictions CSV --labels DATA_ENTRY_CSV")
     if predictions is not None:
-        from cxr.evaluate import evaluate_predictions
+        from cxr.evaluation.evaluate import evaluate_predictions
 
         if labels is None:
             raise CxrError("--predictions needs --labels DATA_ENTRY_CSV (NIH metadata, 2017 or v2020, gz or not)")
@@ -73,7 +73,7 @@ def evaluate(
             predictions, labels, images, out, val_predictions, preset, resamples, seed
         )
     else:
-        from cxr.evaluate import evaluate_run
+        from cxr.evaluation.evaluate import evaluate_run
 
         if split not in ("test", "val"):
             raise CxrError(f"--split must be test or val, not {split!r}")
@@ -86,8 +86,8 @@ def evaluate(
             if value is not None:
                 raise CxrError(f"{name} applies to --predictions mode; a run is scored into RUN/eval/<split>/")
         metrics, folder = evaluate_run(run, split, tta, store, batch_size, resamples, seed, rule)
-    from cxr.references import references_for
-    from cxr.report import label_table
+    from cxr.evaluation.references import references_for
+    from cxr.evaluation.report import label_table
 
     header, rows = label_table(metrics, references_for(metrics["source"].get("preset")))
     title = f"{metrics['n_images']} images, {metrics['n_patients']} patients; CI: patient bootstrap; report: {folder}"
@@ -107,7 +107,7 @@ def compare(
     json_out: str | None = typer.Option(None, "--json", help="Also write the comparison JSON to FILE ('-': stdout)."),
 ) -> None:
     """Side-by-side AUROC with CIs and paired patient-level bootstrap differences vs the first run."""
-    from cxr.compare import compare_sets, comparison_tables, load_compared, write_comparison
+    from cxr.evaluation.compare import compare_sets, comparison_tables, load_compared, write_comparison
 
     if len(items) < 2:
         raise CxrError("compare needs at least two runs (or predictions CSVs)")

@@ -40,7 +40,7 @@ def train(
     --num-nodes 2 --strategy ddp) or srun (one task per GPU); the run directory must be on a shared filesystem.
     """
     from cxr.config import load_config
-    from cxr.train import fit
+    from cxr.training.fit import fit
 
     flags = {"train.epochs": epochs, "train.batch_size": batch_size, "model.name": model}
     config_overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(overrides or [])

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxr.imaging import crop_square
+from cxr.imaging.decode import crop_square
 
 
 def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int]) -> np.ndarray:
@@ -189,7 +189,7 @@ def unique_stems(images: Sequence[str]) -> list[str]:
 def write_heatmaps(predictor, gray: np.ndarray, findings: Sequence[str], out_dir: Path, stem: str) -> dict:
     """Write ``<stem>_<finding>.png`` (overlay, source geometry) and ``.npy`` (raw map at the model input, float32)
     for each finding; return ``{finding: {"overlay": path, "map": path}}``."""
-    from cxr.artifact import model_input
+    from cxr.models.artifact import model_input
 
     if not findings:  # nothing positive: no preprocessing, no Grad-CAM pass (nor an ONNX file's torch twin)
         return {}

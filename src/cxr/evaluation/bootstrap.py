@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr.metrics import as_matrix, auroc
+from cxr.evaluation.metrics import as_matrix, auroc
 
 CHUNK_ELEMENTS = 1 << 19
 """Weights handled per step (resamples x images): enough to amortise Python overhead, few enough to stay in

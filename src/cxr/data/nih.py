@@ -252,7 +252,7 @@ def load_dataset(data_dir: str | Path, age_max: float = 120) -> NIHDataset:
     ``metadata["split"]`` is ``"train_val"``, ``"test"`` or ``""`` (in neither list) and is checked to be
     patient-disjoint; ``metadata["blacklisted"]`` marks the blacklist's images, which are kept.
     """
-    from cxr.splits import official_split
+    from cxr.data.splits import official_split
 
     root = Path(data_dir)
     if not root.is_dir():

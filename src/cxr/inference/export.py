@@ -3,7 +3,7 @@
 The graph is the model plus a sigmoid (input ``image`` ``float32 (B, 1, S, S)`` in ``[0, 1]``, output
 ``probabilities`` ``(B, K)``), exported with torch's dynamo-based exporter at opset 18 with a dynamic batch
 axis and the weights inside the file, under their torch names. The artifact's labels, preprocessing,
-thresholds, version and model card go into ``metadata_props`` (see :mod:`cxr.onnx_model`), so
+thresholds, version and model card go into ``metadata_props`` (see :mod:`cxr.inference.onnx`), so
 ``cxr predict model.onnx`` needs nothing else. Before the file is moved into place, onnxruntime and torch
 must agree on a few inputs within ``tolerance`` (max |Δp|); otherwise the export fails and leaves nothing.
 """
@@ -22,7 +22,7 @@ import torch
 from cxr import __version__
 from cxr.errors import CxrError
 from cxr.files import replacing
-from cxr.onnx_model import FORMAT, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxPredictor
+from cxr.inference.onnx import FORMAT, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxPredictor
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; anything >= 17 has every op these CNNs use
 PARITY_TOLERANCE = 1e-4
@@ -42,7 +42,7 @@ def export_onnx(
     """
     import onnx
 
-    from cxr.predict import TorchPredictor
+    from cxr.inference.predict import TorchPredictor
 
     if opset < 17:
         raise CxrError(f"opset {opset} is too old; use 17 or newer")
@@ -67,7 +67,7 @@ def export_onnx(
                 external_data=False,
                 # Unoptimised, every weight stays an initializer named after its parameter (onnxruntime fuses
                 # BatchNorm into the convolutions when it loads the graph, so speed is the same), and the file
-                # can rebuild its torch twin for Grad-CAM (cxr.onnx_model.OnnxPredictor.model).
+                # can rebuild its torch twin for Grad-CAM (cxr.inference.onnx.OnnxPredictor.model).
                 optimize=False,
             )
         model = onnx.load(os.fspath(partial))

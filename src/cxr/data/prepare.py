@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.data.store import IN_PROGRESS as STATE
+from cxr.data.store import JOURNAL, Journal, allocate_images, read_journal, write_tables
 from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.provenance import environment
-from cxr.store import IN_PROGRESS as STATE
-from cxr.store import JOURNAL, Journal, allocate_images, read_journal, write_tables
 
 STORE_FILES = ("images.npy", "index.parquet", "rejects.csv", "boxes.parquet", "manifest.json")
 LOCK = ".prepare.lock"
@@ -51,7 +51,7 @@ def chunk_size_for(images: int, workers: int) -> int:
 
 def _write_chunk(images_path: str, offset: int, size: int, crop: float, first_row: int, files: list[str]) -> dict:
     """Worker: decode ``files`` into rows ``first_row...`` of images.npy; return source sizes and reject reasons."""
-    from cxr.imaging import decode_grayscale, preprocess
+    from cxr.imaging.decode import decode_grayscale, preprocess
 
     rows = np.memmap(images_path, dtype=np.uint8, mode="r+", offset=offset + first_row * size * size,
                      shape=(len(files), size, size))  # fmt: skip
@@ -141,14 +141,14 @@ def prepare_store(
     """Decode an NIH folder into a store at ``out_dir`` and return its manifest (see ``docs/architecture.md``).
 
     Each image: 8-bit grayscale, centered square crop of ``crop`` x the shorter side, area-resized to ``size``
-    (:mod:`cxr.imaging`). ``workers`` processes (default: all cores; 1 runs in this process). An interrupted run is
-    resumed by calling again with the same arguments; a finished store is returned untouched; a store made with
+    (:mod:`cxr.imaging.decode`). ``workers`` processes (default: all cores; 1 runs in this process). An interrupted run
+    is resumed by calling again with the same arguments; a finished store is returned untouched; a store made with
     other arguments is an error unless ``force``. Workers start by ``forkserver``: a script that calls this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
     """
     from cxr import __version__
-    from cxr.imaging import DECODER, crop_square
-    from cxr.nih import load_dataset
+    from cxr.data.nih import load_dataset
+    from cxr.imaging.decode import DECODER, crop_square
 
     crop_square(1, 1, crop)  # validates crop
     if int(size) != size or size < 8:
@@ -241,7 +241,7 @@ def _run(tasks: dict, record, workers: int, console, total: int, completed: int)
         import multiprocessing
 
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["cxr.imaging"])
+        context.set_forkserver_preload(["cxr.imaging.decode"])
         pending = iter(tasks.items())
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
         with pool:

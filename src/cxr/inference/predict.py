@@ -2,8 +2,8 @@
 
 Both backends share one interface (:class:`Predictor`): ``labels``, ``thresholds``, ``preprocessing``, a model
 card, and ``probabilities(batch)`` over model inputs. Images go through the one decode + preprocessing path of
-``cxr prepare`` (:func:`cxr.imaging.decode_grayscale`, :func:`cxr.artifact.model_input`), so a radiograph is seen
-exactly as in training. A file that cannot be read is reported and skipped; the others are still predicted.
+``cxr prepare`` (:func:`cxr.imaging.decode.decode_grayscale`, :func:`cxr.models.artifact.model_input`), so a radiograph
+is seen exactly as in training. A file that cannot be read is reported and skipped; the others are still predicted.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class TorchPredictor:
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu") -> TorchPredictor:
-        from cxr.artifact import load_artifact
+        from cxr.models.artifact import load_artifact
 
         return cls(load_artifact(resolve_model_path(path), device=device))
 
@@ -96,7 +96,7 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """The predictor for a checkpoint (torch) or an exported ``.onnx`` (onnxruntime), chosen by suffix."""
     path = resolve_model_path(path)
     if path.suffix.lower() == ".onnx":
-        from cxr.onnx_model import OnnxPredictor
+        from cxr.inference.onnx import OnnxPredictor
 
         return OnnxPredictor(path)
     return TorchPredictor.from_path(path, device=device)
@@ -187,7 +187,7 @@ def prediction_record(image: str, probabilities: Sequence[float], labels: Sequen
 
 def predict_arrays(predictor: Predictor, grays: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
     """Probabilities ``(N, K)`` for decoded grayscale images (uint8, any size), in batches."""
-    from cxr.artifact import model_input
+    from cxr.models.artifact import model_input
 
     out = np.zeros((len(grays), len(predictor.labels)))
     for start in range(0, len(grays), batch_size):
@@ -214,7 +214,7 @@ def predict_images(
     model, Grad-CAM runs on the torch twin rebuilt from the file). Unreadable files are passed to
     ``on_error(image, message)`` (default: printed to stderr) and skipped.
     """
-    from cxr.imaging import decode_grayscale
+    from cxr.imaging.decode import decode_grayscale
 
     if batch_size < 1:
         raise CxrError(f"batch size must be at least 1, got {batch_size}")
@@ -224,7 +224,7 @@ def predict_images(
     for error in missing:
         report(error["image"], error["error"])
     if cam_dir is not None:
-        from cxr.cam import unique_stems, write_heatmaps
+        from cxr.inference.cam import unique_stems, write_heatmaps
 
         stems = dict(zip(map(str, images), unique_stems([str(path) for path in images]), strict=True))
     records = []

@@ -13,13 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.bootstrap import bootstrap_auroc, paired_p_value, patient_codes, percentile_interval, resample_counts
 from cxr.errors import CxrError
-from cxr.evaluate import summary_labels
+from cxr.evaluation.bootstrap import (
+    bootstrap_auroc,
+    paired_p_value,
+    patient_codes,
+    percentile_interval,
+    resample_counts,
+)
+from cxr.evaluation.evaluate import summary_labels
+from cxr.evaluation.metrics import macro_average
+from cxr.evaluation.predictions import ScoredSet, load_predictions, read_scored_set
+from cxr.evaluation.report import fmt, fmt_ci, render_html, render_markdown
 from cxr.files import write_json
-from cxr.metrics import macro_average
-from cxr.predictions import ScoredSet, load_predictions, read_scored_set
-from cxr.report import fmt, fmt_ci, render_html, render_markdown
 
 
 def load_compared(item: str | Path, split: str = "test", labels_csv: str | Path | None = None,

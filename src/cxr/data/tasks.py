@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from cxr.config import TaskConfig
+from cxr.data.splits import assert_patient_disjoint, carve_validation, ratio_split
 from cxr.errors import CxrError
 from cxr.labels import ANY_FINDING, FINDINGS, NO_FINDING, canonical_name
-from cxr.splits import assert_patient_disjoint, carve_validation, ratio_split
 
 # The seed's resampling of multilabel-balanced (sklearn.utils.resample, random_state=123): per-class targets, drawn
 # with replacement, for the rare findings; pure "No Finding" drawn down without replacement; every other image once.
@@ -86,7 +86,7 @@ def select_rows(index: pd.DataFrame, task: TaskConfig) -> pd.DataFrame:
 
 
 def split_parts(rows: pd.DataFrame, task: TaskConfig) -> pd.Series:
-    """``train`` / ``val`` / ``test`` per row, patient-wise and seeded (``cxr.splits``)."""
+    """``train`` / ``val`` / ``test`` per row, patient-wise and seeded (``cxr.data.splits``)."""
     part = pd.Series("", index=rows.index, dtype=object, name="part")
     if task.split == "official":
         train_val = rows[rows["split"] == "train_val"]

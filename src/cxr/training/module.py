@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
-from cxr.artifact import artifact_metadata
 from cxr.config import Config, to_dict
 from cxr.files import replacing
-from cxr.models import create_model
+from cxr.models.artifact import artifact_metadata
+from cxr.models.factory import create_model
 
 
 class ClassCounts(Metric):
@@ -49,7 +49,8 @@ def keras_time_decay(step: int, decay: float) -> float:
 
 
 class CxrModule(L.LightningModule):
-    """A :class:`cxr.models.CxrNet` (attribute ``model``: the checkpoint's ``model.*`` weights) and its training."""
+    """A :class:`cxr.models.factory.CxrNet` (attribute ``model``: the checkpoint's ``model.*`` weights) and its
+    training."""
 
     def __init__(
         self,

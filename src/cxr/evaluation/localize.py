@@ -15,8 +15,8 @@ finding's output is computed whatever the model predicted, and scored in model-i
   random pixel (the share of the image the boxes plus tolerance cover). A map is informative where it beats both.
 
 Grad-CAM's resolution is its target layer's: input / 32 from 224 px, input / 16 below
-(``cxr.models.FINE_CAM_BELOW``), so the demo's 128 px inputs give 8 cells a side, which bounds how precisely a map
-can point. Writes ``RUN/localize/localize.json``, ``cases.csv``, ``report.md`` and a few overlays.
+(``cxr.models.factory.FINE_CAM_BELOW``), so the demo's 128 px inputs give 8 cells a side, which bounds how precisely a
+map can point. Writes ``RUN/localize/localize.json``, ``cases.csv``, ``report.md`` and a few overlays.
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ def localize_run(
     written to ``localize.json``: ``{"findings": {finding: {"cases", "pointing_game", "pointing_game_strict",
     "mean_iou", "center_baseline", "random_baseline"}}, "overall": {...}, "rule": {...}, ...}``.
     """
-    from cxr.data import check_store_fits
-    from cxr.predict import TorchPredictor
-    from cxr.store import Store
+    from cxr.data.loaders import check_store_fits
+    from cxr.data.store import Store
+    from cxr.inference.predict import TorchPredictor
 
     if not 0 < fraction <= 1:
         raise CxrError(f"the IoU threshold fraction must be in (0, 1], got {fraction}")
@@ -146,11 +146,11 @@ def localize_run(
 def _score_cases(cases: pd.DataFrame, store, predictor, tolerance: float, fraction: float, examples: int, out: Path):
     """One scored row per (image, finding) of ``cases``; the first ``examples`` per finding are drawn into ``out``.
 
-    Images go through Grad-CAM :data:`IMAGES_PER_PASS` at a time (:func:`cxr.cam.grad_cam_batch`: one forward pass
-    per image, one partial backward pass per finding); the maps are the same as one image at a time.
+    Images go through Grad-CAM :data:`IMAGES_PER_PASS` at a time (:func:`cxr.inference.cam.grad_cam_batch`: one forward
+    pass per image, one partial backward pass per finding); the maps are the same as one image at a time.
     """
-    from cxr.cam import grad_cam_batch
-    from cxr.transforms import eval_view
+    from cxr.data.transforms import eval_view
+    from cxr.inference.cam import grad_cam_batch
 
     pre, size = predictor.preprocessing, predictor.input_size
     groups = list(cases.groupby("row", sort=True))
@@ -223,7 +223,7 @@ def _summarise(scores: pd.DataFrame, run: Path, split: str, store, fraction: flo
 
 def _write_example(path: Path, view: np.ndarray, cam_map: np.ndarray, boxes, case: dict) -> None:
     """Overlay at the model input, upscaled for legibility, with the boxes in white and the map's peak marked."""
-    from cxr.cam import overlay, png_bytes
+    from cxr.inference.cam import overlay, png_bytes
 
     scale = max(1, 256 // view.shape[0])
     big = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)

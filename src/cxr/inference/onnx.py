@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 REQUIRED_FIELDS = ("labels", "preprocessing", "thresholds", "package_version", "architecture")
-WEIGHT_PREFIX = "model."  # the exported graph wraps the classifier as attribute ``model`` (see cxr.export)
+WEIGHT_PREFIX = "model."  # the exported graph wraps the classifier as attribute ``model`` (see cxr.inference.export)
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -66,7 +66,7 @@ def _parse_metadata(path: Path, props: dict[str, str]) -> dict:
 
 
 class OnnxPredictor:
-    """The :class:`cxr.predict.Predictor` interface over onnxruntime (CPU unless a provider list is given)."""
+    """The :class:`cxr.inference.predict.Predictor` interface over onnxruntime (CPU unless a provider list is given)."""
 
     backend = "onnxruntime"
 
@@ -109,8 +109,8 @@ class OnnxPredictor:
         import torch
         from onnx import numpy_helper
 
-        from cxr.export import PARITY_TOLERANCE, parity_inputs
-        from cxr.models import create_model
+        from cxr.inference.export import PARITY_TOLERANCE, parity_inputs
+        from cxr.models.factory import create_model
 
         graph = onnx.load(os.fspath(self.path)).graph
         weights = {

@@ -19,18 +19,18 @@ import pandas as pd
 import yaml
 
 from cxr.config import Config, config_from_dict, save_config, to_dict
+from cxr.data.store import Store
+from cxr.data.tasks import TaskSplit, build_split, targets
 from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.provenance import environment
-from cxr.store import Store
-from cxr.tasks import TaskSplit, build_split, targets
 
 
 @dataclass
 class FitResult:
     run_dir: Path
     trainer: object  # lightning.Trainer
-    module: object  # cxr.lightning_module.CxrModule
+    module: object  # cxr.training.module.CxrModule
 
 
 def fit_store(config: Config, store: Store, image_size: int | None = None) -> Config:
@@ -59,8 +59,8 @@ def fit_store(config: Config, store: Store, image_size: int | None = None) -> Co
 
 
 def preprocessing_of(config: Config) -> dict:
-    """The artifact's preprocessing block for a (store-fitted) config; ImageNet statistics, see cxr.models."""
-    from cxr.models import IMAGENET_MEAN, IMAGENET_STD
+    """The artifact's preprocessing block for a (store-fitted) config; ImageNet statistics, see cxr.models.factory."""
+    from cxr.models.factory import IMAGENET_MEAN, IMAGENET_STD
 
     data = config.data
     return {
@@ -75,7 +75,8 @@ def preprocessing_of(config: Config) -> dict:
 
 RUN_SETTINGS = ("store", "data.num_workers")
 """Config keys that say where and how a run is executed, not what it learns: they may change on --resume (a moved
-store, another machine). Results do not depend on them (cxr.data.EpochSampler: not even on the number of workers)."""
+store, another machine). Results do not depend on them (cxr.data.loaders.EpochSampler: not even on the number of
+workers)."""
 
 
 def _changed_keys(previous: dict, current: dict) -> list[str]:
@@ -119,10 +120,11 @@ def _record_environment(run_dir: Path) -> None:
 
 
 def _precision(config: Config, on_gpu: bool) -> str:
-    """``train.precision``; ``auto`` is AMP on a GPU, and on a CPU bf16 only where it is native (cxr.precision)."""
+    """``train.precision``; ``auto`` is AMP on a GPU, and on a CPU bf16 only where it is native
+    (cxr.training.precision)."""
     if config.train.precision != "auto":
         return config.train.precision
-    from cxr.precision import auto_precision
+    from cxr.training.precision import auto_precision
 
     return auto_precision(on_gpu)
 
@@ -164,10 +166,10 @@ def fit(
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from cxr.artifact import strip_training_state
-    from cxr.checkpointing import AtomicCheckpointIO, LastCheckpoint
-    from cxr.data import StoreDataModule
-    from cxr.lightning_module import CxrModule, EpochMetricsCSV
+    from cxr.data.loaders import StoreDataModule
+    from cxr.models.artifact import strip_training_state
+    from cxr.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+    from cxr.training.module import CxrModule, EpochMetricsCSV
 
     store, run_dir = Store(store_path), Path(run_dir)
     config = fit_store(config, store, image_size)
@@ -200,7 +202,7 @@ def fit(
     )
     callbacks = [
         best,
-        LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"),  # what --resume reads (cxr.checkpointing: why)
+        LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"),  # what --resume reads (cxr.training.checkpointing: why)
         EarlyStopping(monitor="val_loss", mode="min", patience=config.train.early_stopping_patience),
         EpochMetricsCSV(run_dir / "metrics.csv", split.outputs),
     ]
@@ -216,7 +218,7 @@ def fit(
         precision=_precision(config, on_gpu),
         benchmark=on_gpu,  # cuDNN autotuning: the input size is fixed for a whole run
         sync_batchnorm=on_gpu and num_nodes * _gpu_count(devices) > 1,  # one BN statistic over all ranks
-        use_distributed_sampler=False,  # cxr.data.EpochSampler shards the data itself (and seeds augmentation)
+        use_distributed_sampler=False,  # cxr.data.loaders.EpochSampler shards the data itself (and seeds augmentation)
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         logger=TensorBoardLogger(run_dir, name="tensorboard", version=""),
@@ -242,8 +244,8 @@ def fit(
 def write_val_predictions(run_dir: Path, store: Store, split: TaskSplit, device: str = "cpu") -> Path:
     """``RUN/val_predictions.parquet`` of the best checkpoint: ``Image Index``, ``Patient ID``, then per output
     ``<label>`` (0/1 target) and ``prob_<label>``; ``cxr evaluate`` chooses thresholds on it."""
-    from cxr.artifact import load_artifact
-    from cxr.data import predict_store
+    from cxr.data.loaders import predict_store
+    from cxr.models.artifact import load_artifact
 
     artifact = load_artifact(run_dir / "checkpoints" / "best.ckpt", device=device)
     val = split.table[split.table["part"] == "val"]

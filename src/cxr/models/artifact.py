@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from cxr import __version__
+from cxr.data.transforms import EVAL_TRANSFORMS, eval_view
 from cxr.errors import CxrError
 from cxr.files import replacing
 from cxr.labels import check_names
-from cxr.models import CxrNet, create_model
+from cxr.models.factory import CxrNet, create_model
 from cxr.provenance import environment
-from cxr.transforms import EVAL_TRANSFORMS, eval_view
 
 FORMAT = "cxr-model"
 FORMAT_VERSION = 1
@@ -203,10 +203,10 @@ def strip_training_state(path: str | Path) -> None:
 def model_input(gray: np.ndarray, preprocessing: dict) -> np.ndarray:
     """A source image (uint8 H×W, any size) → model input float32 (1, S, S) in [0, 1].
 
-    The same path as training: ``cxr.imaging.preprocess`` (the store's crop + area resize, shared with
-    ``cxr prepare``), then :func:`cxr.transforms.eval_view`, then /255.
+    The same path as training: ``cxr.imaging.decode.preprocess`` (the store's crop + area resize, shared with
+    ``cxr prepare``), then :func:`cxr.data.transforms.eval_view`, then /255.
     """
-    from cxr.imaging import preprocess
+    from cxr.imaging.decode import preprocess
 
     store_image = preprocess(gray, preprocessing["store_size"], preprocessing["crop"])
     view = eval_view(store_image, preprocessing["input_size"], preprocessing["eval_transform"])

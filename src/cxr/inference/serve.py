@@ -2,8 +2,8 @@
 
 ``POST /api/predict`` answers with the JSON of ``cxr predict --json`` for one image, optionally with a preview
 of the decoded image and Grad-CAM heatmaps as PNG data URLs; ``GET /api/model`` describes the model;
-``GET /healthz`` says it is up; ``GET /`` is the page (``cxr/static``). Bad input never reaches a 500: an upload
-over the limit is 413 (refused before it is read in full), a file that is not PNG/JPEG/DICOM is 415, one that
+``GET /healthz`` says it is up; ``GET /`` is the page (``cxr/inference/static``). Bad input never reaches a 500: an
+upload over the limit is 413 (refused before it is read in full), a file that is not PNG/JPEG/DICOM is 415, one that
 does not decode is 400, and a decompression bomb (over Pillow's pixel limit) is 413. One lock serialises the
 model (Grad-CAM hooks are not thread-safe); decoding runs outside it, in FastAPI's thread pool.
 """
@@ -87,7 +87,7 @@ class UploadLimit:
 
 def sniff_format(data: bytes, filename: str = "") -> str | None:
     """``"png"``, ``"jpeg"`` or ``"dicom"`` from the file's magic bytes (DICOM also by suffix), else ``None``."""
-    from cxr.imaging import is_dicom
+    from cxr.imaging.decode import is_dicom
 
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -99,7 +99,7 @@ def sniff_format(data: bytes, filename: str = "") -> str | None:
 
 
 def data_url(pixels: np.ndarray) -> str:
-    from cxr.cam import png_bytes
+    from cxr.inference.cam import png_bytes
 
     return "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode("ascii")
 
@@ -117,7 +117,7 @@ class Service:
         self.lock = threading.Lock()
 
     def decode(self, data: bytes, filename: str) -> np.ndarray:
-        from cxr.imaging import ImageDecodeError, ImageTooLargeError, decode_grayscale
+        from cxr.imaging.decode import ImageDecodeError, ImageTooLargeError, decode_grayscale
 
         if not data:
             raise HTTPProblem(400, "empty upload: send an image in the multipart field 'file'")
@@ -149,8 +149,8 @@ class Service:
         return wanted
 
     def predict(self, data: bytes, filename: str, cam: str | None, preview: bool) -> dict:
-        from cxr.artifact import model_input
-        from cxr.predict import prediction_record
+        from cxr.inference.predict import prediction_record
+        from cxr.models.artifact import model_input
 
         gray = self.decode(data, filename)
         predictor = self.predictor
@@ -170,7 +170,7 @@ class Service:
         return record
 
     def heatmaps(self, gray: np.ndarray, model_input: np.ndarray, findings: list[str], shape) -> dict[str, str]:
-        from cxr.cam import grad_cam, heatmap_rgba, map_to_source
+        from cxr.inference.cam import grad_cam, heatmap_rgba, map_to_source
 
         indices = [self.predictor.labels.index(finding) for finding in findings]
         with self.lock:
@@ -200,7 +200,7 @@ class Service:
 
 def create_app(model_path: str | Path, max_upload_mb: float = 20, predictor=None) -> FastAPI:
     """The FastAPI app serving ``model_path`` (a checkpoint, run directory or ``.onnx``); loads the model now."""
-    from cxr.predict import load_predictor
+    from cxr.inference.predict import load_predictor
 
     if max_upload_mb <= 0:
         raise CxrError(f"the upload limit must be positive, got {max_upload_mb} MB")
@@ -270,8 +270,8 @@ def run_server(model_path: str | Path, host: str, port: int, workers: int = 1, m
     if workers == 1:
         uvicorn.run(create_app(model_path, max_upload_mb), host=host, port=port)
         return
-    from cxr.predict import resolve_model_path
+    from cxr.inference.predict import resolve_model_path
 
     os.environ[MODEL_ENV] = str(resolve_model_path(model_path).resolve())
     os.environ[UPLOAD_ENV] = str(max_upload_mb)
-    uvicorn.run("cxr.serve:app_from_environment", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("cxr.inference.serve:app_from_environment", factory=True, host=host, port=port, workers=workers)

@@ -6,7 +6,7 @@ source had NIH's ``BBox_List_2017.csv``, ``boxes.parquet`` with the boxes alread
 ``train.bin``, a store is written once and then only memory-mapped.
 
 This module owns the format on disk, both ways: :class:`Store` reads a finished store; the writing helpers
-(:class:`Journal`, :func:`allocate_images`, :func:`write_tables`) are what :mod:`cxr.prepare` uses to write one.
+(:class:`Journal`, :func:`allocate_images`, :func:`write_tables`) are what :mod:`cxr.data.prepare` uses to write one.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
     ``sizes[row]`` is ``[width, height]`` of the decoded source image or None if rejected with ``reasons[row]``.
     ``info`` (size, crop, source, versions) goes into the manifest.
     """
-    from cxr.imaging import box_to_store
+    from cxr.imaging.decode import box_to_store
 
     table = dataset.metadata
     stored = table[present].reset_index(drop=True)

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.bootstrap import bootstrap_auroc, percentile_interval
 from cxr.errors import CxrError
-from cxr.files import write_json
-from cxr.labels import NO_FINDING
-from cxr.metrics import (
+from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
+from cxr.evaluation.metrics import (
     auprc,
     brier_score,
     expected_calibration_error,
@@ -26,14 +24,16 @@ from cxr.metrics import (
     prevalence,
     reliability,
 )
-from cxr.predictions import (
+from cxr.evaluation.predictions import (
     ScoredSet,
     join_labels,
     load_predictions,
     read_val_predictions,
     write_scored_set,
 )
-from cxr.thresholds import RULES, apply_thresholds, choose_thresholds
+from cxr.evaluation.thresholds import RULES, apply_thresholds, choose_thresholds
+from cxr.files import write_json
+from cxr.labels import NO_FINDING
 
 
 def summary_labels(labels: list[str]) -> list[str]:
@@ -101,8 +101,9 @@ def score(
 
 
 def predict_split(artifact, store: Path, images: list[str], batch_size: int, tta: bool) -> np.ndarray:
-    """Probabilities ``(n, K)`` of the artifact on store images (horizontal-flip TTA optional), via ``cxr.data``."""
-    from cxr.data import predict_store
+    """Probabilities ``(n, K)`` of the artifact on store images (horizontal-flip TTA optional), via
+    ``cxr.data.loaders``."""
+    from cxr.data.loaders import predict_store
 
     probabilities = np.asarray(predict_store(artifact, store, images, batch_size=batch_size, tta=tta), np.float64)
     if probabilities.shape != (len(images), len(artifact.labels)):
@@ -135,10 +136,10 @@ def evaluate_run(
     ``RUN/eval/<split>/`` (predictions.csv, targets.csv, metrics.json, plots, report.md/html). Returns the
     metrics and that folder.
     """
-    from cxr.artifact import load_artifact, set_thresholds
-    from cxr.references import references_for
-    from cxr.report import write_report
-    from cxr.store import Store
+    from cxr.data.store import Store
+    from cxr.evaluation.references import references_for
+    from cxr.evaluation.report import write_report
+    from cxr.models.artifact import load_artifact, set_thresholds
 
     if rule not in RULES:
         raise CxrError(f"unknown threshold rule {rule!r} (known: {', '.join(RULES)})")
@@ -199,8 +200,8 @@ def evaluate_predictions(
     ``val_predictions`` (same format, labels from the same metadata) is where thresholds are chosen; without it
     they are chosen on the scored images and flagged optimistic. ``preset`` picks the seed's reference column.
     """
-    from cxr.references import references_for
-    from cxr.report import write_report
+    from cxr.evaluation.references import references_for
+    from cxr.evaluation.report import write_report
 
     data = load_predictions(predictions, labels_csv, images_list)
     thresholds = None

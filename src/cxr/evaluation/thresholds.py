@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from cxr.metrics import as_matrix, operating_points
+from cxr.evaluation.metrics import as_matrix, operating_points
 
 
 class ThresholdRule(StrEnum):

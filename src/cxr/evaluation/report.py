@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.evaluation.metrics import pr_curve, roc_curve
+from cxr.evaluation.predictions import ScoredSet
+from cxr.evaluation.references import Reference
+from cxr.evaluation.thresholds import RULES
 from cxr.labels import FINDINGS
-from cxr.metrics import pr_curve, roc_curve
-from cxr.predictions import ScoredSet
-from cxr.references import Reference
-from cxr.thresholds import RULES
 
 RULE_TITLES = {
     "youden": "Youden's J (max sensitivity + specificity - 1)",

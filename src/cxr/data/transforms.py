@@ -1,6 +1,6 @@
 """From a store image (uint8 R×R) to a model input (uint8 S×S): the deterministic view and the training view.
 
-The store already holds the expensive, shared preprocessing (decode, crop, area resize: ``cxr.imaging``); what is
+The store already holds the expensive, shared preprocessing (decode, crop, area resize: ``cxr.imaging.decode``); what is
 left is cheap and per-experiment: ``eval_view`` (identity, resize or center crop — used by validation, test and
 inference alike) and ``TrainView`` (random rotation, shift and flip as the seed's Keras ``ImageDataGenerator``;
 random crop as CheXNet). Pixels stay uint8 until they reach the device: 4× less to copy than float32.

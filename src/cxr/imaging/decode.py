@@ -114,9 +114,9 @@ def decode_grayscale(source: str | Path | bytes, name: str | None = None) -> np.
     """Decode a PNG, JPEG (anything Pillow reads) or DICOM file into an 8-bit grayscale ``(H, W)`` array.
 
     ``source`` is a path or the file's bytes; ``name`` labels error messages (default: the path). DICOM is
-    recognised by suffix or magic and delegated to :func:`cxr.dicom.read_dicom`. Raises :class:`ImageDecodeError`
-    (with the name and the reason) for an empty, truncated or corrupt file, and :class:`ImageTooLargeError` above
-    Pillow's decompression-bomb limit, which a server lowers to bound memory.
+    recognised by suffix or magic and delegated to :func:`cxr.imaging.dicom.read_dicom`. Raises
+    :class:`ImageDecodeError` (with the name and the reason) for an empty, truncated or corrupt file, and
+    :class:`ImageTooLargeError` above Pillow's decompression-bomb limit, which a server lowers to bound memory.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, name = bytes(source), name or "<bytes>"
@@ -129,7 +129,7 @@ def decode_grayscale(source: str | Path | bytes, name: str | None = None) -> np.
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     if is_dicom(data, name):
-        from cxr.dicom import read_dicom  # lazy: pydicom is only needed for DICOM
+        from cxr.imaging.dicom import read_dicom  # lazy: pydicom is only needed for DICOM
 
         try:
             pixels = read_dicom(source, name=name)

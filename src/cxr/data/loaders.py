@@ -1,8 +1,8 @@
 """Torch datasets and the Lightning DataModule over a store; batch prediction over store images.
 
 Training reads the uint8 memmap of a store (``cxr prepare``: decoded once, nanoGPT-style), takes a view per item
-(``cxr.transforms``) and hands uint8 tensors to the loader; conversion to float happens on the device. The memmap is
-opened lazily in each worker process (``cxr.store.Store`` pickles without its pixels).
+(``cxr.data.transforms``) and hands uint8 tensors to the loader; conversion to float happens on the device. The
+memmap is opened lazily in each worker process (``cxr.data.store.Store`` pickles without its pixels).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cxr.config import DataConfig
+from cxr.data.store import Store
+from cxr.data.tasks import TaskSplit, targets
+from cxr.data.transforms import TrainView, eval_view
 from cxr.errors import CxrError
-from cxr.store import Store
-from cxr.tasks import TaskSplit, targets
-from cxr.transforms import TrainView, eval_view
 
 
 class StoreImages(Dataset):

@@ -9,7 +9,7 @@ whole: its schedulers stepped, early stopping updated, the epoch counted, and no
 resumed run starts that epoch from its first batch (Lightning's "restarted on epoch start").
 
 torch's global random state (dropout) travels in the checkpoint too, and the
-training data's order and augmentation depend only on (seed, epoch, image) (:class:`cxr.data.EpochSampler`): a
+training data's order and augmentation depend only on (seed, epoch, image) (:class:`cxr.data.loaders.EpochSampler`): a
 resumed run ends with the weights of the uninterrupted run, wherever it was killed (same machine and versions).
 """
 

@@ -3,7 +3,7 @@
 A predictions CSV has an image-id column (``Image Index``, else the first column) and one probability column per
 output, named ``<Finding>`` or ``prob_<Finding>`` with NIH's spelling (``Pleural_Thickening``, ``No Finding``;
 ``Any Finding`` = 1 - No Finding). Columns are matched by name, never by position, because published files use
-other orders (CheXNet's, for one). Targets and patients come from NIH metadata (``cxr.nih.read_metadata``) or a
+other orders (CheXNet's, for one). Targets and patients come from NIH metadata (``cxr.data.nih.read_metadata``) or a
 store's index, which share their columns.
 """
 
@@ -107,7 +107,7 @@ def join_labels(
     restrict_to: list[str] | None = None,
     source: str = "predictions",
 ) -> ScoredSet:
-    """Align predictions with NIH metadata (``cxr.nih.read_metadata`` columns); optionally restrict to a list.
+    """Align predictions with NIH metadata (``cxr.data.nih.read_metadata`` columns); optionally restrict to a list.
 
     With ``restrict_to`` (e.g. ``test_list.txt``) exactly those images are scored and each needs a prediction;
     every scored image needs labels. Violations raise :class:`CxrError` listing a few names.
@@ -141,7 +141,7 @@ def load_predictions(
     predictions: str | Path, labels_csv: str | Path, images_list: str | Path | None = None
 ) -> ScoredSet:
     """Predictions mode input: a predictions CSV joined with an NIH metadata CSV, optionally restricted to a list."""
-    from cxr.nih import read_image_list, read_metadata
+    from cxr.data.nih import read_image_list, read_metadata
 
     images, labels, probabilities = read_predictions(predictions)
     if not Path(labels_csv).is_file():

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cxr.imaging.decode import ImageDecodeError, decode_grayscale, is_dicom
+from cxr.errors import ImageDecodeError
+from cxr.imaging.decode import decode_grayscale, is_dicom
 from cxr.imaging.dicom import DicomError, DicomTooLargeError, read_dicom
 
 SAMPLE_IMAGE = "00000001_000.png"  # uses the full 0..255 range, so "by range" mapping is the identity

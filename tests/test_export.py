@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cxr.errors import CxrError
-from cxr.inference.export import ExportParityError, export_onnx, parity_inputs
-from cxr.inference.onnx import METADATA_KEY, OnnxPredictor, read_metadata
+from cxr.inference.export import ExportParityError, export_onnx
+from cxr.inference.onnx import METADATA_KEY, OnnxPredictor, parity_inputs, read_metadata
 from cxr.inference.predict import TorchPredictor, load_predictor, predict_images
 from cxr.labels import FINDINGS
 

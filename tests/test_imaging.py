@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, ImageDecodeError, ImageTooLargeError
 from cxr.imaging import decode
-from cxr.imaging.decode import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    box_to_store,
-    crop_square,
-    decode_grayscale,
-    preprocess,
-)
+from cxr.imaging.decode import decode_grayscale, preprocess
+from cxr.imaging.geometry import box_to_store, crop_square
 
 
 def gradient(height: int = 40, width: int = 56, seed: int = 0) -> np.ndarray:

@@ -25,7 +25,8 @@ from cxr.data import prepare as prepare_module
 from cxr.data.prepare import JOURNAL, prepare_store
 from cxr.data.store import IN_PROGRESS, INDEX_COLUMNS, Store
 from cxr.errors import CxrError
-from cxr.imaging.decode import box_to_store, load, preprocess
+from cxr.imaging.decode import load, preprocess
+from cxr.imaging.geometry import box_to_store
 from cxr.labels import LABELS
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

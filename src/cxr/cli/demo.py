@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cxr.cli._app import app
+from cxr.cli._app import app, registered_app
 from cxr.errors import CxrError
 
 
@@ -130,12 +130,10 @@ def run_demo(out: Path, recipe: DemoRecipe | None = None, console: Console | Non
     """Run every stage; return ``{"timings": {stage: seconds}, "macro_auroc": x, ...}`` (also saved as demo.json)."""
     from typer.main import get_command
 
-    from cxr.cli import app
-
     recipe = recipe or DemoRecipe()
     console = console or Console()
     _fresh_output(out, console)
-    command = get_command(app)
+    command = get_command(registered_app())
     timings: dict[str, float] = {}
     stages = demo_stages(out, recipe)
     for number, stage in enumerate(stages, 1):

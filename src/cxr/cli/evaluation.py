@@ -1,4 +1,7 @@
-"""CLI commands: ``cxr evaluate`` (a run, or anyone's predictions CSV) and ``cxr compare``."""
+"""CLI commands: ``cxr evaluate`` (a run, or anyone's predictions CSV) and ``cxr compare``.
+
+The work is in :mod:`cxr.evaluation`; its modules are imported inside the commands, so ``cxr --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import typer
 from cxr.cli._app import app
 from cxr.errors import CxrError
 from cxr.evaluation.thresholds import ThresholdRule
+from cxr.files import to_json, write_json
 
 
 def _print_table(title: str, header: list[str], rows: list[list[str]], to_stderr: bool) -> None:
@@ -30,8 +34,6 @@ def _print_table(title: str, header: list[str], rows: list[list[str]], to_stderr
 
 def _emit_json(document: dict, target: str | None) -> None:
     """``--json FILE`` writes the JSON there too; ``--json -`` prints it on stdout (tables go to stderr)."""
-    from cxr.files import to_json, write_json
-
     if target == "-":
         sys.stdout.write(to_json(document))
     elif target:

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from cxr.cli._app import app
+from cxr.errors import CxrError
 
 
 @app.command()
@@ -27,7 +28,6 @@ def predict(
     """Probability of each finding per image; unreadable files are reported on stderr and skipped (exit 1)."""
     from rich.console import Console
 
-    from cxr.errors import CxrError
     from cxr.inference.predict import predict_images
 
     errors: list[tuple[str, str]] = []

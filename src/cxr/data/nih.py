@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.data.splits import official_split
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import LABELS, canonical_name, parse_finding_labels
 
@@ -252,8 +253,6 @@ def load_dataset(data_dir: str | Path, age_max: float = 120) -> NIHDataset:
     ``metadata["split"]`` is ``"train_val"``, ``"test"`` or ``""`` (in neither list) and is checked to be
     patient-disjoint; ``metadata["blacklisted"]`` marks the blacklist's images, which are kept.
     """
-    from cxr.data.splits import official_split
-
     root = Path(data_dir)
     if not root.is_dir():
         raise CxrError(f"{root} is not a folder (expected an NIH folder: metadata CSV, lists, images)")

@@ -29,10 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr import __version__
+from cxr.data.nih import load_dataset
 from cxr.data.store import IN_PROGRESS as STATE
 from cxr.data.store import JOURNAL, Journal, allocate_images, read_journal, write_tables
 from cxr.errors import CxrError
 from cxr.files import write_json
+from cxr.imaging import decode  # decode.DECODER is read when a store is written: it may be switched at run time
+from cxr.imaging.decode import decode_grayscale, preprocess
+from cxr.imaging.geometry import crop_square
 from cxr.provenance import environment
 
 STORE_FILES = ("images.npy", "index.parquet", "rejects.csv", "boxes.parquet", "manifest.json")
@@ -51,8 +56,6 @@ def chunk_size_for(images: int, workers: int) -> int:
 
 def _write_chunk(images_path: str, offset: int, size: int, crop: float, first_row: int, files: list[str]) -> dict:
     """Worker: decode ``files`` into rows ``first_row...`` of images.npy; return source sizes and reject reasons."""
-    from cxr.imaging.decode import decode_grayscale, preprocess
-
     rows = np.memmap(images_path, dtype=np.uint8, mode="r+", offset=offset + first_row * size * size,
                      shape=(len(files), size, size))  # fmt: skip
     sizes, rejects = [], {}
@@ -146,10 +149,6 @@ def prepare_store(
     other arguments is an error unless ``force``. Workers start by ``forkserver``: a script that calls this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
     """
-    from cxr import __version__
-    from cxr.data.nih import load_dataset
-    from cxr.imaging.decode import DECODER, crop_square
-
     crop_square(1, 1, crop)  # validates crop
     if int(size) != size or size < 8:
         raise CxrError(f"--size must be a whole number of pixels >= 8, got {size}")
@@ -216,7 +215,7 @@ def prepare_store(
             journal.close()
         sizes = [size for c in range(len(chunks)) for size in done[c]["sizes"]]
         reasons = {c * chunk_size + int(i): reason for c in done for i, reason in done[c]["rejects"].items()}
-        extra = {"package_version": __version__, "decoder": DECODER, "interpolation": "area"}
+        extra = {"package_version": __version__, "decoder": decode.DECODER, "interpolation": "area"}
         extra["environment"] = environment(timestamp=False)
         manifest = write_tables(out, dataset, present, sizes, reasons, params | extra)
         for name in (STATE, JOURNAL):

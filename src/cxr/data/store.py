@@ -24,6 +24,7 @@ import pandas as pd
 
 from cxr.errors import CxrError, InputFormatError
 from cxr.files import replacing, write_bytes, write_json
+from cxr.imaging.geometry import box_to_store
 from cxr.labels import LABELS
 
 FORMAT, FORMAT_VERSION = "cxr-store", 1
@@ -116,8 +117,6 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
     ``sizes[row]`` is ``[width, height]`` of the decoded source image or None if rejected with ``reasons[row]``.
     ``info`` (size, crop, source, versions) goes into the manifest.
     """
-    from cxr.imaging.decode import box_to_store
-
     table = dataset.metadata
     stored = table[present].reset_index(drop=True)
     stored["row"] = np.arange(len(stored), dtype=np.int64)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
 from cxr.evaluation.metrics import (
@@ -31,6 +32,8 @@ from cxr.evaluation.predictions import (
     read_val_predictions,
     write_scored_set,
 )
+from cxr.evaluation.references import references_for
+from cxr.evaluation.report import write_report
 from cxr.evaluation.thresholds import RULES, apply_thresholds, choose_thresholds
 from cxr.files import write_json
 from cxr.labels import NO_FINDING
@@ -103,6 +106,7 @@ def score(
 def predict_split(artifact, store: Path, images: list[str], batch_size: int, tta: bool) -> np.ndarray:
     """Probabilities ``(n, K)`` of the artifact on store images (horizontal-flip TTA optional), via
     ``cxr.data.loaders``."""
+    # Local: torch and Lightning stay off `cxr evaluate --predictions` and `cxr compare` (CSVs, no model).
     from cxr.data.loaders import predict_store
 
     probabilities = np.asarray(predict_store(artifact, store, images, batch_size=batch_size, tta=tta), np.float64)
@@ -136,9 +140,7 @@ def evaluate_run(
     ``RUN/eval/<split>/`` (predictions.csv, targets.csv, metrics.json, plots, report.md/html). Returns the
     metrics and that folder.
     """
-    from cxr.data.store import Store
-    from cxr.evaluation.references import references_for
-    from cxr.evaluation.report import write_report
+    # Local: torch and Lightning stay off `cxr evaluate --predictions` and `cxr compare` (CSVs, no model).
     from cxr.models.artifact import load_artifact, set_thresholds
 
     if rule not in RULES:
@@ -200,9 +202,6 @@ def evaluate_predictions(
     ``val_predictions`` (same format, labels from the same metadata) is where thresholds are chosen; without it
     they are chosen on the scored images and flagged optimistic. ``preset`` picks the seed's reference column.
     """
-    from cxr.evaluation.references import references_for
-    from cxr.evaluation.report import write_report
-
     data = load_predictions(predictions, labels_csv, images_list)
     thresholds = None
     if val_predictions is not None:

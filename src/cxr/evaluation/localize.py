@@ -28,7 +28,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cxr.data.loaders import check_store_fits
+from cxr.data.store import Store
+from cxr.data.transforms import eval_view
 from cxr.errors import CxrError
+from cxr.inference.cam import grad_cam_batch, overlay, png_bytes
+from cxr.inference.predict import TorchPredictor
 
 DEFAULT_FRACTION = 0.5
 ZHANG_TOLERANCE = 15 / 224  # Zhang et al. (2016): 15 px at 224 px, as a fraction of the input side
@@ -116,10 +121,6 @@ def localize_run(
     written to ``localize.json``: ``{"findings": {finding: {"cases", "pointing_game", "pointing_game_strict",
     "mean_iou", "center_baseline", "random_baseline"}}, "overall": {...}, "rule": {...}, ...}``.
     """
-    from cxr.data.loaders import check_store_fits
-    from cxr.data.store import Store
-    from cxr.inference.predict import TorchPredictor
-
     if not 0 < fraction <= 1:
         raise CxrError(f"the IoU threshold fraction must be in (0, 1], got {fraction}")
     run = Path(run)
@@ -149,9 +150,6 @@ def _score_cases(cases: pd.DataFrame, store, predictor, tolerance: float, fracti
     Images go through Grad-CAM :data:`IMAGES_PER_PASS` at a time (:func:`cxr.inference.cam.grad_cam_batch`: one forward
     pass per image, one partial backward pass per finding); the maps are the same as one image at a time.
     """
-    from cxr.data.transforms import eval_view
-    from cxr.inference.cam import grad_cam_batch
-
     pre, size = predictor.preprocessing, predictor.input_size
     groups = list(cases.groupby("row", sort=True))
     rows, shown = [], {}
@@ -223,8 +221,6 @@ def _summarise(scores: pd.DataFrame, run: Path, split: str, store, fraction: flo
 
 def _write_example(path: Path, view: np.ndarray, cam_map: np.ndarray, boxes, case: dict) -> None:
     """Overlay at the model input, upscaled for legibility, with the boxes in white and the map's peak marked."""
-    from cxr.inference.cam import overlay, png_bytes
-
     scale = max(1, 256 // view.shape[0])
     big = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     drawn = np.ascontiguousarray(overlay(big, cv2.resize(cam_map, big.shape[::-1], interpolation=cv2.INTER_LINEAR)))

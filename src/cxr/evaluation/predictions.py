@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.data.nih import read_image_list, read_metadata
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import ANY_FINDING, LABELS, NO_FINDING, canonical_name
 
@@ -141,8 +142,6 @@ def load_predictions(
     predictions: str | Path, labels_csv: str | Path, images_list: str | Path | None = None
 ) -> ScoredSet:
     """Predictions mode input: a predictions CSV joined with an NIH metadata CSV, optionally restricted to a list."""
-    from cxr.data.nih import read_image_list, read_metadata
-
     images, labels, probabilities = read_predictions(predictions)
     if not Path(labels_csv).is_file():
         raise CxrError(f"labels file not found: {labels_csv}")

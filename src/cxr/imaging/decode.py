@@ -20,47 +20,16 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, ImageDecodeError, ImageTooLargeError
+from cxr.imaging.geometry import crop_square
+from cxr.imaging.pixels import color_to_gray, to_uint8
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-
-
-class ImageDecodeError(CxrError):
-    """An image that cannot be decoded: empty, truncated, corrupt, unsupported, or too large."""
-
-
-class ImageTooLargeError(ImageDecodeError):
-    """An image over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)."""
 
 
 def is_dicom(data: bytes, name: str = "") -> bool:
     """DICOM by suffix (``.dcm``, ``.dicom``) or by the ``DICM`` magic at offset 128 (PS3.10 file preamble)."""
     return Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Map a deeper image to 8 bits by its own range (min -> 0, max -> 255); a flat image becomes all zeros."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    low, high = float(pixels.min()), float(pixels.max())
-    if high <= low:
-        return np.zeros(pixels.shape, dtype=np.uint8)
-    scaled = (pixels.astype(np.float32) - low) * np.float32(255.0 / (high - low))
-    return np.rint(scaled).astype(np.uint8)
-
-
-def color_to_gray(pixels: np.ndarray, rgb: bool = False) -> np.ndarray:
-    """Colour ``(H, W, C)`` -> 8-bit grey: ITU-R 601-2 luma (Pillow's ``L`` weights, in OpenCV's fixed point), then
-    deeper images by their own range, as :func:`_to_uint8` maps grey ones. The package's one colour conversion.
-
-    Channels are BGR(A), as OpenCV decodes, or RGB(A) with ``rgb`` (DICOM RGB, YBR and PALETTE COLOR). Depths that
-    ``cv2.cvtColor`` does not take (32-bit integers, float64) go through float32, plenty for an 8-bit result.
-    """
-    if pixels.dtype not in (np.uint8, np.uint16, np.float32):
-        pixels = pixels.astype(np.float32)
-    codes = {3: cv2.COLOR_RGB2GRAY, 4: cv2.COLOR_RGBA2GRAY} if rgb else {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}
-    code = codes.get(pixels.shape[2])
-    return _to_uint8(cv2.cvtColor(pixels, code) if code is not None else pixels[..., 0])
 
 
 def _open_checked(data: bytes, name: str) -> Image.Image:
@@ -82,7 +51,7 @@ def _open_checked(data: bytes, name: str) -> Image.Image:
 def _pixels_pillow(image: Image.Image) -> np.ndarray:
     image.load()
     if image.mode in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
-        return _to_uint8(np.asarray(image))
+        return to_uint8(np.asarray(image))
     if image.mode in ("1", "P", "PA", "LA", "La"):
         # Palette and bilevel images first become L; with alpha, the alpha is dropped.
         return np.asarray(image.convert("L"))
@@ -101,7 +70,7 @@ def _decode_opencv(data: bytes, name: str) -> np.ndarray:
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise ImageDecodeError(f"{name}: truncated or corrupt image")
-    return color_to_gray(pixels) if pixels.ndim == 3 else _to_uint8(pixels)  # BGR(A), 8 or 16 bits
+    return color_to_gray(pixels) if pixels.ndim == 3 else to_uint8(pixels)  # BGR(A), 8 or 16 bits
 
 
 DECODERS = {"pillow": _decode_pillow, "opencv": _decode_opencv}
@@ -129,7 +98,8 @@ def decode_grayscale(source: str | Path | bytes, name: str | None = None) -> np.
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     if is_dicom(data, name):
-        from cxr.imaging.dicom import read_dicom  # lazy: pydicom is only needed for DICOM
+        # Local: DICOM support loads only when a DICOM file comes (and tests swap the module in sys.modules).
+        from cxr.imaging.dicom import read_dicom
 
         try:
             pixels = read_dicom(source, name=name)
@@ -149,18 +119,6 @@ def decode_grayscale(source: str | Path | bytes, name: str | None = None) -> np.
     return pixels
 
 
-def crop_square(width, height, crop: float):
-    """The centered square kept by ``crop`` (fraction of the shorter side): ``(left, top, side)`` in pixels.
-
-    Works on scalars or arrays of sizes (one per image); rounding is half-to-even, as Python's ``round``.
-    """
-    if not 0 < crop <= 1:
-        raise CxrError(f"crop must be a fraction in (0, 1], got {crop}")
-    width, height = np.asarray(width, dtype=np.int64), np.asarray(height, dtype=np.int64)
-    side = np.maximum(1, np.rint(crop * np.minimum(width, height))).astype(np.int64)
-    return (width - side) // 2, (height - side) // 2, side
-
-
 def preprocess(gray: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
     """Center-crop ``crop`` of the shorter side, then area-resize to ``size`` x ``size`` (uint8).
 
@@ -175,21 +133,6 @@ def preprocess(gray: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
     if side == size:
         return np.ascontiguousarray(square)
     return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def box_to_store(x, y, w, h, source_width, source_height, crop: float, size: int):
-    """Map a box from source pixels (NIH ``BBox_List_2017.csv``: x, y, w, h in the PNG's pixels) to store pixels.
-
-    Works on scalars or NumPy arrays (sizes per box too). The box is clipped to the stored square, so a box partly
-    outside the crop shrinks, and one wholly outside it gets zero width or height. Returns floats ``(x, y, w, h)``.
-    """
-    left, top, side = crop_square(source_width, source_height, crop)
-    scale = size / side
-    x, y, w, h = (np.asarray(v, dtype=np.float64) for v in (x, y, w, h))
-    x0, x1 = (np.clip((v - left) * scale, 0, size) for v in (x, x + w))
-    y0, y1 = (np.clip((v - top) * scale, 0, size) for v in (y, y + h))
-    result = (x0, y0, x1 - x0, y1 - y0)
-    return tuple(float(v) for v in result) if np.ndim(x0) == 0 else result
 
 
 def load(source: str | Path | bytes, size: int, crop: float = 1.0, name: str | None = None) -> np.ndarray:

@@ -6,7 +6,7 @@ center/width (C.11.2), then MONOCHROME1 is inverted so that, as in NIH's PNGs, a
 VOI output is mapped to 0-255 by its nominal range; an image without any VOI is mapped by its own value range
 ("16-bit → 8-bit by range", as ``prepare`` does for 16-bit PNGs), except 8-bit data, which is already
 display-ready and kept as is. Colour images (RGB, YBR, PALETTE COLOR: screenshots, secondary captures, ultrasound)
-become luminance through :func:`cxr.imaging.decode.color_to_gray`, the conversion PNG/JPEG colour images go through.
+become luminance through :func:`cxr.imaging.pixels.color_to_gray`, the conversion PNG/JPEG colour images go through.
 
 Decoding is pydicom's: native (little/big endian, deflated) and RLE by pydicom itself, JPEG baseline by Pillow, the
 other compressed transfer syntaxes (PS3.5 A.4) by the codec packages the install carries: pylibjpeg-libjpeg (JPEG
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.imaging.decode import ImageDecodeError, ImageTooLargeError, color_to_gray
+from cxr.errors import ImageDecodeError, ImageTooLargeError
+from cxr.imaging.pixels import color_to_gray
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")

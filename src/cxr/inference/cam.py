@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxr.imaging.decode import crop_square
+from cxr.imaging.geometry import crop_square
+from cxr.models.artifact import model_input
 
 
 def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int]) -> np.ndarray:
@@ -189,8 +190,6 @@ def unique_stems(images: Sequence[str]) -> list[str]:
 def write_heatmaps(predictor, gray: np.ndarray, findings: Sequence[str], out_dir: Path, stem: str) -> dict:
     """Write ``<stem>_<finding>.png`` (overlay, source geometry) and ``.npy`` (raw map at the model input, float32)
     for each finding; return ``{finding: {"overlay": path, "map": path}}``."""
-    from cxr.models.artifact import model_input
-
     if not findings:  # nothing positive: no preprocessing, no Grad-CAM pass (nor an ONNX file's torch twin)
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,19 @@ import torch
 from cxr import __version__
 from cxr.errors import CxrError
 from cxr.files import replacing
-from cxr.inference.onnx import FORMAT, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxPredictor
+from cxr.inference.onnx import (
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    PARITY_TOLERANCE,
+    OnnxPredictor,
+    parity_inputs,
+)
+from cxr.inference.predict import TorchPredictor
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; anything >= 17 has every op these CNNs use
-PARITY_TOLERANCE = 1e-4
 
 
 class ExportParityError(CxrError):
@@ -41,8 +50,6 @@ def export_onnx(
     ``tolerance`` on the parity inputs (:func:`parity_inputs`), at two batch sizes.
     """
     import onnx
-
-    from cxr.inference.predict import TorchPredictor
 
     if opset < 17:
         raise CxrError(f"opset {opset} is too old; use 17 or newer")
@@ -119,17 +126,6 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def parity_inputs(size: int, seed: int = 0) -> np.ndarray:
-    """Five model inputs ``(5, 1, S, S)``: uniform noise, black, white, a smooth gradient and a bright disc."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-    yy, xx = np.meshgrid(ramp, ramp, indexing="ij")
-    disc = (((yy - 0.5) ** 2 + (xx - 0.4) ** 2) < 0.06).astype(np.float32) * 0.8 + 0.1
-    images = [rng.random((size, size), dtype=np.float32), np.zeros((size, size), np.float32)]
-    images += [np.ones((size, size), np.float32), (yy + xx) / 2, disc]
-    return np.stack(images)[:, None]
 
 
 def check_parity(torch_predictor, onnx_path: str | Path, tolerance: float = PARITY_TOLERANCE) -> tuple[float, int]:

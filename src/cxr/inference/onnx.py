@@ -28,6 +28,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 REQUIRED_FIELDS = ("labels", "preprocessing", "thresholds", "package_version", "architecture")
 WEIGHT_PREFIX = "model."  # the exported graph wraps the classifier as attribute ``model`` (see cxr.inference.export)
+PARITY_TOLERANCE = 1e-4
+"""Most |Δp| allowed between onnxruntime and torch: at export, and for the Grad-CAM twin rebuilt from a file."""
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -63,6 +65,17 @@ def _parse_metadata(path: Path, props: dict[str, str]) -> dict:
     if missing:
         raise CxrError(f"{path}: cxr metadata lacks {', '.join(missing)}")
     return metadata
+
+
+def parity_inputs(size: int, seed: int = 0) -> np.ndarray:
+    """Five model inputs ``(5, 1, S, S)``: uniform noise, black, white, a smooth gradient and a bright disc."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    yy, xx = np.meshgrid(ramp, ramp, indexing="ij")
+    disc = (((yy - 0.5) ** 2 + (xx - 0.4) ** 2) < 0.06).astype(np.float32) * 0.8 + 0.1
+    images = [rng.random((size, size), dtype=np.float32), np.zeros((size, size), np.float32)]
+    images += [np.ones((size, size), np.float32), (yy + xx) / 2, disc]
+    return np.stack(images)[:, None]
 
 
 class OnnxPredictor:
@@ -109,7 +122,7 @@ class OnnxPredictor:
         import torch
         from onnx import numpy_helper
 
-        from cxr.inference.export import PARITY_TOLERANCE, parity_inputs
+        # Local, as torch is: the ONNX predictor runs on onnxruntime alone; only the Grad-CAM twin needs torch.
         from cxr.models.factory import create_model
 
         graph = onnx.load(os.fspath(self.path)).graph

@@ -17,6 +17,10 @@ from typing import Protocol
 import numpy as np
 
 from cxr.errors import CxrError
+from cxr.imaging.decode import decode_grayscale
+from cxr.inference.cam import unique_stems, write_heatmaps
+from cxr.inference.onnx import OnnxPredictor
+from cxr.models.artifact import load_artifact, model_input
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 """What a directory given to ``cxr predict`` is searched for (recursively, case-insensitively)."""
@@ -63,8 +67,6 @@ class TorchPredictor:
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu") -> TorchPredictor:
-        from cxr.models.artifact import load_artifact
-
         return cls(load_artifact(resolve_model_path(path), device=device))
 
     @property
@@ -96,8 +98,6 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """The predictor for a checkpoint (torch) or an exported ``.onnx`` (onnxruntime), chosen by suffix."""
     path = resolve_model_path(path)
     if path.suffix.lower() == ".onnx":
-        from cxr.inference.onnx import OnnxPredictor
-
         return OnnxPredictor(path)
     return TorchPredictor.from_path(path, device=device)
 
@@ -187,8 +187,6 @@ def prediction_record(image: str, probabilities: Sequence[float], labels: Sequen
 
 def predict_arrays(predictor: Predictor, grays: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
     """Probabilities ``(N, K)`` for decoded grayscale images (uint8, any size), in batches."""
-    from cxr.models.artifact import model_input
-
     out = np.zeros((len(grays), len(predictor.labels)))
     for start in range(0, len(grays), batch_size):
         batch = np.stack([model_input(gray, predictor.preprocessing) for gray in grays[start : start + batch_size]])
@@ -214,8 +212,6 @@ def predict_images(
     model, Grad-CAM runs on the torch twin rebuilt from the file). Unreadable files are passed to
     ``on_error(image, message)`` (default: printed to stderr) and skipped.
     """
-    from cxr.imaging.decode import decode_grayscale
-
     if batch_size < 1:
         raise CxrError(f"batch size must be at least 1, got {batch_size}")
     predictor = model if hasattr(model, "probabilities") else load_predictor(model)
@@ -224,8 +220,6 @@ def predict_images(
     for error in missing:
         report(error["image"], error["error"])
     if cam_dir is not None:
-        from cxr.inference.cam import unique_stems, write_heatmaps
-
         stems = dict(zip(map(str, images), unique_stems([str(path) for path in images]), strict=True))
     records = []
     for start in range(0, len(images), batch_size):

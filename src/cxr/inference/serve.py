@@ -24,7 +24,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from cxr import __version__
-from cxr.errors import CxrError
+from cxr.errors import CxrError, ImageDecodeError, ImageTooLargeError
+from cxr.imaging.decode import decode_grayscale, is_dicom
+from cxr.inference.cam import grad_cam, heatmap_rgba, map_to_source, png_bytes
+from cxr.inference.predict import load_predictor, prediction_record, resolve_model_path
+from cxr.models.artifact import model_input
 
 STATIC_DIR = Path(__file__).with_name("static")
 PREVIEW_SIZE = 512  # longest side of the preview and heatmaps sent to the page
@@ -87,8 +91,6 @@ class UploadLimit:
 
 def sniff_format(data: bytes, filename: str = "") -> str | None:
     """``"png"``, ``"jpeg"`` or ``"dicom"`` from the file's magic bytes (DICOM also by suffix), else ``None``."""
-    from cxr.imaging.decode import is_dicom
-
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -99,8 +101,6 @@ def sniff_format(data: bytes, filename: str = "") -> str | None:
 
 
 def data_url(pixels: np.ndarray) -> str:
-    from cxr.inference.cam import png_bytes
-
     return "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode("ascii")
 
 
@@ -117,8 +117,6 @@ class Service:
         self.lock = threading.Lock()
 
     def decode(self, data: bytes, filename: str) -> np.ndarray:
-        from cxr.imaging.decode import ImageDecodeError, ImageTooLargeError, decode_grayscale
-
         if not data:
             raise HTTPProblem(400, "empty upload: send an image in the multipart field 'file'")
         kind = sniff_format(data, filename)
@@ -149,9 +147,6 @@ class Service:
         return wanted
 
     def predict(self, data: bytes, filename: str, cam: str | None, preview: bool) -> dict:
-        from cxr.inference.predict import prediction_record
-        from cxr.models.artifact import model_input
-
         gray = self.decode(data, filename)
         predictor = self.predictor
         batch = model_input(gray, predictor.preprocessing)[None]
@@ -170,8 +165,6 @@ class Service:
         return record
 
     def heatmaps(self, gray: np.ndarray, model_input: np.ndarray, findings: list[str], shape) -> dict[str, str]:
-        from cxr.inference.cam import grad_cam, heatmap_rgba, map_to_source
-
         indices = [self.predictor.labels.index(finding) for finding in findings]
         with self.lock:
             maps = grad_cam(self.predictor.model, model_input, indices)
@@ -200,8 +193,6 @@ class Service:
 
 def create_app(model_path: str | Path, max_upload_mb: float = 20, predictor=None) -> FastAPI:
     """The FastAPI app serving ``model_path`` (a checkpoint, run directory or ``.onnx``); loads the model now."""
-    from cxr.inference.predict import load_predictor
-
     if max_upload_mb <= 0:
         raise CxrError(f"the upload limit must be positive, got {max_upload_mb} MB")
     service = Service(predictor or load_predictor(model_path))
@@ -270,8 +261,6 @@ def run_server(model_path: str | Path, host: str, port: int, workers: int = 1, m
     if workers == 1:
         uvicorn.run(create_app(model_path, max_upload_mb), host=host, port=port)
         return
-    from cxr.inference.predict import resolve_model_path
-
     os.environ[MODEL_ENV] = str(resolve_model_path(model_path).resolve())
     os.environ[UPLOAD_ENV] = str(max_upload_mb)
     uvicorn.run("cxr.inference.serve:app_from_environment", factory=True, host=host, port=port, workers=workers)

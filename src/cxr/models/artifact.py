@@ -18,6 +18,7 @@ from cxr import __version__
 from cxr.data.transforms import EVAL_TRANSFORMS, eval_view
 from cxr.errors import CxrError
 from cxr.files import replacing
+from cxr.imaging.decode import preprocess
 from cxr.labels import check_names
 from cxr.models.factory import CxrNet, create_model
 from cxr.provenance import environment
@@ -206,8 +207,6 @@ def model_input(gray: np.ndarray, preprocessing: dict) -> np.ndarray:
     The same path as training: ``cxr.imaging.decode.preprocess`` (the store's crop + area resize, shared with
     ``cxr prepare``), then :func:`cxr.data.transforms.eval_view`, then /255.
     """
-    from cxr.imaging.decode import preprocess
-
     store_image = preprocess(gray, preprocessing["store_size"], preprocessing["crop"])
     view = eval_view(store_image, preprocessing["input_size"], preprocessing["eval_transform"])
     return (view.astype(np.float32) / 255.0)[None]

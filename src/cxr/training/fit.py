@@ -19,11 +19,17 @@ import pandas as pd
 import yaml
 
 from cxr.config import Config, config_from_dict, save_config, to_dict
+from cxr.data.loaders import StoreDataModule, predict_store
 from cxr.data.store import Store
 from cxr.data.tasks import TaskSplit, build_split, targets
 from cxr.errors import CxrError
 from cxr.files import write_json
+from cxr.models.artifact import load_artifact, strip_training_state
+from cxr.models.factory import IMAGENET_MEAN, IMAGENET_STD
 from cxr.provenance import environment
+from cxr.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from cxr.training.module import CxrModule, EpochMetricsCSV
+from cxr.training.precision import auto_precision
 
 
 @dataclass
@@ -60,8 +66,6 @@ def fit_store(config: Config, store: Store, image_size: int | None = None) -> Co
 
 def preprocessing_of(config: Config) -> dict:
     """The artifact's preprocessing block for a (store-fitted) config; ImageNet statistics, see cxr.models.factory."""
-    from cxr.models.factory import IMAGENET_MEAN, IMAGENET_STD
-
     data = config.data
     return {
         "crop": data.crop,
@@ -124,8 +128,6 @@ def _precision(config: Config, on_gpu: bool) -> str:
     (cxr.training.precision)."""
     if config.train.precision != "auto":
         return config.train.precision
-    from cxr.training.precision import auto_precision
-
     return auto_precision(on_gpu)
 
 
@@ -165,11 +167,6 @@ def fit(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_only
-
-    from cxr.data.loaders import StoreDataModule
-    from cxr.models.artifact import strip_training_state
-    from cxr.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
-    from cxr.training.module import CxrModule, EpochMetricsCSV
 
     store, run_dir = Store(store_path), Path(run_dir)
     config = fit_store(config, store, image_size)
@@ -244,9 +241,6 @@ def fit(
 def write_val_predictions(run_dir: Path, store: Store, split: TaskSplit, device: str = "cpu") -> Path:
     """``RUN/val_predictions.parquet`` of the best checkpoint: ``Image Index``, ``Patient ID``, then per output
     ``<label>`` (0/1 target) and ``prob_<label>``; ``cxr evaluate`` chooses thresholds on it."""
-    from cxr.data.loaders import predict_store
-    from cxr.models.artifact import load_artifact
-
     artifact = load_artifact(run_dir / "checkpoints" / "best.ckpt", device=device)
     val = split.table[split.table["part"] == "val"]
     probabilities = predict_store(artifact, store, val["image"].tolist(), batch_size=64)

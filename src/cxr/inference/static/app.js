@@ -1,5 +1,5 @@
 // The cxr page: upload a radiograph, show the probabilities as bars with threshold ticks, toggle Grad-CAM maps.
-// Plain browser JavaScript against the REST API of cxr.serve; no build step, no dependencies.
+// Plain browser JavaScript against the REST API of cxr.inference.serve; no build step, no dependencies.
 "use strict";
 
 const state = { file: null, result: null, heatmaps: {}, shown: null, model: null };

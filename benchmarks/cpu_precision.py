@@ -3,9 +3,9 @@
 ResNet-18 (the demo's model: GAP head, random init, 1 channel in), forward + backward + Adam step on random input.
 Four variants: fp32, fp32 + channels_last, bf16 autocast, bf16 autocast + channels_last. bf16 pays only on CPUs
 that compute it natively (AMX, AVX-512 BF16); elsewhere oneDNN emulates it and it is slower than fp32, which is
-why ``auto`` asks :mod:`cxr.precision`. The variants run interleaved, round after round, so a machine shared with
-other work slows them alike; the table gives the median and range over rounds and the ratio to fp32 within each round.
-Where bf16 is emulated its steps take ~10x longer than fp32's, so the run takes minutes on a 2-core machine.
+why ``auto`` asks :mod:`cxr.training.precision`. The variants run interleaved, round after round, so a machine
+shared with other work slows them alike; the table gives the median and range over rounds and the ratio to fp32 within
+each round. Where bf16 is emulated its steps take ~10x longer than fp32's, so the run takes minutes on a 2-core machine.
 
     .venv/bin/python benchmarks/cpu_precision.py [--size 128] [--batch-size 32] [--steps 2] [--rounds 3]
 """
@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cxr.models import create_model
-from cxr.precision import auto_precision, cpu_capability, native_bf16
+from cxr.models.factory import create_model
+from cxr.training.precision import auto_precision, cpu_capability, native_bf16
 
 VARIANTS = {
     "fp32": (False, False),
@@ -36,7 +36,7 @@ def make_step(bf16: bool, channels_last: bool, size: int, batch_size: int) -> Ca
     torch.manual_seed(0)
     model = create_model("resnet18", 14, head="gap", input_size=size)
     images, target = torch.rand(batch_size, 1, size, size), torch.randint(0, 2, (batch_size, 14)).float()
-    if channels_last:  # as cxr.train does: the weights and the batch in NHWC
+    if channels_last:  # as cxr.training.fit does: the weights and the batch in NHWC
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -3,7 +3,8 @@
 pydicom's wheel ships real DICOM files of many kinds in ``pydicom/data/test_files`` (CR/DX/CT/MR/secondary
 capture; JPEG baseline, extended and lossless, JPEG-LS, JPEG 2000, RLE, deflate, big-endian, palette colour,
 truncated and broken ones). Every file there that carries pixel data is put through
-:func:`cxr.imaging.decode_grayscale`, the function ``cxr predict``, ``cxr serve`` and ``cxr prepare`` decode with,
+:func:`cxr.imaging.decode.decode_grayscale`, the function ``cxr predict``, ``cxr serve`` and ``cxr prepare``
+decode with,
 and the outcome is printed: ``ok`` (a display-ready grey image, so predict-ready) or ``refused: reason`` (the
 one-line message the user would see). Anything else (an exception that is not a ``CxrError``) is a bug and is
 printed as ``TRACEBACK``. Only the files already in the installed wheel are read: nothing is downloaded.
@@ -79,7 +80,7 @@ def header(path: Path) -> tuple[bool, str, str]:
 def outcome(path: Path) -> tuple[bool, str]:
     """Decode ``path`` exactly as ``cxr predict`` does; ``(ok, what to print)``."""
     from cxr.errors import CxrError
-    from cxr.imaging import decode_grayscale
+    from cxr.imaging.decode import decode_grayscale
 
     try:
         gray = decode_grayscale(path, name=path.name)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cxr.bootstrap import bootstrap_auroc, patient_codes, resample_counts
+from cxr.evaluation.bootstrap import bootstrap_auroc, patient_codes, resample_counts
 from cxr.labels import FINDINGS
 
 N_IMAGES, N_PATIENTS = 25_596, 2_797

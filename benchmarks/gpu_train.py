@@ -1,6 +1,6 @@
 """GPU training throughput: DenseNet121 @224, fp32 eager vs bf16 AMP + channels_last (the recipe `cxr train` uses).
 
-Synthetic random input, one process, the training step as ``cxr.lightning_module`` runs it (uint8 batch on the
+Synthetic random input, one process, the training step as ``cxr.training.module`` runs it (uint8 batch on the
 device → float/255 → CxrNet → BCE → Adam). Prints images/s and peak GPU memory per mode and their ratios
 (target: AMP + channels_last ≥ 2.5× fp32 images/s). Not a test.
 
@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cxr.models import create_model
+from cxr.models.factory import create_model
 
 
 def measure(args: argparse.Namespace, amp: bool) -> dict:
@@ -69,9 +69,9 @@ def train_check(device: str) -> None:
     import pandas as pd
 
     from cxr.config import load_config
-    from cxr.prepare import prepare_store
+    from cxr.data.prepare import prepare_store
     from cxr.synth import generate
-    from cxr.train import fit
+    from cxr.training.fit import fit
 
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,10 +39,10 @@ def median_ms(call, inputs: np.ndarray, repeats: int, warmup: int) -> float:
 
 
 def build(name: str, size: int, folder: Path) -> tuple[Path, Path]:
-    """A random-init artifact and its ONNX export (through ``cxr.export``, parity check included)."""
-    from cxr.artifact import make_preprocessing, write_artifact
-    from cxr.export import export_onnx
-    from cxr.models import create_model
+    """A random-init artifact and its ONNX export (through ``cxr.inference.export``, parity check included)."""
+    from cxr.inference.export import export_onnx
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
 
     torch.manual_seed(0)
     model = create_model(name, len(FINDINGS), head="gap", input_size=size, labels=list(FINDINGS))
@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
 
-    from cxr.onnx_model import OnnxPredictor
-    from cxr.predict import TorchPredictor
+    from cxr.inference.onnx import OnnxPredictor
+    from cxr.inference.predict import TorchPredictor
 
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads; torch "

@@ -77,13 +77,13 @@ CEILING = """
 import json, os, sys, time, multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from cxr import imaging
-from cxr.prepare import _init_worker, chunk_size_for
+from cxr.imaging import decode
+from cxr.data.prepare import _init_worker, chunk_size_for
 
 def decode_chunk(decoder, files):
-    imaging.DECODER = decoder
+    decode.DECODER = decoder
     for path in files:
-        imaging.decode_grayscale(path)
+        decode.decode_grayscale(path)
     return len(files)
 
 if __name__ == "__main__":
@@ -91,7 +91,7 @@ if __name__ == "__main__":
     files = sorted(str(p) for p in Path(data).glob("images_*/images/*.png"))
     start = time.perf_counter()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["cxr.imaging"])
+    context.set_forkserver_preload(["cxr.imaging.decode"])
     size = chunk_size_for(len(files), workers)
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
@@ -101,7 +101,7 @@ if __name__ == "__main__":
 
 PREPARE = """
 import json, sys, time
-from cxr.prepare import prepare_store
+from cxr.data.prepare import prepare_store
 
 if __name__ == "__main__":
     data, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -183,7 +183,7 @@ def resize_timing(files: list[Path], repeats: int = 3) -> dict[str, float]:
     import cv2
     from PIL import Image
 
-    from cxr.imaging import decode_grayscale
+    from cxr.imaging.decode import decode_grayscale
 
     cv2.setNumThreads(1)
     squares = [decode_grayscale(path)[128:896, 128:896] for path in files[:20]]
@@ -236,7 +236,7 @@ def report(results: dict[str, dict], resize: dict[str, float], args) -> None:
 
     Marginal figures compare the 10*N and N runs of one program, so fixed costs (interpreter start, imports, pool
     start, writing the tables) cancel out and what remains is the steady-state cost of one more image."""
-    from cxr.imaging import DECODER
+    from cxr.imaging.decode import DECODER
 
     print(f"\n{os.cpu_count()} cores, {args.workers} workers, N = {args.images} images of 1024x1024, store 300 px, "
           f"best of {args.repeats}")  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cxr.models import create_model
+from cxr.models.factory import create_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-sample"
 
@@ -45,10 +45,10 @@ def train_images_per_s(name: str, size: int, batch_size: int, steps: int) -> flo
 
 def loader_images_per_s(sample: Path, images: int) -> tuple[float, float]:
     """(store, PNG) images/s for ``images`` items of the seed's training view at 300 px."""
-    from cxr.imaging import decode_grayscale, preprocess
-    from cxr.prepare import prepare_store
-    from cxr.store import Store
-    from cxr.transforms import TrainView
+    from cxr.data.prepare import prepare_store
+    from cxr.data.store import Store
+    from cxr.data.transforms import TrainView
+    from cxr.imaging.decode import decode_grayscale, preprocess
 
     view = TrainView(300, rotation=15, shift=0.15, hflip=True)
     pngs = sorted((sample / "images").glob("*.png"))
@@ -58,7 +58,7 @@ def loader_images_per_s(sample: Path, images: int) -> tuple[float, float]:
         rows = store.index["row"].to_numpy()
         start = time.perf_counter()
         for item in range(images):
-            torch.from_numpy(view(store.images[rows[item % len(rows)]]).copy())  # as cxr.data.StoreImages
+            torch.from_numpy(view(store.images[rows[item % len(rows)]]).copy())  # as cxr.data.loaders.StoreImages
         from_store = images / (time.perf_counter() - start)
     start = time.perf_counter()
     for item in range(images):

@@ -65,7 +65,7 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_store(tmp_path_factory, synth_data) -> Path:
     """A store prepared from :func:`synth_data` at 64 px, no crop."""
-    from cxr.prepare import prepare_store
+    from cxr.data.prepare import prepare_store
 
     return build_once(
         tmp_path_factory,

@@ -36,9 +36,9 @@ def chromium_path() -> Path:
 def server_url(tmp_path_factory) -> str:
     import torch
 
-    from cxr.artifact import make_preprocessing, write_artifact
-    from cxr.models import create_model
-    from cxr.serve import create_app
+    from cxr.inference.serve import create_app
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
 
     torch.manual_seed(11)
     model = create_model("resnet18", len(FINDINGS), input_size=64, labels=list(FINDINGS))

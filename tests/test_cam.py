@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from cxr.cam import grad_cam, heatmap_rgba, input_region, map_to_source, overlay, unique_stems
+from cxr.evaluation.localize import box_mask, box_to_input, peak, pointing_hit, thresholded_iou
+from cxr.inference.cam import grad_cam, heatmap_rgba, input_region, map_to_source, overlay, unique_stems
 from cxr.labels import FINDINGS
-from cxr.localize import box_mask, box_to_input, peak, pointing_hit, thresholded_iou
 
 CENTER_CROP = {"crop": 0.5, "store_size": 72, "input_size": 64, "eval_transform": "center_crop"}
 RESIZE = {"crop": 0.5, "store_size": 72, "input_size": 64, "eval_transform": "resize"}
@@ -26,7 +26,7 @@ def test_input_region_follows_crop_and_eval_view():
 @pytest.mark.parametrize("preprocessing", [RESIZE, CENTER_CROP, {**RESIZE, "crop": 1.0, "store_size": 64}])
 def test_map_to_source_inverts_the_preprocessing(preprocessing):
     """A smooth image through the real preprocessing (model_input) and back lands where it came from."""
-    from cxr.artifact import model_input
+    from cxr.models.artifact import model_input
 
     height, width = 300, 420
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -43,7 +43,7 @@ def test_map_to_source_inverts_the_preprocessing(preprocessing):
 def test_grad_cam_maps_and_drawings():
     import torch
 
-    from cxr.models import create_model
+    from cxr.models.factory import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet18", 3, input_size=64).eval()
@@ -67,8 +67,8 @@ def test_batched_grad_cam_gives_pytorch_grad_cam_s_maps():
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from cxr.cam import grad_cam_batch
-    from cxr.models import create_model
+    from cxr.inference.cam import grad_cam_batch
+    from cxr.models.factory import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet18", 5, input_size=64).eval()
@@ -136,7 +136,7 @@ def test_grad_cam_points_at_what_a_trained_model_detects():
     import torch
     from torch import nn
 
-    from cxr.models import CxrNet
+    from cxr.models.factory import CxrNet
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def test_localize_scores_a_trained_run_against_synthetic_boxes(trained_run_copy,
     from typer.testing import CliRunner
 
     from cxr.cli import app
-    from cxr.store import Store
+    from cxr.data.store import Store
 
     result = CliRunner().invoke(app, ["localize", str(trained_run_copy), "--store", str(synth_store)])
     assert result.exit_code == 0, result.output

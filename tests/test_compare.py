@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cxr.bootstrap import bootstrap_auroc, percentile_interval
 from cxr.cli import app
-from cxr.compare import align, compare_sets, write_comparison
 from cxr.errors import CxrError
-from cxr.predictions import ScoredSet, write_scored_set
+from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
+from cxr.evaluation.compare import align, compare_sets, write_comparison
+from cxr.evaluation.predictions import ScoredSet, write_scored_set
 
 runner = CliRunner()
 

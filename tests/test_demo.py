@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from cxr.demo import DemoRecipe, _fresh_output, demo_stages
+from cxr.cli.demo import DemoRecipe, _fresh_output, demo_stages
 from cxr.errors import CxrError
 
 
@@ -36,7 +36,7 @@ def test_a_stage_that_exits_non_zero_stops_the_demo():
     import typer
     from typer.main import get_command
 
-    from cxr.demo import _invoke
+    from cxr.cli.demo import _invoke
 
     app = typer.Typer()
 
@@ -58,9 +58,9 @@ def test_a_stage_that_exits_non_zero_stops_the_demo():
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native, expected):
     """The demo's preset leaves ``train.precision`` at ``auto``: fp32 where bf16 would be emulated (slower), bf16
     autocast where the CPU has it natively (AMX / AVX-512 BF16); an explicit precision is kept either way."""
-    from cxr import precision
     from cxr.config import load_config
-    from cxr.train import _precision
+    from cxr.training import precision
+    from cxr.training.fit import _precision
 
     monkeypatch.setattr(precision, "native_bf16", lambda: native)
     config = load_config("demo")
@@ -71,7 +71,7 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native, expected
 
 def test_native_bf16_flags_are_read_from_cpuinfo(tmp_path):
     """The fallback detector reads the flags line; plain AVX-512 (emulated bf16) does not count as native."""
-    from cxr.precision import NATIVE_BF16_FLAGS, cpuinfo_flags
+    from cxr.training.precision import NATIVE_BF16_FLAGS, cpuinfo_flags
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\n")

@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cxr.dicom import DicomError, DicomTooLargeError, read_dicom
-from cxr.imaging import ImageDecodeError, decode_grayscale, is_dicom
+from cxr.errors import ImageDecodeError
+from cxr.imaging.decode import decode_grayscale, is_dicom
+from cxr.imaging.dicom import DicomError, DicomTooLargeError, read_dicom
 
 SAMPLE_IMAGE = "00000001_000.png"  # uses the full 0..255 range, so "by range" mapping is the identity
 
@@ -247,10 +248,10 @@ def test_dicom_flavours_predict_like_the_png(variants, sample_dir, tmp_path):
     """End to end (decode → shared preprocessing → model): every DICOM flavour within 1e-4 of the PNG."""
     import torch
 
-    from cxr.artifact import make_preprocessing, write_artifact
+    from cxr.inference.predict import predict_images
     from cxr.labels import FINDINGS
-    from cxr.models import create_model
-    from cxr.predict import predict_images
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
 
     torch.manual_seed(1)
     model = create_model("resnet18", len(FINDINGS), input_size=64, labels=list(FINDINGS))

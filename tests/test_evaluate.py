@@ -16,15 +16,15 @@ from typer.testing import CliRunner
 
 from cxr.cli import app
 from cxr.errors import CxrError, InputFormatError
+from cxr.evaluation.predictions import read_predictions
+from cxr.evaluation.thresholds import choose_threshold
 from cxr.labels import CHEXNET_ORDER, FINDINGS, LABELS
-from cxr.predictions import read_predictions
-from cxr.thresholds import choose_threshold
 
 runner = CliRunner()
 
 
 def nih_targets(metadata_csv: Path) -> pd.DataFrame:
-    """Targets parsed here, independently of cxr.nih: one 0/1 column per finding, indexed by image."""
+    """Targets parsed here, independently of cxr.data.nih: one 0/1 column per finding, indexed by image."""
     table = pd.read_csv(metadata_csv, usecols=["Image Index", "Finding Labels", "Patient ID"])
     cells = table["Finding Labels"].str.split("|")
     targets = pd.DataFrame({f: cells.map(lambda names, f=f: int(f in names)) for f in FINDINGS})
@@ -178,7 +178,7 @@ def test_images_list_restricts_and_gaps_are_listed(tmp_path, sample_dir, sample_
 
 
 def test_gzip_inputs_and_validation_thresholds(tmp_path, sample_dir, sample_scores):
-    from cxr.evaluate import evaluate_predictions
+    from cxr.evaluation.evaluate import evaluate_predictions
 
     targets, probabilities = sample_scores
     labels_gz = tmp_path / "Data_Entry_2017.csv.gz"
@@ -244,11 +244,11 @@ def make_store(path: Path, metadata: pd.DataFrame, size: int = 32) -> Path:
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
     """A run dir as `cxr train` leaves it (docs/architecture.md), with a random-init model instead of training."""
-    from cxr.artifact import make_preprocessing, write_artifact
-    from cxr.data import predict_store
-    from cxr.models import create_model
-    from cxr.nih import read_metadata
-    from cxr.store import Store
+    from cxr.data.loaders import predict_store
+    from cxr.data.nih import read_metadata
+    from cxr.data.store import Store
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
 
     root = tmp_path_factory.mktemp("fake-run")
     metadata_csv = write_metadata(root / "Data_Entry_2017_v2020.csv", patients=60, seed=3)
@@ -263,7 +263,7 @@ def fake_run(tmp_path_factory):
     split = pd.DataFrame({"image": index["image"], "patient_id": index["patient_id"], "part": part})
     split.to_parquet(run / "split.parquet", index=False)
     val = split[split["part"] == "val"]
-    from cxr.artifact import load_artifact
+    from cxr.models.artifact import load_artifact
 
     probabilities = predict_store(load_artifact(checkpoint), store, val["image"].tolist())
     table = pd.DataFrame({"Image Index": val["image"].to_numpy(), "Patient ID": val["patient_id"].to_numpy()})
@@ -277,7 +277,7 @@ def fake_run(tmp_path_factory):
 
 
 def test_run_mode_writes_predictions_metrics_thresholds_and_report(fake_run):
-    from cxr.artifact import load_artifact
+    from cxr.models.artifact import load_artifact
 
     run, store, metadata_csv = fake_run
     with pytest.raises(CxrError, match="--store"):

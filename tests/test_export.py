@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from cxr.errors import CxrError
-from cxr.export import ExportParityError, export_onnx, parity_inputs
+from cxr.inference.export import ExportParityError, export_onnx
+from cxr.inference.onnx import METADATA_KEY, OnnxPredictor, parity_inputs, read_metadata
+from cxr.inference.predict import TorchPredictor, load_predictor, predict_images
 from cxr.labels import FINDINGS
-from cxr.onnx_model import METADATA_KEY, OnnxPredictor, read_metadata
-from cxr.predict import TorchPredictor, load_predictor, predict_images
 
 
 def tiny_checkpoint(path: Path, name: str = "resnet18", size: int = 64, labels=FINDINGS, head: str = "gap") -> Path:
-    from cxr.artifact import make_preprocessing, write_artifact
-    from cxr.models import create_model
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
 
     torch.manual_seed(3)
     model = create_model(name, len(labels), head=head, input_size=size, labels=list(labels))

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr import imaging
-from cxr.errors import CxrError
-from cxr.imaging import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    box_to_store,
-    crop_square,
-    decode_grayscale,
-    preprocess,
-)
+from cxr.errors import CxrError, ImageDecodeError, ImageTooLargeError
+from cxr.imaging import decode
+from cxr.imaging.decode import decode_grayscale, preprocess
+from cxr.imaging.geometry import box_to_store, crop_square
 
 
 def gradient(height: int = 40, width: int = 56, seed: int = 0) -> np.ndarray:
@@ -97,8 +91,8 @@ def test_pillow_and_opencv_decoders_agree(mode):
     else:
         image = Image.fromarray(np.stack([base, 255 - base, base // 2], axis=-1)).convert(mode)
     data = png_bytes(image)
-    pillow = imaging._decode_pillow(data, "x")
-    opencv = imaging._decode_opencv(data, "x")
+    pillow = decode._decode_pillow(data, "x")
+    opencv = decode._decode_opencv(data, "x")
     assert np.abs(pillow.astype(int) - opencv.astype(int)).max() <= (1 if mode in ("RGB", "RGBA") else 0)
 
 
@@ -139,7 +133,7 @@ def test_dicom_is_delegated_by_suffix_or_magic(monkeypatch, tmp_path):
         calls.append((source, name))
         return np.full((3, 5), 9, dtype=np.uint8)
 
-    monkeypatch.setitem(sys.modules, "cxr.dicom", types.SimpleNamespace(read_dicom=read_dicom))
+    monkeypatch.setitem(sys.modules, "cxr.imaging.dicom", types.SimpleNamespace(read_dicom=read_dicom))
     by_suffix = tmp_path / "a.dcm"
     by_suffix.write_bytes(b"anything")
     by_magic = b"\0" * 128 + b"DICM" + b"rest"
@@ -150,7 +144,7 @@ def test_dicom_is_delegated_by_suffix_or_magic(monkeypatch, tmp_path):
     def broken(source, name=None):
         raise KeyError("(0028,0010)")
 
-    monkeypatch.setitem(sys.modules, "cxr.dicom", types.SimpleNamespace(read_dicom=broken))
+    monkeypatch.setitem(sys.modules, "cxr.imaging.dicom", types.SimpleNamespace(read_dicom=broken))
     with pytest.raises(ImageDecodeError, match="unreadable DICOM"):
         decode_grayscale(by_magic, name="scan")
 
@@ -202,4 +196,4 @@ def test_box_to_store_matches_preprocess(width, height, crop, size):
 
 def test_load_is_decode_then_preprocess(sample_dir):
     path = Path(sample_dir) / "images" / "00000001_000.png"
-    np.testing.assert_array_equal(imaging.load(path, 64, 0.75), preprocess(decode_grayscale(path), 64, 0.75))
+    np.testing.assert_array_equal(decode.load(path, 64, 0.75), preprocess(decode_grayscale(path), 64, 0.75))

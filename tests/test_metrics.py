@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
-from cxr.bootstrap import (
+from cxr.evaluation.bootstrap import (
     bootstrap_auroc,
     paired_p_value,
     patient_codes,
@@ -19,7 +19,7 @@ from cxr.bootstrap import (
     resample_counts,
     weighted_auroc,
 )
-from cxr.metrics import (
+from cxr.evaluation.metrics import (
     auprc,
     auroc,
     average_ranks,
@@ -30,7 +30,7 @@ from cxr.metrics import (
     prevalence,
     reliability,
 )
-from cxr.thresholds import apply_thresholds, binary_metrics, choose_threshold, choose_thresholds
+from cxr.evaluation.thresholds import apply_thresholds, binary_metrics, choose_threshold, choose_thresholds
 
 
 def random_scores(seed: int, n: int = 500, labels: int = 6, decimals: int = 2):

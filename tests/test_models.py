@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.artifact import (
+from cxr.data.transforms import TrainView, eval_view
+from cxr.errors import CxrError
+from cxr.labels import FINDINGS
+from cxr.models.artifact import (
     load_artifact,
     make_preprocessing,
     model_input,
@@ -16,10 +19,7 @@ from cxr.artifact import (
     set_thresholds,
     write_artifact,
 )
-from cxr.errors import CxrError
-from cxr.labels import FINDINGS
-from cxr.models import ARCHITECTURES, HEADS, create_model
-from cxr.transforms import TrainView, eval_view
+from cxr.models.factory import ARCHITECTURES, HEADS, create_model
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -213,7 +213,7 @@ def test_train_view_is_random_but_seeded():
 
 
 def test_model_input_is_the_store_path(sample_dir):
-    from cxr.imaging import decode_grayscale, preprocess
+    from cxr.imaging.decode import decode_grayscale, preprocess
 
     gray = decode_grayscale(sample_dir / "images" / "00000100_000.png")  # the RGBA one
     model = create_model("resnet18", 1, input_size=224)
@@ -237,7 +237,7 @@ def test_feature_layer_drives_pytorch_grad_cam(name):
 
 
 def test_densenet169_with_the_seed_head_has_the_seeds_parameter_count():
-    from cxr.models import count_parameters
+    from cxr.models.factory import count_parameters
 
     # docs/experiments.md: 47.2 M parameters at 300 px. Keras' total counts BatchNorm's moving statistics too.
     model = create_model("densenet169", 14, head="seed", dropout=0.2, input_size=300)

@@ -15,9 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxr.cli import app
-from cxr.errors import CxrError, InputFormatError
-from cxr.labels import FINDINGS, LABELS, NO_FINDING
-from cxr.nih import (
+from cxr.data.nih import (
     find_images,
     find_metadata,
     load_dataset,
@@ -27,7 +25,9 @@ from cxr.nih import (
     read_metadata,
     summarize,
 )
-from cxr.splits import PatientOverlapError
+from cxr.data.splits import PatientOverlapError
+from cxr.errors import CxrError, InputFormatError
+from cxr.labels import FINDINGS, LABELS, NO_FINDING
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["image", "patient_id", "follow_up", "age", "age_outlier", "sex", "view", "width", "height", "spacing_x",
@@ -276,7 +276,7 @@ def test_complete_v2020_table(sample_dir, tmp_path):
 def test_gzipped_lists_and_blacklist_are_read_like_plain_ones(sample_dir, tmp_path):
     import gzip
 
-    from cxr.nih import read_blacklist, read_image_list
+    from cxr.data.nih import read_blacklist, read_image_list
 
     for name in ("test_list.txt", "blacklist.csv"):
         (tmp_path / f"{name}.gz").write_bytes(gzip.compress((sample_dir / name).read_bytes()))

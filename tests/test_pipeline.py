@@ -10,9 +10,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cxr.artifact import load_artifact
 from cxr.cli import app
 from cxr.labels import FINDINGS
+from cxr.models.artifact import load_artifact
 
 
 def _cli(*args: str) -> str:

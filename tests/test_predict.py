@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cxr.errors import CxrError
+from cxr.inference.predict import find_images, load_predictor, predict_images, prediction_record
 from cxr.labels import FINDINGS
-from cxr.predict import find_images, load_predictor, predict_images, prediction_record
 
 # A store-like preprocessing that exercises every step: 87.5% center crop, 72 px store, 64 px center crop.
 PREPROCESSING = {"crop": 0.875, "store_size": 72, "eval_transform": "center_crop"}
@@ -23,8 +23,8 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, config: dict | None = None)
     """A random-init ResNet-18 artifact (no training): enough to test everything but what a model has learned."""
     import torch
 
-    from cxr.artifact import make_preprocessing, write_artifact
-    from cxr.models import create_model
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
 
     torch.manual_seed(seed)
     model = create_model("resnet18", len(FINDINGS), input_size=64, labels=list(FINDINGS))
@@ -62,8 +62,8 @@ def test_record_contract():
 
 def test_predictions_match_the_store_path_of_training(predictor, sample_dir, sample_images, tmp_path):
     """PNG → predict equals PNG → prepare (store) → the evaluation's predict_store: one preprocessing path."""
-    from cxr.data import predict_store
-    from cxr.prepare import prepare_store
+    from cxr.data.loaders import predict_store
+    from cxr.data.prepare import prepare_store
 
     store = tmp_path / "store"
     prepare_store(sample_dir, store, size=72, crop=0.875, workers=1, progress=False)
@@ -184,7 +184,7 @@ def test_cli_json_is_one_object_for_one_image_and_a_list_for_several(checkpoint,
 
 
 def test_cli_table_csv_and_exit_code(checkpoint, sample_images, tmp_path):
-    from cxr.predictions import read_predictions
+    from cxr.evaluation.predictions import read_predictions
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")

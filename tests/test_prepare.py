@@ -20,13 +20,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cxr import prepare as prepare_module
 from cxr.cli import app
+from cxr.data import prepare as prepare_module
+from cxr.data.prepare import JOURNAL, prepare_store
+from cxr.data.store import IN_PROGRESS, INDEX_COLUMNS, Store
 from cxr.errors import CxrError
-from cxr.imaging import box_to_store, load, preprocess
+from cxr.imaging.decode import load, preprocess
+from cxr.imaging.geometry import box_to_store
 from cxr.labels import LABELS
-from cxr.prepare import JOURNAL, prepare_store
-from cxr.store import IN_PROGRESS, INDEX_COLUMNS, Store
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
           "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")  # fmt: skip
@@ -261,7 +262,7 @@ def test_full_disk_is_a_clear_error(tiny_nih, tmp_path, monkeypatch):
 def _prepare_command(data: Path, out: Path) -> list[str]:
     arguments = f"{str(data)!r}, {str(out)!r}, size=64, crop=0.75, workers=2, progress=False, chunk_size=2"
     # Commit after every chunk, so that kills land between commits as well as inside chunks.
-    code = f"import cxr.prepare as p; p.COMMIT_SECONDS = 0; p.prepare_store({arguments})"
+    code = f"import cxr.data.prepare as p; p.COMMIT_SECONDS = 0; p.prepare_store({arguments})"
     return [sys.executable, "-c", code]
 
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import running_server
+from cxr.inference.serve import create_app
 from cxr.labels import FINDINGS
-from cxr.serve import create_app
 
 SAMPLE = "00000013_003.png"
 
@@ -24,8 +24,8 @@ SAMPLE = "00000013_003.png"
 def tiny_checkpoint(path: Path) -> Path:
     import torch
 
-    from cxr.artifact import make_preprocessing, write_artifact
-    from cxr.models import create_model
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
 
     torch.manual_seed(5)
     model = create_model("resnet18", len(FINDINGS), input_size=64, labels=list(FINDINGS))
@@ -75,7 +75,7 @@ def test_pages_and_descriptions(client, checkpoint):
 
 
 def test_predict_answers_like_the_cli(client, checkpoint, png_bytes, sample_dir):
-    from cxr.predict import predict_images
+    from cxr.inference.predict import predict_images
 
     answer = post(client, png_bytes, SAMPLE)
     assert answer.status_code == 200, answer.text
@@ -159,7 +159,7 @@ def test_error_codes(client, png_bytes):
 
 def test_chunked_upload_over_the_limit_is_refused():
     """No Content-Length (chunked transfer): the limit is enforced on the bytes received."""
-    from cxr.serve import UploadLimit
+    from cxr.inference.serve import UploadLimit
 
     sent, calls = [], []
 
@@ -184,7 +184,7 @@ def test_cli_onnx_and_api_agree(checkpoint, sample_dir, tmp_path, png_bytes):
     from typer.testing import CliRunner
 
     from cxr.cli import app
-    from cxr.export import export_onnx
+    from cxr.inference.export import export_onnx
 
     onnx_path = Path(export_onnx(checkpoint, tmp_path / "model.onnx")["path"])
     image = sample_dir / "images" / SAMPLE

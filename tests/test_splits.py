@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cxr.data.splits import PatientOverlapError, assert_patient_disjoint, carve_validation, official_split, ratio_split
 from cxr.errors import CxrError
 from cxr.labels import FINDINGS
-from cxr.splits import PatientOverlapError, assert_patient_disjoint, carve_validation, official_split, ratio_split
 
 
 def make_table(seed: int, patients: int, max_images: int, prevalence: float = 0.2) -> pd.DataFrame:

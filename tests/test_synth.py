@@ -117,7 +117,7 @@ def test_every_drawn_finding_has_one_box_inside_the_image(synth_data: Path) -> N
 
 
 def test_nih_reader_reads_the_output(synth_data: Path) -> None:
-    from cxr.nih import load_dataset, summarize
+    from cxr.data.nih import load_dataset, summarize
 
     summary = summarize(load_dataset(synth_data))
     table = _entries(synth_data)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from cxr.config import available_experiments, load_config
+from cxr.data.tasks import build_split, seed_resampling_targets, targets
 from cxr.errors import CxrError
 from cxr.labels import ANY_FINDING, LABELS, NO_FINDING
-from cxr.tasks import build_split, seed_resampling_targets, targets
 
 PRESETS = [
     "binary-fibrosis",
@@ -25,7 +25,7 @@ PRESETS = [
 
 @pytest.fixture(scope="module")
 def store_index(synth_store) -> pd.DataFrame:
-    from cxr.store import Store
+    from cxr.data.store import Store
 
     return Store(synth_store).index
 

@@ -23,14 +23,14 @@ from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from conftest import TRAIN_EPOCHS, TRAIN_RECIPE
-from cxr.artifact import load_artifact
 from cxr.cli import app
 from cxr.config import load_config
-from cxr.data import EpochSampler, StoreImages
+from cxr.data.loaders import EpochSampler, StoreImages
+from cxr.data.store import Store
+from cxr.data.transforms import TrainView
 from cxr.errors import CxrError
 from cxr.labels import FINDINGS
-from cxr.store import Store
-from cxr.transforms import TrainView
+from cxr.models.artifact import load_artifact
 
 CXR = str(Path(sys.executable).with_name("cxr"))
 TINY = ["--model", "resnet18", "--no-progress", "model.pretrained=none", "data.num_workers=0"]
@@ -138,14 +138,14 @@ def test_runs_and_checkpoints_record_versions_and_machine(learned_run):
 
 
 def test_predict_store_orders_by_name_and_averages_the_mirror(learned_run, store):
-    from cxr.data import predict_store
+    from cxr.data.loaders import predict_store
 
     artifact = load_artifact(learned_run / "checkpoints" / "best.ckpt")
     names = pd.read_parquet(learned_run / "val_predictions.parquet")["Image Index"].tolist()[:5]
     plain = predict_store(artifact, store, names, batch_size=2)
     reversed_order = predict_store(artifact, store, names[::-1], batch_size=3)
     assert plain.shape == (5, 14) and np.allclose(plain, reversed_order[::-1], atol=1e-6)
-    from cxr.store import Store
+    from cxr.data.store import Store
 
     pixels = torch.tensor(np.stack([Store(store).image(r) for r in _rows(store, names)]))[:, None].float() / 255
     with torch.no_grad():
@@ -189,7 +189,7 @@ def test_a_store_of_another_size_needs_image_size(store, tmp_path):
 
 
 def test_keras_decay_and_plateau_schedules(store):
-    from cxr.lightning_module import CxrModule
+    from cxr.training.module import CxrModule
 
     config = load_config("multilabel-sgd", ["model.name=resnet18", "model.pretrained=none", "data.input_size=32"])
     module = CxrModule(config, ["Fibrosis"], {})
@@ -262,8 +262,8 @@ def test_kill_minus_9_then_resume_ends_as_the_uninterrupted_run(store, trained_r
 DDP_SCRIPT = """
 import sys, torch
 from cxr.config import load_config
-from cxr.data import EpochSampler, StoreImages
-from cxr.train import fit
+from cxr.data.loaders import EpochSampler, StoreImages
+from cxr.training.fit import fit
 torch.set_num_threads(1)
 store, out = sys.argv[1], sys.argv[2]
 config = load_config("multilabel-adam", {overrides!r})
@@ -298,7 +298,7 @@ def _initial_parameters(overrides: list[str]) -> dict:
     """Parameters at initialisation, seeded as fit() seeds them (train.seed), for the "it trained" check."""
     import lightning as L
 
-    from cxr.models import create_model
+    from cxr.models.factory import create_model
 
     config = load_config("multilabel-adam", overrides)
     L.seed_everything(config.train.seed, verbose=False)

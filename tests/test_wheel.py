@@ -33,7 +33,7 @@ def installed(tmp_path_factory) -> dict[str, str]:
     )  # fmt: skip
     (wheel,) = (root / "dist").glob("cxr-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "cxr/configs/experiments/demo.yaml" in names and "cxr/static/index.html" in names
+    assert "cxr/configs/experiments/demo.yaml" in names and "cxr/inference/static/index.html" in names
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(root / "site"), str(wheel)],
         check=True,

@@ -82,7 +82,7 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    """Which outputs, which rows, which split, and how the training part is sampled (see ``cxr.tasks``)."""
+    """Which outputs, which rows, which split, and how the training part is sampled (see ``cxr.data.tasks``)."""
 
     target: str = "findings"  # "findings" (the 14) or one label: "Fibrosis", "Any Finding", ...
     drop_blacklisted: bool = True

@@ -18,3 +18,11 @@ class InputFormatError(CxrError):
         if column is not None:
             where += f", column {column!r}"
         super().__init__(f"{where}: {message}")
+
+
+class ImageDecodeError(CxrError):
+    """An image that cannot be decoded: empty, truncated, corrupt, unsupported, or too large."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)."""

@@ -4,15 +4,12 @@ Heavy imports (torch, lightning, onnxruntime) happen inside the command bodies, 
 ``cxr inspect`` start fast.
 """
 
-import importlib
 import sys
 
-from cxr.cli._app import app
+from cxr.cli._app import registered_app
 from cxr.errors import CxrError
 
-# Each stage module registers its commands on ``app``; this order is the order of ``cxr --help``.
-for _stage in ("synth", "data", "training", "evaluation", "inference", "demo"):
-    importlib.import_module(f"cxr.cli.{_stage}")
+app = registered_app()
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """The Typer application every ``cxr`` sub-command registers on."""
 
+import importlib
+
 import typer
 
 app = typer.Typer(
@@ -9,3 +11,16 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+
+STAGES = ("synth", "data", "training", "evaluation", "inference", "demo")
+"""The modules of ``cxr.cli`` that register commands; this order is the order of ``cxr --help``."""
+
+
+def registered_app() -> typer.Typer:
+    """:data:`app` with every stage's commands on it (importing a stage module registers its commands).
+
+    The stage modules are imported by name, so this module (which they all import) imports none of them.
+    """
+    for stage in STAGES:
+        importlib.import_module(f"cxr.cli.{stage}")
+    return app

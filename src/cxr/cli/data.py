@@ -1,6 +1,6 @@
 """CLI commands ``cxr inspect`` (summarise an NIH folder without decoding a pixel) and ``cxr prepare`` (write a store).
 
-Thin wrappers: the work is in :mod:`cxr.nih` and :mod:`cxr.prepare`; heavy imports happen inside the commands.
+Thin wrappers: the work is in :mod:`cxr.data.nih` and :mod:`cxr.data.prepare`; heavy imports happen inside the commands.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (keys: NIH's names)."),
 ) -> None:
     """Summarise an NIH ChestX-ray14 folder: images, patients, findings, split, blacklist, missing files."""
-    from cxr.nih import load_dataset, summarize
+    from cxr.data.nih import load_dataset, summarize
 
     summary = summarize(load_dataset(data))
     if as_json:
@@ -79,7 +79,7 @@ def prepare(
 
     Killed and rerun with the same arguments, it resumes where it stopped; on a finished store it does nothing.
     """
-    from cxr.prepare import prepare_store
+    from cxr.data.prepare import prepare_store
 
     manifest = prepare_store(data, out, size=size, crop=crop, workers=workers, progress=True, force=force)
     counts = manifest["counts"]

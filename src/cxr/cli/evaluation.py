@@ -1,4 +1,7 @@
-"""CLI commands: ``cxr evaluate`` (a run, or anyone's predictions CSV) and ``cxr compare``."""
+"""CLI commands: ``cxr evaluate`` (a run, or anyone's predictions CSV) and ``cxr compare``.
+
+The work is in :mod:`cxr.evaluation`; its modules are imported inside the commands, so ``cxr --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import typer
 
 from cxr.cli._app import app
 from cxr.errors import CxrError
-from cxr.thresholds import ThresholdRule
+from cxr.evaluation.thresholds import ThresholdRule
+from cxr.files import to_json, write_json
 
 
 def _print_table(title: str, header: list[str], rows: list[list[str]], to_stderr: bool) -> None:
@@ -30,8 +34,6 @@ def _print_table(title: str, header: list[str], rows: list[list[str]], to_stderr
 
 def _emit_json(document: dict, target: str | None) -> None:
     """``--json FILE`` writes the JSON there too; ``--json -`` prints it on stdout (tables go to stderr)."""
-    from cxr.files import to_json, write_json
-
     if target == "-":
         sys.stdout.write(to_json(document))
     elif target:
@@ -62,7 +64,7 @@ def evaluate(
     if (run is None) == (predictions is None):
         raise CxrError("give either a RUN folder or --predictions CSV --labels DATA_ENTRY_CSV")
     if predictions is not None:
-        from cxr.evaluate import evaluate_predictions
+        from cxr.evaluation.evaluate import evaluate_predictions
 
         if labels is None:
             raise CxrError("--predictions needs --labels DATA_ENTRY_CSV (NIH metadata, 2017 or v2020, gz or not)")
@@ -73,7 +75,7 @@ def evaluate(
             predictions, labels, images, out, val_predictions, preset, resamples, seed
         )
     else:
-        from cxr.evaluate import evaluate_run
+        from cxr.evaluation.evaluate import evaluate_run
 
         if split not in ("test", "val"):
             raise CxrError(f"--split must be test or val, not {split!r}")
@@ -86,8 +88,8 @@ def evaluate(
             if value is not None:
                 raise CxrError(f"{name} applies to --predictions mode; a run is scored into RUN/eval/<split>/")
         metrics, folder = evaluate_run(run, split, tta, store, batch_size, resamples, seed, rule)
-    from cxr.references import references_for
-    from cxr.report import label_table
+    from cxr.evaluation.references import references_for
+    from cxr.evaluation.report import label_table
 
     header, rows = label_table(metrics, references_for(metrics["source"].get("preset")))
     title = f"{metrics['n_images']} images, {metrics['n_patients']} patients; CI: patient bootstrap; report: {folder}"
@@ -107,7 +109,7 @@ def compare(
     json_out: str | None = typer.Option(None, "--json", help="Also write the comparison JSON to FILE ('-': stdout)."),
 ) -> None:
     """Side-by-side AUROC with CIs and paired patient-level bootstrap differences vs the first run."""
-    from cxr.compare import compare_sets, comparison_tables, load_compared, write_comparison
+    from cxr.evaluation.compare import compare_sets, comparison_tables, load_compared, write_comparison
 
     if len(items) < 2:
         raise CxrError("compare needs at least two runs (or predictions CSVs)")

@@ -1,7 +1,8 @@
 """CLI commands ``cxr predict``, ``cxr localize``, ``cxr export`` and ``cxr serve``.
 
-Thin wrappers: the work is in :mod:`cxr.predict`, :mod:`cxr.localize`, :mod:`cxr.export` and :mod:`cxr.serve`;
-heavy imports (torch, onnxruntime, FastAPI) happen inside the commands.
+Thin wrappers: the work is in :mod:`cxr.inference.predict`, :mod:`cxr.evaluation.localize`,
+:mod:`cxr.inference.export` and :mod:`cxr.inference.serve`; heavy imports (torch, onnxruntime, FastAPI) happen
+inside the commands.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import typer
 
 from cxr.cli._app import app
+from cxr.errors import CxrError
 
 
 @app.command()
@@ -26,8 +28,7 @@ def predict(
     """Probability of each finding per image; unreadable files are reported on stderr and skipped (exit 1)."""
     from rich.console import Console
 
-    from cxr.errors import CxrError
-    from cxr.predict import predict_images
+    from cxr.inference.predict import predict_images
 
     errors: list[tuple[str, str]] = []
     stderr = Console(stderr=True)
@@ -109,7 +110,7 @@ def localize(
     from rich.console import Console
     from rich.table import Table
 
-    from cxr.localize import localize_run
+    from cxr.evaluation.localize import localize_run
 
     document = localize_run(run, split=split, store=store, fraction=fraction, tolerance=tolerance, examples=examples)
     columns = ("finding", "cases", "pointing game", "strict", "mean IoU", "center baseline", "random baseline")
@@ -133,7 +134,7 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
 ) -> None:
     """Export to ONNX (dynamic batch, metadata inside); fails unless onnxruntime matches torch within 1e-4."""
-    from cxr.export import export_onnx
+    from cxr.inference.export import export_onnx
 
     result = export_onnx(model, out, opset=opset)
     typer.echo(
@@ -151,6 +152,6 @@ def serve(
     max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Larger uploads are refused with 413."),
 ) -> None:
     """Web page (GET /) and REST API (POST /api/predict, GET /api/model, GET /healthz, /docs) for one model."""
-    from cxr.serve import run_server
+    from cxr.inference.serve import run_server
 
     run_server(model, host=host, port=port, workers=workers, max_upload_mb=max_upload_mb)

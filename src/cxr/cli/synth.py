@@ -1,4 +1,4 @@
-"""CLI command ``cxr synth``: write a synthetic NIH-format dataset (see :mod:`cxr.synth`)."""
+"""CLI command ``cxr synth``: write a synthetic NIH-format dataset (see :mod:`cxr.synth`, imported inside it)."""
 
 from __future__ import annotations
 

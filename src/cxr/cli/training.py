@@ -1,4 +1,4 @@
-"""CLI commands: train (see the module docstring of cxr.cli)."""
+"""CLI command ``cxr train``; :mod:`cxr.training.fit` (Lightning, torch) is imported inside it (see :mod:`cxr.cli`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cxr.cli._app import app
+from cxr.config import load_config
 
 
 def _devices(text: str) -> int | str:
@@ -39,12 +40,11 @@ def train(
     (torchrun --nnodes 2 --nproc-per-node 4 --rdzv-endpoint HOST:29500 $(which cxr) train ... --devices 4
     --num-nodes 2 --strategy ddp) or srun (one task per GPU); the run directory must be on a shared filesystem.
     """
-    from cxr.config import load_config
-    from cxr.train import fit
-
     flags = {"train.epochs": epochs, "train.batch_size": batch_size, "model.name": model}
     config_overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(overrides or [])
     config = load_config(experiment, config_overrides)
+    from cxr.training.fit import fit  # Lightning and torch (seconds): only once the config is known to be valid
+
     result = fit(
         config,
         store,

@@ -8,44 +8,18 @@ upper/mid/lower), as separate, readable signs. Which lesions an image shows is d
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from cxr.labels import FINDINGS
 from cxr.synth import opacities, structures
 from cxr.synth.anatomy import LEFT, RIGHT, Anatomy, lung_shape
+from cxr.synth.lesion import Lesion
 
 Painter = Callable[..., np.ndarray]
 
 ZONE_Y = {"upper": -0.55, "mid": -0.12}
 """Heights of the upper and mid zones; the lower zone is placed relative to each dome (it moves with breathing)."""
-
-
-@dataclass(frozen=True)
-class Lesion:
-    """One finding's sign in one patient: side (RIGHT, LEFT, or 0 when bilateral/central), place and size."""
-
-    finding: str
-    side: int
-    center: tuple[float, float] = (0.0, 0.0)
-    size: float = 0.0
-    params: dict[str, float] = field(default_factory=dict)
-    seed: int = 0
-
-    def placed(self, anatomy: Anatomy) -> Lesion:
-        """This lesion with a dome-relative height (``above_dome``) resolved against this image's anatomy."""
-        if "above_dome" not in self.params:
-            return self
-        dome = anatomy.dome(self.side or LEFT)
-        return Lesion(
-            self.finding,
-            self.side,
-            (self.center[0], dome - self.params["above_dome"]),
-            self.size,
-            self.params,
-            self.seed,
-        )
 
 
 def _inside_lung(anatomy: Anatomy, x: float, y: float, side: int, margin: float) -> bool:

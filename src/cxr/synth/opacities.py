@@ -1,6 +1,6 @@
 """Signs inside the lung: opacities that replace alveolar air, each with the pattern a radiologist reads.
 
-Every painter takes a :class:`~cxr.synth.findings.Lesion` (where and how large, fixed per patient so a lesion
+Every painter takes a :class:`~cxr.synth.lesion.Lesion` (where and how large, fixed per patient so a lesion
 stays put across follow-ups), draws onto the :class:`~cxr.synth.radiograph.Layers` of one image and returns the
 sign's *footprint*: a map that is large exactly where the sign was drawn, from which the recorded box is taken.
 
@@ -15,15 +15,11 @@ sign's *footprint*: a map that is large exactly where the sign was drawn, from w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from cxr.synth.anatomy import LEFT, RIGHT, Anatomy, Scene, bump, ellipse, smooth_noise, soft_step
-
-if TYPE_CHECKING:
-    from cxr.synth.findings import Lesion
-    from cxr.synth.radiograph import Layers
+from cxr.synth.lesion import Lesion
+from cxr.synth.radiograph import Layers
 
 
 def _lungs(layers: Layers, side: int) -> np.ndarray:

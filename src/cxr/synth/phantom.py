@@ -10,7 +10,8 @@ import numpy as np
 from cxr.labels import FINDINGS
 from cxr.synth import structures
 from cxr.synth.anatomy import LEFT, RIGHT, Anatomy, Pose, Scene, posed, sample_anatomy
-from cxr.synth.findings import INTRAPULMONARY, PAINTERS, Lesion, modify_anatomy, plan_lesions
+from cxr.synth.findings import INTRAPULMONARY, PAINTERS, modify_anatomy, plan_lesions
+from cxr.synth.lesion import Lesion
 from cxr.synth.radiograph import expose, normal_layers
 
 Box = tuple[float, float, float, float]

@@ -15,7 +15,6 @@ Painters have the signature of :mod:`cxr.synth.opacities`; anatomy modifiers tak
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,10 +30,8 @@ from cxr.synth.anatomy import (
     smooth_noise,
     soft_step,
 )
-
-if TYPE_CHECKING:
-    from cxr.synth.findings import Lesion
-    from cxr.synth.radiograph import Layers
+from cxr.synth.lesion import Lesion
+from cxr.synth.radiograph import Layers
 
 
 def effusion(scene: Scene, anatomy: Anatomy, layers: Layers, lesion: Lesion) -> np.ndarray:

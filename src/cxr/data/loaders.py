@@ -1,0 +1,200 @@
+"""Torch datasets and the Lightning DataModule over a store; batch prediction over store images.
+
+Training reads the uint8 memmap of a store (``cxr prepare``: decoded once, nanoGPT-style), takes a view per item
+(``cxr.data.transforms``) and hands uint8 tensors to the loader; conversion to float happens on the device. The
+memmap is opened lazily in each worker process (``cxr.data.store.Store`` pickles without its pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cxr.config import DataConfig
+from cxr.data.store import Store
+from cxr.data.tasks import TaskSplit, targets
+from cxr.data.transforms import TrainView, eval_view
+from cxr.errors import CxrError
+
+
+class StoreImages(Dataset):
+    """Items ``(uint8 (1, S, S), float32 (K,))`` of store rows ``rows`` seen through ``view``.
+
+    With ``seed`` the view is random (training) and its draws come from a generator seeded by (seed, epoch, store
+    row): items are then keyed ``(epoch, i)`` (:class:`EpochSampler`), so an image's augmentation in an epoch does not
+    depend on the number of loader workers, on which worker drew it, or on whether the run was resumed.
+    """
+
+    def __init__(
+        self, store: Store, rows: np.ndarray, labels: np.ndarray | None, view: Callable, seed: int | None = None
+    ):
+        self.store, self.rows, self.view, self.seed = store, np.asarray(rows, dtype=np.int64), view, seed
+        self.labels = labels if labels is not None else np.zeros((len(self.rows), 0), np.float32)
+        if len(self.labels) != len(self.rows):
+            raise ValueError(f"{len(self.labels)} label rows for {len(self.rows)} images")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, item = key if isinstance(key, tuple) else (0, key)
+        pixels = self.store.images[self.rows[item]]
+        if self.seed is None:
+            image = self.view(pixels)
+        else:
+            image = self.view(pixels, generator=item_generator(self.seed, epoch, int(self.rows[item])))
+        # A copy (the memmap is read-only); np copy + from_numpy is ~100x faster than torch.tensor(ndarray).
+        return torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
+
+
+def item_generator(seed: int, epoch: int, row: int) -> torch.Generator:
+    """A torch generator for one image in one epoch; SeedSequence mixes the three numbers into unrelated streams."""
+    state = np.random.SeedSequence([seed, epoch, row]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class EpochSampler(Sampler):
+    """Keys ``(epoch, i)`` of a dataset of ``n`` items: a permutation drawn from (seed, epoch) alone, or the identity.
+
+    Lightning calls ``set_epoch`` before every epoch (a resumed run at the epoch it resumes), so the order is the
+    same in an uninterrupted and a resumed run. Under DDP each of ``world`` ranks takes every ``world``-th key of the
+    same permutation, padded by wrapping around so that all ranks step equally often (as ``DistributedSampler``).
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.shuffle, self.seed, self.rank, self.world, self.epoch = n, shuffle, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        padded = order + order[: len(self) * self.world - self.n]
+        return ((self.epoch, i) for i in padded[self.rank :: self.world])
+
+
+def eval_view_of(data: DataConfig) -> Callable:
+    return partial(eval_view, input_size=data.input_size, mode=data.eval_transform)
+
+
+def train_view_of(data: DataConfig) -> TrainView:
+    return TrainView(
+        input_size=data.input_size,
+        eval_transform=data.eval_transform,
+        rotation=data.rotation,
+        shift=data.shift,
+        hflip=data.hflip,
+        random_crop=data.random_crop,
+    )
+
+
+def part_dataset(store: Store, split: TaskSplit, part: str, data: DataConfig, seed: int = 0) -> StoreImages:
+    """The dataset of one part of a task split; the training part gets the random view, seeded by ``seed``."""
+    labels = split.rows(part)
+    table = split.table.loc[labels]
+    training = part == "train"
+    view = train_view_of(data) if training else eval_view_of(data)
+    return StoreImages(store, table["row"].to_numpy(), targets(table, split.outputs), view, seed if training else None)
+
+
+class StoreDataModule(L.LightningDataModule):
+    """Train and validation loaders of a task split, sharded over DDP ranks by :class:`EpochSampler`.
+
+    The Trainer must run with ``use_distributed_sampler=False``: Lightning's replacement sampler would not pass the
+    epoch on to the augmentation.
+    """
+
+    def __init__(
+        self, store: Store, split: TaskSplit, data: DataConfig, batch_size: int, pin_memory: bool, seed: int = 0
+    ):
+        super().__init__()
+        self.store, self.split, self.data, self.batch_size, self.pin_memory = store, split, data, batch_size, pin_memory
+        self.seed = seed
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        workers = self.data.num_workers
+        dataset = part_dataset(self.store, self.split, part, self.data, self.seed)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world),
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,  # workers keep their memmap and warm page cache between epochs
+            drop_last=False,
+            # The loader's own generator seeds its workers; kept apart from the global one that dropout draws on.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+
+def store_rows(store: Store, images: Sequence[str]) -> np.ndarray:
+    """images.npy rows of image names; a clear error lists a few names the store lacks."""
+    row_of = dict(zip(store.index["image"], store.index["row"], strict=True))
+    missing = [name for name in images if name not in row_of]
+    if missing:
+        raise CxrError(f"{len(missing)} images are not in store {store.path}, e.g. {missing[:3]}")
+    return np.array([row_of[name] for name in images], dtype=np.int64)
+
+
+def check_store_fits(store: Store, preprocessing: dict) -> None:
+    """A model reads only stores made with its preprocessing (size and crop), never silently another one."""
+    if store.size != preprocessing["store_size"] or abs(store.crop - preprocessing["crop"]) > 1e-6:
+        raise CxrError(
+            f"store {store.path} was prepared at {store.size} px, crop {store.crop}; the model expects "
+            f"{preprocessing['store_size']} px, crop {preprocessing['crop']} (cxr prepare ... --size "
+            f"{preprocessing['store_size']} --crop {preprocessing['crop']})"
+        )
+
+
+def predict_store(
+    artifact,
+    store_path: str | Path | Store,
+    images: Sequence[str],
+    batch_size: int = 64,
+    tta: bool = False,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Probabilities ``(n, K)`` of a model artifact for store images, in ``images`` order.
+
+    ``tta``: the mean of the probabilities of the image and its horizontal mirror (test-time augmentation).
+    """
+    store = store_path if isinstance(store_path, Store) else Store(store_path)
+    check_store_fits(store, artifact.preprocessing)
+    view = partial(
+        eval_view, input_size=artifact.preprocessing["input_size"], mode=artifact.preprocessing["eval_transform"]
+    )
+    loader = DataLoader(
+        StoreImages(store, store_rows(store, images), None, view), batch_size=batch_size, num_workers=num_workers
+    )
+    model = artifact.model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    with torch.inference_mode():
+        for pixels, _ in loader:
+            batch = pixels.to(device).float().div_(255)
+            probabilities = torch.sigmoid(model(batch))
+            if tta:
+                probabilities = (probabilities + torch.sigmoid(model(batch.flip(-1)))) / 2
+            chunks.append(probabilities.float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(artifact.labels)), np.float32)

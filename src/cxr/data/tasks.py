@@ -1,0 +1,163 @@
+"""Tasks as data: which outputs, which rows, which patient-wise split, how the training part is sampled.
+
+A task is the ``task`` section of a config (:class:`cxr.config.TaskConfig`). :func:`build_split` applies it to a
+store's index in a fixed order that avoids the seed project's leaks (``docs/experiments.md``, flaws 1 and 2):
+
+1. rows: drop blacklisted images (``drop_blacklisted``), drop "No Finding" rows (``drop_no_finding``);
+2. split by patient: the official lists with a stratified patient-wise validation carve-out of train_val
+   (``split: official``), or a patient-wise 70/10/20 ratio split (``split: ratio``, the seed's ``disease-only``);
+3. sample the *training part only*: the seed's resampling (``seed_balanced``) or a balanced binary set (``balanced``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cxr.config import TaskConfig
+from cxr.data.splits import assert_patient_disjoint, carve_validation, ratio_split
+from cxr.errors import CxrError
+from cxr.labels import ANY_FINDING, FINDINGS, NO_FINDING, canonical_name
+
+# The seed's resampling of multilabel-balanced (sklearn.utils.resample, random_state=123): per-class targets, drawn
+# with replacement, for the rare findings; pure "No Finding" drawn down without replacement; every other image once.
+SEED_CLASS_TARGETS = {
+    "Cardiomegaly": 3500,
+    "Consolidation": 3500,
+    "Edema": 3500,
+    "Emphysema": 3500,
+    "Fibrosis": 3500,
+    "Pleural_Thickening": 3500,
+    "Pneumonia": 3500,
+    "Hernia": 2500,
+}
+SEED_NO_FINDING_TARGET = 35000
+SEED_REFERENCE_ROWS = 85690
+"""Images the seed resampled: official train_val minus the blacklist. Targets scale by ``n_train / 85,690``."""
+
+
+@dataclass
+class TaskSplit:
+    """A task applied to a store index: the rows used, their part, and the training rows after sampling."""
+
+    outputs: list[str]
+    table: pd.DataFrame  # the rows used (store index columns) + "part": train | val | test
+    train: np.ndarray  # index labels of ``table``, after sampling (repeats allowed)
+
+    def rows(self, part: str) -> np.ndarray:
+        """Index labels of ``table`` in ``part``; ``"train"`` is the sampled training set."""
+        return self.train if part == "train" else self.table.index[self.table["part"] == part].to_numpy()
+
+    def split_table(self) -> pd.DataFrame:
+        """``RUN/split.parquet``: image, patient_id, part — before resampling."""
+        return self.table[["image", "patient_id", "part"]].reset_index(drop=True)
+
+
+def task_outputs(task: TaskConfig) -> list[str]:
+    """The output labels: the 14 findings, or one binary target ("Fibrosis", "Any Finding", ...)."""
+    if task.target == "findings":
+        return list(FINDINGS)
+    try:
+        return [canonical_name(task.target)]
+    except ValueError as error:
+        raise CxrError(f"task.target: {error}; or 'findings' for the 14-label task") from None
+
+
+def targets(table: pd.DataFrame, outputs: list[str]) -> np.ndarray:
+    """0/1 targets ``(n, K)`` float32; "Any Finding" is 1 − "No Finding"."""
+    columns = [1 - table[NO_FINDING].to_numpy() if name == ANY_FINDING else table[name].to_numpy() for name in outputs]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def select_rows(index: pd.DataFrame, task: TaskConfig) -> pd.DataFrame:
+    """The rows a task uses (before the split)."""
+    rows = index
+    if task.drop_blacklisted:
+        rows = rows[~rows["blacklisted"].astype(bool)]
+    if task.drop_no_finding:
+        rows = rows[rows[NO_FINDING] == 0]
+    if task.split == "official":
+        rows = rows[rows["split"].isin(["train_val", "test"])]  # images in neither list have no official part
+    if rows.empty:
+        raise CxrError("the task leaves no images of this store (check the blacklist / split columns)")
+    return rows
+
+
+def split_parts(rows: pd.DataFrame, task: TaskConfig) -> pd.Series:
+    """``train`` / ``val`` / ``test`` per row, patient-wise and seeded (``cxr.data.splits``)."""
+    part = pd.Series("", index=rows.index, dtype=object, name="part")
+    if task.split == "official":
+        train_val = rows[rows["split"] == "train_val"]
+        if train_val["patient_id"].nunique() < 2:
+            raise CxrError("the official train_val part needs at least two patients for a validation carve-out")
+        train, val = carve_validation(train_val, fraction=task.val_fraction, seed=task.split_seed)
+        part[train], part[val] = "train", "val"
+        part[rows.index[rows["split"] == "test"]] = "test"
+    else:
+        train, val, test = ratio_split(rows, ratios=task.ratios, seed=task.split_seed)
+        part[train], part[val], part[test] = "train", "val", "test"
+    return part
+
+
+def seed_resampling_targets(n_train: int) -> tuple[dict[str, int], int]:
+    """The seed's per-class targets and No Finding target scaled to a training part of ``n_train`` images.
+
+    Rule: ``max(1, round(target × n_train / 85,690))`` — the same share of the training set the seed gave each
+    class, so a 600-image synthetic store gets e.g. Fibrosis 25 and No Finding 245, and the full NIH training part
+    (~77k images after a 10% validation carve-out) gets ~3,150 and ~31,500.
+    """
+    scale = n_train / SEED_REFERENCE_ROWS
+    classes = {name: max(1, round(target * scale)) for name, target in SEED_CLASS_TARGETS.items()}
+    return classes, max(1, round(SEED_NO_FINDING_TARGET * scale))
+
+
+def seed_resample(train: pd.DataFrame, seed: int = 123) -> np.ndarray:
+    """The seed's resampling of ``multilabel-balanced`` applied to the training part; returns index labels."""
+    rng = np.random.default_rng(seed)
+    class_targets, no_finding_target = seed_resampling_targets(len(train))
+    drawn = []
+    for name, target in class_targets.items():
+        pool = train.index[train[name] == 1].to_numpy()
+        if len(pool):
+            drawn.append(rng.choice(pool, size=target, replace=True))
+    pure = train.index[train[NO_FINDING] == 1].to_numpy()
+    drawn.append(rng.choice(pure, size=min(no_finding_target, len(pure)), replace=False))
+    rare = train[list(class_targets)].to_numpy().any(axis=1)
+    drawn.append(train.index[~rare & (train[NO_FINDING] == 0).to_numpy()].to_numpy())
+    return np.concatenate(drawn)
+
+
+def balanced_sample(train: pd.DataFrame, outputs: list[str], seed: int = 123) -> np.ndarray:
+    """All images of the smaller class + as many random images of the larger one (binary tasks)."""
+    target = targets(train, outputs)[:, 0]
+    positives, negatives = train.index[target == 1].to_numpy(), train.index[target == 0].to_numpy()
+    if not len(positives) or not len(negatives):
+        missing = "positives" if not len(positives) else "negatives"
+        raise CxrError(f"the training part has no {missing} for {outputs[0]}: a larger store is needed")
+    rng = np.random.default_rng(seed)
+    n = min(len(positives), len(negatives))
+    return np.concatenate([rng.choice(positives, n, replace=False), rng.choice(negatives, n, replace=False)])
+
+
+def build_split(index: pd.DataFrame, task: TaskConfig) -> TaskSplit:
+    """Apply a task to a store index: rows, patient-wise parts, then sampling of the training part only."""
+    outputs = task_outputs(task)
+    if task.sampling == "balanced" and len(outputs) != 1:
+        raise CxrError("task.sampling=balanced needs a binary task (task.target=<one label>)")
+    if task.sampling == "seed_balanced" and task.target != "findings":
+        raise CxrError("task.sampling=seed_balanced is the seed's 14-label resampling (task.target=findings)")
+    rows = select_rows(index, task)
+    table = rows.assign(part=split_parts(rows, task))
+    table = table[table["part"] != ""]
+    names = ["train", "val", "test"]
+    assert_patient_disjoint(*(table[table["part"] == name] for name in names), names=names)
+    train = table[table["part"] == "train"]
+    if task.sampling == "seed_balanced":
+        sampled = seed_resample(train, task.sampling_seed)
+    elif task.sampling == "balanced":
+        sampled = balanced_sample(train, outputs, task.sampling_seed)
+    else:
+        sampled = train.index.to_numpy()
+    return TaskSplit(outputs=outputs, table=table, train=sampled)

@@ -1,0 +1,105 @@
+"""From a store image (uint8 R×R) to a model input (uint8 S×S): the deterministic view and the training view.
+
+The store already holds the expensive, shared preprocessing (decode, crop, area resize: ``cxr.imaging.decode``); what is
+left is cheap and per-experiment: ``eval_view`` (identity, resize or center crop — used by validation, test and
+inference alike) and ``TrainView`` (random rotation, shift and flip as the seed's Keras ``ImageDataGenerator``;
+random crop as CheXNet). Pixels stay uint8 until they reach the device: 4× less to copy than float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from cxr.config import EvalView
+from cxr.errors import CxrError
+
+EVAL_TRANSFORMS = tuple(EvalView)
+
+
+def _check_store_image(store_image: np.ndarray) -> int:
+    if store_image.ndim != 2 or store_image.shape[0] != store_image.shape[1] or store_image.dtype != np.uint8:
+        raise ValueError(f"expected a square uint8 image, got {store_image.dtype} {store_image.shape}")
+    return store_image.shape[0]
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size:
+        return image
+    # Area interpolation when shrinking (no aliasing: the seed's nearest-neighbour resize was a flaw), bilinear
+    # when enlarging, where area interpolation has nothing to average.
+    interpolation = cv2.INTER_AREA if size < image.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    side = image.shape[0]
+    if side < size:
+        raise CxrError(f"cannot center-crop {size} px from a {side} px store image; prepare a larger store")
+    offset = (side - size) // 2  # 300 -> 224 gives the seed's box (38, 38, 262, 262)
+    return image[offset : offset + size, offset : offset + size]
+
+
+def eval_view(store_image: np.ndarray, input_size: int, mode: str = "resize") -> np.ndarray:
+    """The deterministic store → model step: ``resize`` to ``input_size`` or ``center_crop`` it (uint8 S×S).
+
+    ``center_crop`` is CheXNet's test-time view (256 → 224; Rajpurkar et al., 2017) and the seed's Fibrosis crop
+    (300 → 224); ``resize`` is the identity when the store already has the model's size.
+    """
+    _check_store_image(store_image)
+    if mode == "resize":
+        view = _resize(store_image, input_size)
+    elif mode == "center_crop":
+        view = _center_crop(store_image, input_size)
+    else:
+        raise CxrError(f"unknown eval transform {mode!r}; choose one of: {', '.join(EVAL_TRANSFORMS)}")
+    return np.ascontiguousarray(view)
+
+
+@dataclass(frozen=True)
+class TrainView:
+    """Random view of a store image for training: affine jitter, horizontal flip, optional random crop.
+
+    ``rotation`` is the maximum angle in degrees and ``shift`` the maximum translation as a fraction of the side,
+    both drawn uniformly in ``[-max, max]`` as Keras' ``ImageDataGenerator(rotation_range, width_shift_range,
+    height_shift_range)`` does; uncovered pixels repeat the border (Keras' default ``fill_mode="nearest"``).
+    ``random_crop`` takes an ``input_size`` square at a random position instead of the eval view's crop/resize.
+    Randomness comes from torch's generator, which Lightning seeds per data-loader worker.
+    """
+
+    input_size: int
+    eval_transform: str = "resize"
+    rotation: float = 0.0
+    shift: float = 0.0
+    hflip: bool = False
+    random_crop: bool = False
+
+    def __call__(self, store_image: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:
+        side = _check_store_image(store_image)
+        draws = torch.rand(5, generator=generator).tolist()
+        image = store_image
+        if self.eval_transform == "resize" and not self.random_crop:
+            image = _resize(image, self.input_size)  # jitter at the model's size: cheaper when shrinking
+        if self.rotation > 0 or self.shift > 0:
+            image = self._affine(image, draws[0], draws[1], draws[2])
+        if self.random_crop:
+            if side < self.input_size:
+                raise CxrError(f"cannot crop {self.input_size} px from a {side} px store image")
+            y = int(draws[3] * (side - self.input_size + 1))
+            x = int(draws[4] * (side - self.input_size + 1))
+            image = image[y : y + self.input_size, x : x + self.input_size]
+        elif self.eval_transform == "center_crop":
+            image = _center_crop(image, self.input_size)  # after the jitter, so the border holds real anatomy
+        if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
+            image = image[:, ::-1]
+        return np.ascontiguousarray(image)
+
+    def _affine(self, image: np.ndarray, u_angle: float, u_dx: float, u_dy: float) -> np.ndarray:
+        side = image.shape[0]
+        angle = (2 * u_angle - 1) * self.rotation
+        matrix = cv2.getRotationMatrix2D((side / 2 - 0.5, side / 2 - 0.5), angle, 1.0)
+        matrix[:, 2] += ((2 * u_dx - 1) * self.shift * side, (2 * u_dy - 1) * self.shift * side)
+        return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -1,0 +1,172 @@
+"""``cxr compare``: runs side by side, with paired patient-level bootstrap differences and p-values.
+
+The seed reported Adam .70, SGD .74 and balanced .77 macro AUROC on one test set without any uncertainty, so
+whether the optimizers really differ was never answered. Runs scored on the *same* images are compared pairwise:
+every bootstrap resample draws one set of patients and evaluates all runs on it, so the variation shared by the
+runs (which patients are in the sample) cancels in the difference — a paired bootstrap, the resampling analogue of
+DeLong et al. (1988)'s test for correlated ROC curves. Differences are ``run - reference`` (the first run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cxr.errors import CxrError
+from cxr.evaluation.bootstrap import (
+    bootstrap_auroc,
+    paired_p_value,
+    patient_codes,
+    percentile_interval,
+    resample_counts,
+)
+from cxr.evaluation.evaluate import summary_labels
+from cxr.evaluation.metrics import macro_average
+from cxr.evaluation.predictions import ScoredSet, load_predictions, read_scored_set
+from cxr.evaluation.report import fmt, fmt_ci, render_html, render_markdown
+from cxr.files import write_json
+
+
+def load_compared(item: str | Path, split: str = "test", labels_csv: str | Path | None = None,
+                  images_list: str | Path | None = None) -> ScoredSet:  # fmt: skip
+    """A run folder's ``eval/<split>`` predictions and targets, or a predictions CSV scored against ``labels_csv``."""
+    item = Path(item)
+    if item.is_dir():
+        return read_scored_set(item / "eval" / split)
+    if not item.is_file():
+        raise CxrError(f"{item}: neither a run folder nor a predictions CSV")
+    if labels_csv is None:
+        raise CxrError(f"{item} is a predictions CSV: pass --labels DATA_ENTRY_CSV to score it")
+    return load_predictions(item, labels_csv, images_list)
+
+
+def align(named: dict[str, ScoredSet]) -> tuple[list[str], dict[str, ScoredSet]]:
+    """Restrict every set to the labels all share and to the first set's image order.
+
+    Raises :class:`CxrError` when the runs were scored on different images, or share no label.
+    """
+    names = list(named)
+    first = named[names[0]]
+    labels = [label for label in first.labels if all(label in s.labels for s in named.values())]
+    if not labels:
+        raise CxrError(f"the runs share no output label ({', '.join(f'{n}: {named[n].labels}' for n in names)})")
+    reference = set(first.images.tolist())
+    position = {image: i for i, image in enumerate(first.images)}
+    aligned = {}
+    for name, data in named.items():
+        images = set(data.images.tolist())
+        if images != reference:
+            only_here, only_first = sorted(images - reference), sorted(reference - images)
+            raise CxrError(
+                f"{name} and {names[0]} were evaluated on different images ({len(only_here)} only in {name}, "
+                f"e.g. {only_here[:3]}; {len(only_first)} only in {names[0]}, e.g. {only_first[:3]})"
+            )
+        order = np.argsort([position[image] for image in data.images])
+        columns = [data.labels.index(label) for label in labels]
+        targets = data.targets[order][:, columns]
+        if name != names[0] and not np.array_equal(data.patient_ids[order], aligned[names[0]].patient_ids):
+            raise CxrError(f"{name} and {names[0]} assign different patients to the same images: cannot pair them")
+        if name != names[0] and not np.array_equal(targets, aligned[names[0]].targets):
+            raise CxrError(f"{name} and {names[0]} disagree on the labels of the same images (different metadata?)")
+        aligned[name] = ScoredSet(
+            labels, first.images, data.patient_ids[order], targets, data.probabilities[order][:, columns]
+        )
+    return labels, aligned
+
+
+def compare_sets(named: dict[str, ScoredSet], n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Per-label and macro AUROC with CIs for every run, and paired differences against the first run.
+
+    JSON-ready: ``{"runs", "labels", "n_images", "n_patients", "bootstrap", "auroc": {run: {label | "macro":
+    {"auroc", "auroc_ci"}}}, "differences": {run: {label | "macro": {"difference", "ci", "p_value"}}}}``.
+    """
+    labels, aligned = align(named)
+    names = list(aligned)
+    first = aligned[names[0]]
+    codes, n_patients = patient_codes(first.patient_ids)
+    counts = resample_counts(n_patients, n_resamples, seed)  # one draw of patients, shared by every run
+    mask = np.isin(labels, summary_labels(labels))
+    boots = {
+        name: bootstrap_auroc(
+            data.targets, data.probabilities, data.patient_ids, summary=mask, micro=False, counts=counts
+        )
+        for name, data in aligned.items()
+    }
+    result = {"runs": names, "labels": labels, "n_images": len(first.images), "n_patients": n_patients}
+    result["bootstrap"] = {"unit": "patient", "resamples": n_resamples, "seed": seed, "level": level, "paired": True}
+    result["auroc"], result["differences"] = {}, {}
+    for name, boot in boots.items():
+        per_label = dict(zip(labels, np.c_[boot.point, boot.interval(level)].tolist(), strict=True))
+        entry = {label: {"auroc": row[0], "auroc_ci": row[1:]} for label, row in per_label.items()}
+        macro = macro_average(boot.point[mask])
+        entry["macro"] = {"auroc": macro, "auroc_ci": percentile_interval(boot.macro_samples, level).tolist()}
+        result["auroc"][name] = entry
+    base = boots[names[0]]
+    for name in names[1:]:
+        boot = boots[name]
+        samples = np.c_[boot.samples - base.samples, boot.macro_samples - base.macro_samples]
+        point = np.r_[boot.point - base.point, macro_average(boot.point[mask]) - macro_average(base.point[mask])]
+        intervals, p_values = percentile_interval(samples, level), paired_p_value(samples)
+        keys = [*labels, "macro"]
+        result["differences"][name] = {
+            key: {"difference": float(point[i]), "ci": intervals[i].tolist(), "p_value": float(p_values[i])}
+            for i, key in enumerate(keys)
+        }
+    return result
+
+
+def comparison_tables(result: dict) -> list[tuple]:
+    """Report blocks: AUROC side by side, then differences vs the first run with p-values."""
+    names, keys = result["runs"], [*result["labels"], "macro"]
+    side = [[key, *[fmt_ci(result["auroc"][n][key]["auroc"], result["auroc"][n][key]["auroc_ci"]) for n in names]]
+            for key in keys]  # fmt: skip
+    blocks: list[tuple] = [("h2", "AUROC [95% CI]"), ("table", ["Finding", *names], side)]
+    for name in names[1:]:
+        diffs = result["differences"][name]
+        rows = [[key, fmt_ci(d["difference"], d["ci"]), fmt(d["p_value"], 4)] for key, d in diffs.items()]
+        header = ["Finding", f"{name} - {names[0]} [95% CI]", "p (two-sided)"]
+        blocks += [("h2", f"{name} vs {names[0]} (paired)"), ("table", header, rows)]
+    return blocks
+
+
+def plot_forest(result: dict, path: str | Path) -> Path:
+    """Forest plot: per label and macro, each run's AUROC difference from the first run with its 95% CI."""
+    from matplotlib.figure import Figure
+
+    names, keys = result["runs"], [*result["labels"], "macro"]
+    others = names[1:]
+    figure = Figure(figsize=(4.2 * max(1, len(others)), 0.32 * len(keys) + 1.2), layout="constrained")
+    axes = figure.subplots(1, max(1, len(others)), squeeze=False, sharey=True).ravel()
+    positions = np.arange(len(keys))[::-1]
+    for ax, name in zip(axes, others, strict=False):
+        diffs = [result["differences"][name][key] for key in keys]
+        centre = np.array([np.nan if d["difference"] is None else d["difference"] for d in diffs], dtype=float)
+        bounds = np.array([[np.nan, np.nan] if d["ci"][0] is None else d["ci"] for d in diffs], dtype=float)
+        ax.errorbar(centre, positions, xerr=np.abs(bounds.T - centre), fmt="o", color="C0", ms=4, capsize=2)
+        ax.axvline(0.0, color="0.5", lw=0.8, ls="--")
+        ax.set(title=f"{name} - {names[0]}", xlabel="AUROC difference")
+    axes[0].set_yticks(positions, keys, fontsize=8)
+    figure.savefig(path, dpi=90)
+    return Path(path)
+
+
+def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``comparison.json``, ``forest.png``, ``comparison.md`` and ``comparison.html`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json(out_dir / "comparison.json", result)}
+    boot = result["bootstrap"]
+    intro = (f"{len(result['runs'])} runs on the same {result['n_images']} images of {result['n_patients']} patients. "
+             f"Paired {boot['unit']}-level bootstrap ({boot['resamples']} resamples, seed {boot['seed']}): every "
+             "resample draws one set of patients for all runs; p-values are two-sided, and the smallest one "
+             f"{boot['resamples']} resamples can give is {2 / (boot['resamples'] + 1):.4f}.")  # fmt: skip
+    blocks = [("h1", "Comparison of runs"), ("p", intro), *comparison_tables(result)]
+    if len(result["runs"]) > 1:
+        paths["forest"] = plot_forest(result, out_dir / "forest.png")
+        blocks += [("h2", "Differences"), ("img", paths["forest"], "AUROC differences vs the first run")]
+    paths["markdown"] = out_dir / "comparison.md"
+    paths["markdown"].write_text(render_markdown(blocks))
+    paths["html"] = out_dir / "comparison.html"
+    paths["html"].write_text(render_html(blocks))
+    return paths

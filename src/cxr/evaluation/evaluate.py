@@ -1,0 +1,230 @@
+"""``cxr evaluate``: metrics with patient-level CIs, thresholds from validation, calibration, plots and reports.
+
+Two modes share one scorer (:func:`score`, the metrics JSON of ``docs/architecture.md``): a run
+(:func:`evaluate_run`: predict a split with the best checkpoint) and anyone's predictions CSV
+(:func:`evaluate_predictions`). JSON keys are NIH's finding names.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr.data.store import Store
+from cxr.errors import CxrError
+from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
+from cxr.evaluation.metrics import (
+    auprc,
+    brier_score,
+    expected_calibration_error,
+    macro_average,
+    micro_auroc,
+    prevalence,
+    reliability,
+)
+from cxr.evaluation.predictions import (
+    ScoredSet,
+    join_labels,
+    load_predictions,
+    read_val_predictions,
+    write_scored_set,
+)
+from cxr.evaluation.references import references_for
+from cxr.evaluation.report import write_report
+from cxr.evaluation.thresholds import RULES, apply_thresholds, choose_thresholds
+from cxr.files import write_json
+from cxr.labels import NO_FINDING
+
+
+def summary_labels(labels: list[str]) -> list[str]:
+    """Labels averaged into macro/micro AUROC: every output but "No Finding" (unless it is the only one)."""
+    findings = [label for label in labels if label != NO_FINDING]
+    return findings or list(labels)
+
+
+def score(
+    data: ScoredSet,
+    thresholds: dict[str, dict[str, float]] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    bins: int = 10,
+    level: float = 0.95,
+) -> dict:
+    """The metrics JSON of ``docs/architecture.md`` for one scored set.
+
+    ``thresholds`` (``{label: {rule: value}}``) must come from validation; without them they are chosen on
+    ``data`` itself and the JSON says so (``thresholds_chosen_on``), since such operating points are optimistic.
+    """
+    y, p = data.targets, data.probabilities
+    summary = summary_labels(data.labels)
+    mask = np.isin(data.labels, summary)
+    boot = bootstrap_auroc(y, p, data.patient_ids, n_resamples, seed, summary=mask)
+    chosen_on = "validation" if thresholds is not None else "evaluated set (optimistic: no validation predictions)"
+    if thresholds is None:
+        thresholds = choose_thresholds(y, p, data.labels)
+    operating = apply_thresholds(y, p, data.labels, thresholds)
+    values = {"auroc": boot.point, "auprc": auprc(y, p), "prevalence": prevalence(y)}
+    values |= {"brier": brier_score(y, p), "ece": expected_calibration_error(y, p, bins)}
+    intervals = boot.interval(level)
+    findings = {}
+    for k, label in enumerate(data.labels):
+        entry = {name: float(v[k]) for name, v in values.items()}
+        entry |= {"auroc_ci": intervals[k].tolist(), "n_pos": int(y[:, k].sum()), "n": int(y.shape[0])}
+        entry |= {"thresholds": operating[label], "reliability": reliability(y[:, k], p[:, k], bins)}
+        findings[label] = entry
+    pooled_y, pooled_p = y[:, mask].reshape(-1), p[:, mask].reshape(-1)
+    return {
+        "findings": findings,
+        "macro_auroc": macro_average(boot.point[mask]),
+        "macro_auroc_ci": percentile_interval(boot.macro_samples, level).tolist(),
+        "micro_auroc": micro_auroc(y[:, mask], p[:, mask]),
+        "micro_auroc_ci": percentile_interval(boot.micro_samples, level).tolist(),
+        "n_images": int(y.shape[0]),
+        "n_patients": int(len(np.unique(data.patient_ids))),
+        "labels": list(data.labels),
+        "macro_labels": summary,
+        "thresholds_chosen_on": chosen_on,
+        "bootstrap": {
+            "unit": "patient",
+            "resamples": n_resamples,
+            "seed": seed,
+            "level": level,
+            "method": "percentile",
+        },
+        "calibration": {
+            "bins": bins,
+            "ece": float(expected_calibration_error(pooled_y, pooled_p, bins)[0]),
+            "brier": float(brier_score(pooled_y, pooled_p)[0]),
+            "reliability": reliability(pooled_y, pooled_p, bins),
+        },
+    }
+
+
+def predict_split(artifact, store: Path, images: list[str], batch_size: int, tta: bool) -> np.ndarray:
+    """Probabilities ``(n, K)`` of the artifact on store images (horizontal-flip TTA optional), via
+    ``cxr.data.loaders``."""
+    # Local: torch and Lightning stay off `cxr evaluate --predictions` and `cxr compare` (CSVs, no model).
+    from cxr.data.loaders import predict_store
+
+    probabilities = np.asarray(predict_store(artifact, store, images, batch_size=batch_size, tta=tta), np.float64)
+    if probabilities.shape != (len(images), len(artifact.labels)):
+        raise RuntimeError(
+            f"predict_store returned {probabilities.shape}, expected {(len(images), len(artifact.labels))}"
+        )
+    return probabilities
+
+
+def operating_thresholds(thresholds: dict[str, dict[str, float]], rule: str) -> tuple[dict[str, float], list[str]]:
+    """One threshold per label for the model artifact; 0.5 (listed) where validation could not choose one."""
+    chosen = {label: rules[rule] for label, rules in thresholds.items()}
+    fallback = [label for label, value in chosen.items() if not math.isfinite(value)]
+    return {label: 0.5 if label in fallback else value for label, value in chosen.items()}, fallback
+
+
+def evaluate_run(
+    run: str | Path,
+    split: str = "test",
+    tta: bool = False,
+    store: str | Path | None = None,
+    batch_size: int = 64,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    rule: str = "youden",
+) -> tuple[dict, Path]:
+    """``cxr evaluate RUN``: predict the split with the best checkpoint, choose thresholds on validation, score.
+
+    Writes ``RUN/thresholds.json``, the chosen ``rule``'s thresholds into ``RUN/checkpoints/best.ckpt``, and
+    ``RUN/eval/<split>/`` (predictions.csv, targets.csv, metrics.json, plots, report.md/html). Returns the
+    metrics and that folder.
+    """
+    # Local: torch and Lightning stay off `cxr evaluate --predictions` and `cxr compare` (CSVs, no model).
+    from cxr.models.artifact import load_artifact, set_thresholds
+
+    if rule not in RULES:
+        raise CxrError(f"unknown threshold rule {rule!r} (known: {', '.join(RULES)})")
+    run = Path(run)
+    checkpoint = run / "checkpoints" / "best.ckpt"
+    if not checkpoint.is_file():
+        raise CxrError(f"{run} is not a finished run: {checkpoint} is missing (train it with `cxr train --out {run}`)")
+    artifact = load_artifact(checkpoint)
+    labels, config = list(artifact.labels), artifact.config
+    val = read_val_predictions(run / "val_predictions.parquet", labels)
+    if not (run / "split.parquet").is_file():
+        raise CxrError(f"{run / 'split.parquet'} is missing: which images form the {split} split is recorded there")
+    parts = pd.read_parquet(run / "split.parquet")
+    images = parts.loc[parts["part"] == split, "image"].astype(str).tolist()
+    if not images:
+        raise CxrError(f"{run / 'split.parquet'} has no {split!r} images (parts: {sorted(parts['part'].unique())})")
+    store = store or config.get("store")
+    if not store:
+        raise CxrError(f"{run} does not record its store: pass --store STORE")
+    store = Store(store)
+
+    thresholds = choose_thresholds(val.targets, val.probabilities, labels)
+    operating, fallback = operating_thresholds(thresholds, rule)
+    record = {"chosen_on": "validation", "rule": rule, "operating": operating, "fallback_0.5": fallback}
+    write_json(run / "thresholds.json", record | {"thresholds": thresholds, "n_images": len(val.images)})
+    set_thresholds(checkpoint, operating)
+
+    probabilities = predict_split(artifact, store.path, images, batch_size, tta)
+    data = join_labels(np.asarray(images), labels, probabilities, store.index, source=f"the {split} split of {run}")
+    metrics = score(data, thresholds, n_resamples, seed)
+    if split == "val":
+        metrics["thresholds_chosen_on"] = "validation (the evaluated images themselves: optimistic)"
+    preset = config.get("experiment")
+    metrics["source"] = {"run": str(run), "split": split, "tta": tta, "store": str(store.path), "preset": preset}
+    out = run / "eval" / split
+    write_scored_set(data, out)
+    write_json(out / "metrics.json", metrics)
+    counts = {str(part): int(n) for part, n in parts["part"].value_counts().items()}
+    title = f"{preset or run.name}: {split} split"
+    source = f"Run `{run}`, best checkpoint, {split} split"
+    source += " with horizontal-flip TTA (thresholds from validation predictions without TTA)." if tta else "."
+    write_report(out, metrics, data, title, references_for(preset), config, counts, run / "metrics.csv", source)
+    return metrics, out
+
+
+def evaluate_predictions(
+    predictions: str | Path,
+    labels_csv: str | Path,
+    images_list: str | Path | None = None,
+    out: str | Path | None = None,
+    val_predictions: str | Path | None = None,
+    preset: str | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, Path]:
+    """``cxr evaluate --predictions``: score a predictions CSV, write metrics.json, plots and reports to ``out``.
+
+    ``val_predictions`` (same format, labels from the same metadata) is where thresholds are chosen; without it
+    they are chosen on the scored images and flagged optimistic. ``preset`` picks the seed's reference column.
+    """
+    data = load_predictions(predictions, labels_csv, images_list)
+    thresholds = None
+    if val_predictions is not None:
+        val = load_predictions(val_predictions, labels_csv)
+        missing = [label for label in data.labels if label not in val.labels]
+        if missing:
+            raise CxrError(f"{val_predictions} lacks probabilities for {missing}, needed to choose their thresholds")
+        columns = [val.labels.index(label) for label in data.labels]
+        thresholds = choose_thresholds(val.targets[:, columns], val.probabilities[:, columns], data.labels)
+    metrics = score(data, thresholds, n_resamples, seed)
+    metrics["source"] = {
+        "predictions": str(predictions),
+        "labels": str(labels_csv),
+        "images": images_list and str(images_list),
+        "preset": preset,
+    }
+    predictions = Path(predictions)
+    out = (
+        Path(out) if out else predictions.parent / (predictions.name.removesuffix(".gz").removesuffix(".csv") + "-eval")
+    )
+    write_json(out / "metrics.json", metrics)
+    source = f"Predictions `{predictions}` scored against `{labels_csv}`" + (
+        f", images of `{images_list}`." if images_list else "."
+    )
+    write_report(out, metrics, data, f"Evaluation of {predictions.name}", references_for(preset), source=source)
+    return metrics, out

@@ -1,0 +1,206 @@
+"""Grad-CAM heatmaps (Selvaraju et al., 2017, arXiv:1610.02391), the ``grad-cam`` package's maps, and their geometry.
+
+The map is computed at the model input (``S x S``; the target is the model's ``feature_layer``: the last block —
+DenseNet's rectified dense block, ResNet's ``layer4`` — from 224 px, their stride-16 block below, see ``cxr.models``)
+and normalised to ``[0, 1]`` exactly as ``pytorch_grad_cam.GradCAM`` does; :func:`grad_cam_batch` computes those
+maps for many images with a fraction of the package's work (``tests/test_cam.py`` checks they agree). The model
+input is a crop of the source image (the store's centered square, then the eval view's resize or center crop), so
+:func:`input_region` says which square of the source the map covers; overlays are drawn in source geometry and are
+transparent / untinted outside that square. Grad-CAM installs a hook on the model and switches its weights'
+``requires_grad`` off while it runs: callers that share a model between threads (``cxr serve``) hold a lock around
+:func:`grad_cam`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxr.imaging.geometry import crop_square
+from cxr.models.artifact import model_input
+
+
+def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int]) -> np.ndarray:
+    """Grad-CAM maps ``float32 (len(label_indices), S, S)`` in ``[0, 1]`` for one model input ``(1, S, S)``."""
+    return grad_cam_batch(model, np.asarray(model_input)[None], [list(label_indices)])[0]
+
+
+def grad_cam_batch(
+    model, model_inputs: np.ndarray, label_indices: Sequence[Sequence[int]], chunk: int = 32
+) -> list[np.ndarray]:
+    """Grad-CAM maps of several inputs ``(N, 1, S, S)``: per input ``i``, ``float32 (len(label_indices[i]), S, S)``.
+
+    The maps are ``pytorch_grad_cam.GradCAM``'s (``tests/test_cam.py`` compares them), computed with less work:
+    one forward pass per input, not one per (input, label), and per label only the backward pass from the logits to
+    the target layer, not through the whole network and its weights. The inputs of a chunk share each pass: in eval
+    mode nothing mixes samples, so the gradient of a sum of logits, one per input, is every input's own gradient.
+    ``cxr localize`` maps hundreds of images this way.
+    """
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = np.ascontiguousarray(model_inputs, dtype=np.float32)
+    size, maps = inputs.shape[-1], []
+    for start in range(0, len(inputs), chunk):
+        wanted = [[int(index) for index in indices] for indices in label_indices[start : start + chunk]]
+        if not any(wanted):
+            maps += [np.zeros((0, size, size), np.float32) for _ in wanted]
+            continue
+        activations, gradients = _activations_and_gradients(
+            model, torch.from_numpy(inputs[start : start + chunk]).to(device), wanted
+        )
+        maps += [_gradcam_maps(activations[i], gradients[: len(indices), i], size) for i, indices in enumerate(wanted)]
+    return maps
+
+
+def _activations_and_gradients(model, batch, wanted: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The target layer's activations ``(N, C, h, w)`` and, per round ``r``, the gradient of input ``i``'s logit
+    ``wanted[i][r]`` with respect to them, ``(R, N, C, h, w)`` (zero where input ``i`` has fewer labels).
+
+    The layers below the target run without autograd (the weights' ``requires_grad`` is off meanwhile, and the
+    target's output re-enters the graph as a leaf), so only the layers above it keep activations for the backward.
+    """
+    import torch
+
+    captured = []
+
+    def leaf(module, args, output):
+        captured.append(output.detach().requires_grad_())
+        return captured[-1]
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    handle = model.feature_layer.register_forward_hook(leaf)
+    try:
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        with torch.enable_grad():
+            logits = model(batch)
+            rounds = max(len(indices) for indices in wanted)
+            selectors = torch.zeros((rounds, *logits.shape), dtype=logits.dtype, device=logits.device)
+            for i, indices in enumerate(wanted):
+                selectors[range(len(indices)), i, indices] = 1
+            gradients = [
+                torch.autograd.grad(logits, captured[0], selectors[r], retain_graph=r < rounds - 1)[0]
+                for r in range(rounds)
+            ]
+    finally:
+        handle.remove()
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+    return captured[0].detach().float().cpu().numpy(), torch.stack(gradients).float().cpu().numpy()
+
+
+def _gradcam_maps(activations: np.ndarray, gradients: np.ndarray, size: int) -> np.ndarray:
+    """Maps ``(R, size, size)`` of one input from its activations ``(C, h, w)`` and gradients ``(R, C, h, w)``,
+    step for step as ``pytorch_grad_cam.GradCAM``: channel weights = mean gradient, ReLU of the weighted sum,
+    min-max scaled, bilinearly resized to the input, min-max scaled again."""
+    weights = np.mean(gradients, axis=(2, 3))
+    cams = np.maximum((weights[:, :, None, None] * activations[None]).sum(axis=1), 0)
+    out = np.empty((len(cams), size, size), dtype=np.float32)
+    for r, cam in enumerate(cams):
+        out[r] = _unit_range(np.maximum(cv2.resize(_unit_range(cam).astype(np.float32), (size, size)), 0))
+    return out
+
+
+def _unit_range(image: np.ndarray) -> np.ndarray:
+    """``pytorch_grad_cam``'s scaling: shift the minimum to 0, divide by the maximum (+1e-7: an empty map stays 0)."""
+    image = image - np.min(image)
+    return image / (1e-7 + np.max(image))
+
+
+def input_region(width: int, height: int, preprocessing: dict) -> tuple[float, float, float]:
+    """The square of the source image (``left, top, side`` in source pixels) that the model input shows.
+
+    Store step: centered square of ``crop`` times the shorter side, resized to ``store_size``; eval step:
+    ``resize`` keeps all of it, ``center_crop`` keeps the central ``input_size`` store pixels.
+    """
+    left, top, side = (float(v) for v in crop_square(width, height, float(preprocessing["crop"])))
+    store_size, input_size = int(preprocessing["store_size"]), int(preprocessing["input_size"])
+    if preprocessing.get("eval_transform") == "center_crop" and store_size > input_size:
+        scale = side / store_size
+        offset = (store_size - input_size) // 2
+        return left + offset * scale, top + offset * scale, input_size * scale
+    return left, top, side
+
+
+def map_to_source(cam_map: np.ndarray, width: int, height: int, preprocessing: dict) -> np.ndarray:
+    """Place a model-input map into source geometry ``float32 (height, width)``; zero outside the input region."""
+    left, top, side = input_region(width, height, preprocessing)
+    canvas = np.zeros((height, width), dtype=np.float32)
+    x0, y0 = round(left), round(top)
+    x1, y1 = min(width, round(left + side)), min(height, round(top + side))
+    if x1 > x0 and y1 > y0:
+        canvas[y0:y1, x0:x1] = cv2.resize(
+            cam_map.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR
+        )
+    return canvas
+
+
+def overlay(gray: np.ndarray, source_map: np.ndarray, image_weight: float = 0.6) -> np.ndarray:
+    """RGB ``uint8`` overlay of a source-geometry map on the radiograph (jet colormap, as ``grad-cam`` draws it)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32) / 255.0
+    return show_cam_on_image(rgb, np.clip(source_map, 0, 1), use_rgb=True, image_weight=image_weight)
+
+
+def heatmap_rgba(source_map: np.ndarray, max_alpha: float = 0.75) -> np.ndarray:
+    """RGBA ``uint8`` heatmap to lay over the image in a browser: jet colours, opacity rising with the map."""
+    values = np.clip(source_map, 0, 1)
+    colours = cv2.applyColorMap(np.uint8(np.rint(values * 255)), cv2.COLORMAP_JET)[..., ::-1]
+    # Low activations fade out entirely, so the radiograph stays readable under the overlay.
+    alpha = np.clip((values - 0.15) / 0.85, 0, 1) * max_alpha * 255
+    return np.dstack([colours, np.rint(alpha).astype(np.uint8)])
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """Encode an ``uint8`` L, RGB or RGBA array as PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe stem of an image name (``00000001_000.png`` → ``00000001_000``)."""
+    stem = Path(name).stem or "image"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+
+
+def unique_stems(images: Sequence[str]) -> list[str]:
+    """One file stem per image; two inputs with the same name (in different folders) get ``-2``, ``-3`` ..."""
+    stems, taken = [], set()
+    for image in images:
+        stem, candidate, n = safe_stem(image), safe_stem(image), 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{stem}-{n}"
+        taken.add(candidate)
+        stems.append(candidate)
+    return stems
+
+
+def write_heatmaps(predictor, gray: np.ndarray, findings: Sequence[str], out_dir: Path, stem: str) -> dict:
+    """Write ``<stem>_<finding>.png`` (overlay, source geometry) and ``.npy`` (raw map at the model input, float32)
+    for each finding; return ``{finding: {"overlay": path, "map": path}}``."""
+    if not findings:  # nothing positive: no preprocessing, no Grad-CAM pass (nor an ONNX file's torch twin)
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    indices = [predictor.labels.index(finding) for finding in findings]
+    maps = grad_cam(predictor.model, model_input(gray, predictor.preprocessing), indices)
+    height, width = gray.shape
+    written = {}
+    for finding, cam_map in zip(findings, maps, strict=True):
+        base = out_dir / f"{stem}_{finding.replace(' ', '_')}"
+        np.save(base.with_suffix(".npy"), cam_map)
+        source_map = map_to_source(cam_map, width, height, predictor.preprocessing)
+        base.with_suffix(".png").write_bytes(png_bytes(overlay(gray, source_map)))
+        written[finding] = {"overlay": str(base.with_suffix(".png")), "map": str(base.with_suffix(".npy"))}
+    return written

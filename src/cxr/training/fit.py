@@ -1,0 +1,254 @@
+"""``cxr train``: a config + a store → a run directory, on PyTorch Lightning.
+
+Lightning is the engine: AMP (bf16 where the GPU has it, else fp16), checkpoints best (by
+validation loss) and last, early stopping, TensorBoard, a rich progress bar, resume, and DDP over GPUs and nodes
+(``--devices``, ``--num-nodes``, ``--strategy ddp``; under torchrun or SLURM Lightning reads the ranks from the
+environment). The run directory follows ``docs/architecture.md``: config.yaml, split.parquet, checkpoints/,
+metrics.csv, tensorboard/, val_predictions.parquet.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cxr.config import Config, config_from_dict, save_config, to_dict
+from cxr.data.loaders import StoreDataModule, predict_store
+from cxr.data.store import Store
+from cxr.data.tasks import TaskSplit, build_split, targets
+from cxr.errors import CxrError
+from cxr.files import write_json
+from cxr.models.artifact import load_artifact, strip_training_state
+from cxr.models.factory import IMAGENET_MEAN, IMAGENET_STD
+from cxr.provenance import environment
+from cxr.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from cxr.training.module import CxrModule, EpochMetricsCSV
+from cxr.training.precision import auto_precision
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    trainer: object  # lightning.Trainer
+    module: object  # cxr.training.module.CxrModule
+
+
+def fit_store(config: Config, store: Store, image_size: int | None = None) -> Config:
+    """The config adjusted to the store: a store of another size or crop is accepted only with ``image_size``.
+
+    With ``image_size`` the run records the store's real size and crop (so inference repeats them) and trains at
+    ``image_size`` px; without, a mismatch is an error that says how to prepare a matching store.
+    """
+    config = copy.deepcopy(config)
+    data = config.data
+    fits = store.size == data.store_size and abs(store.crop - data.crop) < 1e-6
+    if not fits and image_size is None:
+        raise CxrError(
+            f"store {store.path} was prepared at {store.size} px, crop {store.crop}; experiment {config.experiment} "
+            f"expects {data.store_size} px, crop {data.crop}. Prepare a matching store (cxr prepare DATA --out STORE "
+            f"--size {data.store_size} --crop {data.crop}) or pass --image-size PX to train at PX px from this one"
+        )
+    data.store_size, data.crop = store.size, store.crop
+    config.store = str(Path(store.path).resolve())
+    if image_size is not None:
+        data.input_size = int(image_size)
+    crops = data.eval_transform == "center_crop" or data.random_crop
+    if crops and data.input_size > store.size:
+        raise CxrError(f"cannot crop {data.input_size} px inputs from a {store.size} px store; lower --image-size")
+    return config
+
+
+def preprocessing_of(config: Config) -> dict:
+    """The artifact's preprocessing block for a (store-fitted) config; ImageNet statistics, see cxr.models.factory."""
+    data = config.data
+    return {
+        "crop": data.crop,
+        "store_size": data.store_size,
+        "input_size": data.input_size,
+        "eval_transform": str(data.eval_transform.value),  # plain str: checkpoints load with weights_only
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
+RUN_SETTINGS = ("store", "data.num_workers")
+"""Config keys that say where and how a run is executed, not what it learns: they may change on --resume (a moved
+store, another machine). Results do not depend on them (cxr.data.loaders.EpochSampler: not even on the number of
+workers)."""
+
+
+def _changed_keys(previous: dict, current: dict) -> list[str]:
+    changed = []
+    for section, value in current.items():
+        if isinstance(value, dict):
+            changed += [f"{section}.{key}" for key in value if previous[section][key] != value[key]]
+        elif previous[section] != value:
+            changed.append(section)
+    return [key for key in changed if key not in RUN_SETTINGS]
+
+
+def _prepare_run_dir(run_dir: Path, config: Config, split: TaskSplit, resume: bool) -> None:
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise CxrError(f"nothing to resume in {run_dir}: no checkpoints/last.ckpt (start it without --resume)")
+        previous = to_dict(config_from_dict(yaml.safe_load(saved.read_text()), str(saved)))
+        changed = _changed_keys(previous, to_dict(config))
+        if changed:
+            raise CxrError(f"--resume with another config than {saved}: {', '.join(changed)} differ")
+        # The store may have moved: what must not change is the data it gives this task.
+        before, now = pd.read_parquet(run_dir / "split.parquet"), split.split_table()
+        if before.astype(str).values.tolist() != now.astype(str).values.tolist():  # dtypes differ after parquet
+            raise CxrError(f"--resume: store {config.store} gives another split than {run_dir / 'split.parquet'} "
+                           "(other images or parts); resume with the store the run started from")  # fmt: skip
+        save_config(config, saved)  # the run settings of this start (where the store is now: cxr evaluate RUN)
+        return
+    if saved.exists():
+        raise CxrError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_config(config, saved)
+    split.split_table().to_parquet(run_dir / "split.parquet", index=False)
+
+
+def _record_environment(run_dir: Path) -> None:
+    """``RUN/environment.json``: one entry per start (the first, then each --resume), as a resume may move machines."""
+    path = run_dir / "environment.json"
+    starts = json.loads(path.read_text()) if path.exists() else []
+    write_json(path, [*starts, environment()])
+
+
+def _precision(config: Config, on_gpu: bool) -> str:
+    """``train.precision``; ``auto`` is AMP on a GPU, and on a CPU bf16 only where it is native
+    (cxr.training.precision)."""
+    if config.train.precision != "auto":
+        return config.train.precision
+    return auto_precision(on_gpu)
+
+
+def _gpu_count(devices: int | str) -> int:
+    """GPUs per node that Lightning will use for ``--devices`` (a count, "0,1", -1 or "auto")."""
+    import torch
+
+    if isinstance(devices, int):
+        return torch.cuda.device_count() if devices == -1 else devices
+    if devices in ("auto", "-1"):
+        return torch.cuda.device_count()
+    return len([d for d in str(devices).split(",") if d.strip()])
+
+
+def _pos_weight(split: TaskSplit) -> list[float]:
+    y = targets(split.table.loc[split.train], split.outputs)
+    positives = np.maximum(y.sum(axis=0), 1.0)
+    return ((len(y) - positives) / positives).tolist()
+
+
+def fit(
+    config: Config,
+    store_path: str | Path,
+    run_dir: str | Path,
+    *,
+    image_size: int | None = None,
+    resume: bool = False,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    progress: bool = True,
+) -> FitResult:
+    """Train ``config`` on a store into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    store, run_dir = Store(store_path), Path(run_dir)
+    config = fit_store(config, store, image_size)
+    split = build_split(store.index, config.task)
+    for part in ("train", "val"):
+        if not len(split.rows(part)):
+            raise CxrError(f"the {part} part is empty for this store and task; a larger store is needed")
+    if config.optim.decay > 0 and config.optim.scheduler == "plateau":
+        raise CxrError("optim.decay (Keras time decay, set per step) and optim.scheduler=plateau cannot be combined: "
+                       "the per-step decay would undo every plateau reduction")  # fmt: skip
+
+    L.seed_everything(config.train.seed, workers=True)
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    preprocessing = preprocessing_of(config)
+    pos_weight = _pos_weight(split) if config.train.pos_weight else None
+    # Built before the run folder exists: a model that cannot be built (ImageNet weights offline, a wrong
+    # model.init_from) must not leave a folder that can be neither restarted nor resumed.
+    module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume)
+    if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)
+        _prepare_run_dir(run_dir, config, split, resume)
+        _record_environment(run_dir)
+
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,  # always best.ckpt, also after --resume
+    )
+    callbacks = [
+        best,
+        LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"),  # what --resume reads (cxr.training.checkpointing: why)
+        EarlyStopping(monitor="val_loss", mode="min", patience=config.train.early_stopping_patience),
+        EpochMetricsCSV(run_dir / "metrics.csv", split.outputs),
+    ]
+    if progress:
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=config.train.epochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=_precision(config, on_gpu),
+        benchmark=on_gpu,  # cuDNN autotuning: the input size is fixed for a whole run
+        sync_batchnorm=on_gpu and num_nodes * _gpu_count(devices) > 1,  # one BN statistic over all ranks
+        use_distributed_sampler=False,  # cxr.data.loaders.EpochSampler shards the data itself (and seeds augmentation)
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        logger=TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,  # only epoch-level metrics are logged; silences the short-epoch warning
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+    )
+    if config.train.channels_last:  # GPU or CPU (the demo's preset sets it: faster there, benchmarks/cpu_precision.py)
+        module.model.to(memory_format=torch.channels_last)
+    datamodule = StoreDataModule(
+        store, split, config.data, config.train.batch_size, pin_memory=on_gpu, seed=config.train.seed
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run_dir / "checkpoints" / "last.ckpt" if resume else None)
+    if trainer.is_global_zero:
+        # best.ckpt is the model artifact: only last.ckpt needs the optimizer state (--resume), which for Adam is
+        # twice the weights' size; every reader of the artifact (predict, export, serve, evaluate) pays for it.
+        strip_training_state(run_dir / "checkpoints" / "best.ckpt")
+        write_val_predictions(run_dir, store, split, device="cuda" if on_gpu else "cpu")
+    return FitResult(run_dir=run_dir, trainer=trainer, module=module)
+
+
+def write_val_predictions(run_dir: Path, store: Store, split: TaskSplit, device: str = "cpu") -> Path:
+    """``RUN/val_predictions.parquet`` of the best checkpoint: ``Image Index``, ``Patient ID``, then per output
+    ``<label>`` (0/1 target) and ``prob_<label>``; ``cxr evaluate`` chooses thresholds on it."""
+    artifact = load_artifact(run_dir / "checkpoints" / "best.ckpt", device=device)
+    val = split.table[split.table["part"] == "val"]
+    probabilities = predict_store(artifact, store, val["image"].tolist(), batch_size=64)
+    table = pd.DataFrame({"Image Index": val["image"].to_numpy(), "Patient ID": val["patient_id"].to_numpy()})
+    y = targets(val, split.outputs)
+    for k, label in enumerate(split.outputs):
+        table[label] = y[:, k].astype(np.uint8)
+        table[f"prob_{label}"] = probabilities[:, k]
+    path = run_dir / "val_predictions.parquet"
+    table.to_parquet(path, index=False)
+    return path

@@ -1,0 +1,176 @@
+"""The LightningModule (model, loss, metrics, optimizer — nothing else) and the per-epoch metrics.csv writer.
+
+Lightning owns the loop (AMP, checkpoints, early stopping, DDP); this module stays thin: no data handling here.
+Loss: binary cross-entropy on logits, optionally weighted per output by negatives/positives (CheXNet's weighted BCE).
+Validation: loss, and per-output + macro AUROC (torchmetrics, exact, synchronised across DDP ranks); an output with
+one class in the validation part gets NaN and is left out of the macro mean.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
+
+from cxr.config import Config, to_dict
+from cxr.files import replacing
+from cxr.models.artifact import artifact_metadata
+from cxr.models.factory import create_model
+
+
+class ClassCounts(Metric):
+    """Positives and images seen per output, to tell a one-class output (AUROC undefined) from a real 0."""
+
+    full_state_update = False
+
+    def __init__(self, num_outputs: int):
+        super().__init__()
+        self.add_state("positives", torch.zeros(num_outputs, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, target: torch.Tensor) -> None:
+        self.positives += target.long().sum(dim=0)
+        self.total += target.shape[0]
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.positives, self.total
+
+
+def keras_time_decay(step: int, decay: float) -> float:
+    """Keras' legacy ``decay`` argument: lr_t = lr / (1 + decay · t), t counting optimizer steps (the seed's SGD)."""
+    return 1.0 / (1.0 + decay * step)
+
+
+class CxrModule(L.LightningModule):
+    """A :class:`cxr.models.factory.CxrNet` (attribute ``model``: the checkpoint's ``model.*`` weights) and its
+    training."""
+
+    def __init__(
+        self,
+        config: Config,
+        outputs: list[str],
+        preprocessing: dict,
+        pos_weight: list[float] | None = None,
+        resume: bool = False,
+    ):
+        super().__init__()
+        self.config, self.outputs, self.preprocessing = config, list(outputs), dict(preprocessing)
+        spec = config.model
+        # On --resume every weight comes from last.ckpt: loading ImageNet or model.init_from first would only make
+        # a resume fail on a node without the torch hub cache or after the earlier run was moved.
+        self.model = create_model(
+            spec.name,
+            len(outputs),
+            head=spec.head,
+            dropout=spec.dropout,
+            pretrained="none" if resume else (spec.init_from or spec.pretrained),
+            input_size=config.data.input_size,
+            labels=outputs,
+        )
+        weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
+        self.register_buffer("pos_weight", weight, persistent=False)
+        k = len(outputs)
+        self.val_auroc = BinaryAUROC() if k == 1 else MultilabelAUROC(num_labels=k, average=None)
+        self.val_counts = ClassCounts(k)
+
+    def _images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 batch → float in [0, 1], NHWC with ``train.channels_last`` (as the weights, on GPU and CPU alike:
+        oneDNN's CPU convolutions are faster in NHWC too, see ``benchmarks/cpu_precision.py``)."""
+        images = pixels.float().div_(255)  # uint8 travelled to the device: 4x less to copy than float32
+        if self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.pos_weight)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        pixels, target = batch
+        loss = self._loss(self.model(self._images(pixels)), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr")
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(target))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        pixels, target = batch
+        logits = self.model(self._images(pixels))
+        self.log("val_loss", self._loss(logits, target), on_epoch=True, sync_dist=True, batch_size=len(target))
+        probabilities = torch.sigmoid(logits.float())
+        if len(self.outputs) == 1:
+            self.val_auroc.update(probabilities[:, 0], target[:, 0].long())
+        else:
+            self.val_auroc.update(probabilities, target.long())
+        self.val_counts.update(target)
+
+    def on_validation_epoch_end(self) -> None:
+        auroc = self.val_auroc.compute().reshape(-1).float()
+        positives, total = self.val_counts.compute()
+        defined = (positives > 0) & (positives < total)
+        auroc = torch.where(defined, auroc, torch.full_like(auroc, float("nan")))
+        # torchmetrics already gathered all ranks: the values agree, sync_dist only tells Lightning so.
+        for label, value in zip(self.outputs, auroc, strict=True):
+            self.log(f"val_auroc_{label}", value, sync_dist=True)
+        macro = auroc.nanmean() if defined.any() else auroc.new_tensor(float("nan"))
+        self.log("val_macro_auroc", macro, sync_dist=True)
+        self.val_auroc.reset()
+        self.val_counts.reset()
+
+    def configure_optimizers(self):
+        spec = self.config.optim
+        params = self.model.parameters()
+        if spec.name == "adam":
+            optimizer = torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+            )
+        schedulers = []
+        if spec.decay > 0:
+            decay = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(keras_time_decay, decay=spec.decay))
+            schedulers.append({"scheduler": decay, "interval": "step"})
+        if spec.scheduler == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=spec.plateau_factor, patience=spec.plateau_patience
+            )
+            schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": "val_loss"})
+        return [optimizer], schedulers
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The checkpoint is the model artifact: labels, preprocessing and config travel with the weights.
+        checkpoint["cxr"] = artifact_metadata(
+            self.outputs, self.model.architecture, self.preprocessing, config=to_dict(self.config)
+        )
+
+
+class EpochMetricsCSV(L.Callback):
+    """``RUN/metrics.csv``: one row per epoch (epoch, train_loss, val_loss, val_macro_auroc, val_auroc_<label>...).
+
+    Written whole after every epoch (atomically), so a killed run leaves a valid file and a resumed one continues it.
+    """
+
+    def __init__(self, path: Path, outputs: list[str]):
+        self.path = Path(path)
+        self.columns = ["epoch", "train_loss", "val_loss", "val_macro_auroc", *(f"val_auroc_{o}" for o in outputs)]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch}
+        for column in self.columns[1:]:
+            row[column] = float(metrics[column]) if column in metrics else math.nan
+        table = pd.DataFrame([row], columns=self.columns)
+        if self.path.exists():
+            previous = pd.read_csv(self.path)
+            previous = previous[previous["epoch"] < trainer.current_epoch]  # an epoch redone after --resume
+            table = pd.concat([previous, table], ignore_index=True) if len(previous) else table
+        with replacing(self.path) as tmp:
+            table.to_csv(tmp, index=False)

@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from cxr.evaluation.localize import box_mask, box_to_input, peak, pointing_hit, thresholded_iou
-from cxr.inference.cam import grad_cam, heatmap_rgba, input_region, map_to_source, overlay, unique_stems
+from cxr.evaluation.localize import box_mask, peak, pointing_hit, thresholded_iou
+from cxr.imaging.preprocessing import Preprocessing
+from cxr.inference.cam import grad_cam, heatmap_rgba, map_to_source, overlay, unique_stems
 from cxr.labels import FINDINGS
 
-CENTER_CROP = {"crop": 0.5, "store_size": 72, "input_size": 64, "eval_transform": "center_crop"}
-RESIZE = {"crop": 0.5, "store_size": 72, "input_size": 64, "eval_transform": "resize"}
+CENTER_CROP = Preprocessing(store_size=72, crop=0.5, input_size=64, eval_view="center_crop")
+RESIZE = Preprocessing(store_size=72, crop=0.5, input_size=64, eval_view="resize")
 
 
 def test_input_region_follows_crop_and_eval_view():
     # 1000 x 800 source, crop 0.5 of the shorter side: a 400 px square at (300, 200).
-    assert input_region(1000, 800, RESIZE) == (300.0, 200.0, 400.0)
-    left, top, side = input_region(1000, 800, CENTER_CROP)
+    assert RESIZE.input_region(1000, 800) == (300.0, 200.0, 400.0)
+    left, top, side = CENTER_CROP.input_region(1000, 800)
     scale = 400 / 72  # source pixels per store pixel; the center crop drops 4 store pixels each side
     assert (left, top, side) == pytest.approx((300 + 4 * scale, 200 + 4 * scale, 64 * scale))
 
 
-@pytest.mark.parametrize("preprocessing", [RESIZE, CENTER_CROP, {**RESIZE, "crop": 1.0, "store_size": 64}])
+@pytest.mark.parametrize("preprocessing", [RESIZE, CENTER_CROP, dataclasses.replace(RESIZE, crop=1.0, store_size=64)])
 def test_map_to_source_inverts_the_preprocessing(preprocessing):
     """A smooth image through the real preprocessing (model_input) and back lands where it came from."""
-    from cxr.models.artifact import model_input
-
     height, width = 300, 420
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     gray = np.uint8(np.clip(128 + 100 * np.sin(xx / 37) * np.cos(yy / 29), 0, 255))
-    back = map_to_source(model_input(gray, preprocessing)[0], width, height, preprocessing)
-    left, top, side = input_region(width, height, preprocessing)
+    back = map_to_source(preprocessing.model_input(gray)[0], width, height, preprocessing)
+    left, top, side = preprocessing.input_region(width, height)
     inside = np.zeros_like(back, dtype=bool)
     inside[round(top) : round(top + side), round(left) : round(left + side)] = True
     assert np.all(back[~inside] == 0)
@@ -93,8 +93,8 @@ def test_unique_stems():
 
 def test_box_geometry_and_scores():
     scale = 64 / 72
-    assert box_to_input(10, 20, 30, 40, RESIZE) == pytest.approx((10 * scale, 20 * scale, 30 * scale, 40 * scale))
-    assert box_to_input(2, 20, 30, 60, CENTER_CROP) == pytest.approx((0, 16, 28, 48))  # x 2..32 → -2..28, clipped
+    assert RESIZE.store_box_to_input(10, 20, 30, 40) == pytest.approx((10 * scale, 20 * scale, 30 * scale, 40 * scale))
+    assert CENTER_CROP.store_box_to_input(2, 20, 30, 60) == pytest.approx((0, 16, 28, 48))  # x 2..32 → -2..28, clipped
     mask = box_mask([(1, 1, 2, 2)], 5)  # pixel centres 1.5 and 2.5 are inside [1, 3]
     assert mask.sum() == 4 and mask[1:3, 1:3].all()
     grown = box_mask([(1, 1, 2, 2)], 5, tolerance=0.6)  # + centres 0.5 px away; diagonal ones are 0.71 away

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from cxr.errors import CxrError
+from cxr.inference.eager import TorchPredictor
 from cxr.inference.export import ExportParityError, export_onnx
 from cxr.inference.onnx import METADATA_KEY, OnnxPredictor, parity_inputs, read_metadata
-from cxr.inference.predict import TorchPredictor, load_predictor, predict_images
+from cxr.inference.predict import load_predictor, predict_images
 from cxr.labels import FINDINGS
 
 
@@ -48,7 +49,7 @@ def test_export_writes_metadata_and_checks_parity(exported):
     torch_side = TorchPredictor.from_path(checkpoint)
     assert metadata["labels"] == list(FINDINGS)
     assert metadata["thresholds"] == torch_side.thresholds
-    assert metadata["preprocessing"] == torch_side.preprocessing
+    assert metadata["preprocessing"] == torch_side.preprocessing.to_dict()
     assert metadata["package_version"] == torch_side.package_version
     assert metadata["model_card"]["experiment"] == "tiny"
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.data.transforms import TrainView, eval_view
+from cxr.data.transforms import TrainView
 from cxr.errors import CxrError
+from cxr.imaging.preprocessing import eval_view
 from cxr.labels import FINDINGS
 from cxr.models.artifact import (
     load_artifact,
     make_preprocessing,
-    model_input,
     read_checkpoint,
     set_thresholds,
     write_artifact,
@@ -136,7 +136,7 @@ def test_our_checkpoint_as_init_reuses_the_head_only_when_it_fits(tmp_path):
 def test_artifact_round_trip(tmp_path):
     torch.manual_seed(3)
     model = create_model("resnet18", 2, head="gap", input_size=56).eval()
-    preprocessing = make_preprocessing(model, store_size=64, crop=0.8, eval_transform="center_crop")
+    preprocessing = make_preprocessing(model, store_size=64, crop=0.8, eval_view="center_crop")
     path = write_artifact(tmp_path / "m.ckpt", model, ["Fibrosis", "Mass"], preprocessing, config={"seed": 1})
     artifact = load_artifact(path)
     assert artifact.labels == ["Fibrosis", "Mass"]
@@ -217,8 +217,8 @@ def test_model_input_is_the_store_path(sample_dir):
 
     gray = decode_grayscale(sample_dir / "images" / "00000100_000.png")  # the RGBA one
     model = create_model("resnet18", 1, input_size=224)
-    preprocessing = make_preprocessing(model, store_size=256, crop=0.75, eval_transform="center_crop")
-    tensor = model_input(gray, preprocessing)
+    preprocessing = make_preprocessing(model, store_size=256, crop=0.75, eval_view="center_crop")
+    tensor = preprocessing.model_input(gray)
     assert tensor.shape == (1, 224, 224) and tensor.dtype == np.float32
     expected = preprocess(gray, 256, 0.75)[16:240, 16:240] / 255.0
     assert np.allclose(tensor[0], expected)

@@ -94,7 +94,7 @@ def test_synthetic_training_learns_and_writes_the_run_dir(learned_run, store):
     artifact = load_artifact(run / "checkpoints" / "best.ckpt")
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert artifact.config == config and artifact.labels == list(FINDINGS)
-    assert artifact.preprocessing["store_size"] == 64 and artifact.preprocessing["input_size"] == 64
+    assert artifact.preprocessing.store_size == 64 and artifact.preprocessing.input_size == 64
     assert artifact.thresholds == dict.fromkeys(FINDINGS, 0.5)
 
 

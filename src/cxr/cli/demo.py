@@ -30,7 +30,7 @@ class DemoRecipe:
     seed: int = 0
     store_size: int = 128
     experiment: str = "demo"
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 32
     workers: int = 2
     predict_images: int = 4

@@ -24,6 +24,7 @@ def predict(
     csv: Path | None = typer.Option(None, "--csv", help="Also write Image Index + prob_<finding> columns here."),
     cam: Path | None = typer.Option(None, "--cam", help="Write Grad-CAM overlays (.png) and maps (.npy) here."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally mirrored image."),
 ) -> None:
     """Probability of each finding per image; unreadable files are reported on stderr and skipped (exit 1)."""
     from rich.console import Console
@@ -37,7 +38,7 @@ def predict(
         errors.append((image, message))
         stderr.print(f"[yellow]skipped[/] {image}: {message}", highlight=False, soft_wrap=True)
 
-    records = predict_images(model, images, batch_size=batch_size, cam_dir=cam, on_error=report)
+    records = predict_images(model, images, batch_size=batch_size, cam_dir=cam, on_error=report, tta=tta)
     if not records:
         raise CxrError(f"no image could be predicted ({len(errors)} skipped)")
     if csv is not None:

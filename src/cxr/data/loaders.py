@@ -8,7 +8,6 @@ memmap is opened lazily in each worker process (``cxr.data.store.Store`` pickles
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -19,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cxr.config import DataConfig
 from cxr.data.store import Store
 from cxr.data.tasks import TaskSplit, targets
-from cxr.data.transforms import TrainView, eval_view
+from cxr.data.transforms import TrainView
 from cxr.errors import CxrError
+from cxr.imaging.preprocessing import Preprocessing, to_unit
 
 
 class StoreImages(Dataset):
@@ -86,10 +86,6 @@ class EpochSampler(Sampler):
         return ((self.epoch, i) for i in padded[self.rank :: self.world])
 
 
-def eval_view_of(data: DataConfig) -> Callable:
-    return partial(eval_view, input_size=data.input_size, mode=data.eval_transform)
-
-
 def train_view_of(data: DataConfig) -> TrainView:
     return TrainView(
         input_size=data.input_size,
@@ -106,7 +102,7 @@ def part_dataset(store: Store, split: TaskSplit, part: str, data: DataConfig, se
     labels = split.rows(part)
     table = split.table.loc[labels]
     training = part == "train"
-    view = train_view_of(data) if training else eval_view_of(data)
+    view = train_view_of(data) if training else Preprocessing.from_config(data).view
     return StoreImages(store, table["row"].to_numpy(), targets(table, split.outputs), view, seed if training else None)
 
 
@@ -157,16 +153,6 @@ def store_rows(store: Store, images: Sequence[str]) -> np.ndarray:
     return np.array([row_of[name] for name in images], dtype=np.int64)
 
 
-def check_store_fits(store: Store, preprocessing: dict) -> None:
-    """A model reads only stores made with its preprocessing (size and crop), never silently another one."""
-    if store.size != preprocessing["store_size"] or abs(store.crop - preprocessing["crop"]) > 1e-6:
-        raise CxrError(
-            f"store {store.path} was prepared at {store.size} px, crop {store.crop}; the model expects "
-            f"{preprocessing['store_size']} px, crop {preprocessing['crop']} (cxr prepare ... --size "
-            f"{preprocessing['store_size']} --crop {preprocessing['crop']})"
-        )
-
-
 def predict_store(
     artifact,
     store_path: str | Path | Store,
@@ -180,19 +166,19 @@ def predict_store(
     ``tta``: the mean of the probabilities of the image and its horizontal mirror (test-time augmentation).
     """
     store = store_path if isinstance(store_path, Store) else Store(store_path)
-    check_store_fits(store, artifact.preprocessing)
-    view = partial(
-        eval_view, input_size=artifact.preprocessing["input_size"], mode=artifact.preprocessing["eval_transform"]
-    )
+    preprocessing = artifact.preprocessing
+    preprocessing.check_store(store)
     loader = DataLoader(
-        StoreImages(store, store_rows(store, images), None, view), batch_size=batch_size, num_workers=num_workers
+        StoreImages(store, store_rows(store, images), None, preprocessing.view),
+        batch_size=batch_size,
+        num_workers=num_workers,
     )
     model = artifact.model.eval()
     device = next(model.parameters()).device
     chunks = []
     with torch.inference_mode():
         for pixels, _ in loader:
-            batch = pixels.to(device).float().div_(255)
+            batch = to_unit(pixels.to(device))
             probabilities = torch.sigmoid(model(batch))
             if tta:
                 probabilities = (probabilities + torch.sigmoid(model(batch.flip(-1)))) / 2

@@ -1,9 +1,9 @@
-"""From a store image (uint8 R×R) to a model input (uint8 S×S): the deterministic view and the training view.
+"""The training view: from a store image (uint8 R×R) to a randomly jittered model input (uint8 S×S).
 
-The store already holds the expensive, shared preprocessing (decode, crop, area resize: ``cxr.imaging.decode``); what is
-left is cheap and per-experiment: ``eval_view`` (identity, resize or center crop — used by validation, test and
-inference alike) and ``TrainView`` (random rotation, shift and flip as the seed's Keras ``ImageDataGenerator``;
-random crop as CheXNet). Pixels stay uint8 until they reach the device: 4× less to copy than float32.
+The store already holds the expensive, shared preprocessing (decode, crop, area resize: ``cxr.imaging.decode``); the
+deterministic view that validation, test and inference share is :class:`cxr.imaging.preprocessing.Preprocessing`'s.
+``TrainView`` adds random rotation, shift and flip as the seed's Keras ``ImageDataGenerator``, or CheXNet's random
+crop. Pixels stay uint8 until they reach the device: 4× less to copy than float32.
 """
 
 from __future__ import annotations
@@ -14,49 +14,14 @@ import cv2
 import numpy as np
 import torch
 
-from cxr.config import EvalView
 from cxr.errors import CxrError
-
-EVAL_TRANSFORMS = tuple(EvalView)
+from cxr.imaging.preprocessing import center_crop, resize_square
 
 
 def _check_store_image(store_image: np.ndarray) -> int:
     if store_image.ndim != 2 or store_image.shape[0] != store_image.shape[1] or store_image.dtype != np.uint8:
         raise ValueError(f"expected a square uint8 image, got {store_image.dtype} {store_image.shape}")
     return store_image.shape[0]
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size:
-        return image
-    # Area interpolation when shrinking (no aliasing: the seed's nearest-neighbour resize was a flaw), bilinear
-    # when enlarging, where area interpolation has nothing to average.
-    interpolation = cv2.INTER_AREA if size < image.shape[0] else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interpolation)
-
-
-def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    side = image.shape[0]
-    if side < size:
-        raise CxrError(f"cannot center-crop {size} px from a {side} px store image; prepare a larger store")
-    offset = (side - size) // 2  # 300 -> 224 gives the seed's box (38, 38, 262, 262)
-    return image[offset : offset + size, offset : offset + size]
-
-
-def eval_view(store_image: np.ndarray, input_size: int, mode: str = "resize") -> np.ndarray:
-    """The deterministic store → model step: ``resize`` to ``input_size`` or ``center_crop`` it (uint8 S×S).
-
-    ``center_crop`` is CheXNet's test-time view (256 → 224; Rajpurkar et al., 2017) and the seed's Fibrosis crop
-    (300 → 224); ``resize`` is the identity when the store already has the model's size.
-    """
-    _check_store_image(store_image)
-    if mode == "resize":
-        view = _resize(store_image, input_size)
-    elif mode == "center_crop":
-        view = _center_crop(store_image, input_size)
-    else:
-        raise CxrError(f"unknown eval transform {mode!r}; choose one of: {', '.join(EVAL_TRANSFORMS)}")
-    return np.ascontiguousarray(view)
 
 
 @dataclass(frozen=True)
@@ -82,7 +47,7 @@ class TrainView:
         draws = torch.rand(5, generator=generator).tolist()
         image = store_image
         if self.eval_transform == "resize" and not self.random_crop:
-            image = _resize(image, self.input_size)  # jitter at the model's size: cheaper when shrinking
+            image = resize_square(image, self.input_size)  # jitter at the model's size: cheaper when shrinking
         if self.rotation > 0 or self.shift > 0:
             image = self._affine(image, draws[0], draws[1], draws[2])
         if self.random_crop:
@@ -92,7 +57,7 @@ class TrainView:
             x = int(draws[4] * (side - self.input_size + 1))
             image = image[y : y + self.input_size, x : x + self.input_size]
         elif self.eval_transform == "center_crop":
-            image = _center_crop(image, self.input_size)  # after the jitter, so the border holds real anatomy
+            image = center_crop(image, self.input_size)  # after the jitter, so the border holds real anatomy
         if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
             image = image[:, ::-1]
         return np.ascontiguousarray(image)

@@ -28,29 +28,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr.data.loaders import check_store_fits
 from cxr.data.store import Store
-from cxr.data.transforms import eval_view
 from cxr.errors import CxrError
+from cxr.imaging.preprocessing import to_unit
 from cxr.inference.cam import grad_cam_batch, overlay, png_bytes
-from cxr.inference.predict import TorchPredictor
+from cxr.inference.eager import TorchPredictor
 
 DEFAULT_FRACTION = 0.5
 ZHANG_TOLERANCE = 15 / 224  # Zhang et al. (2016): 15 px at 224 px, as a fraction of the input side
 IMAGES_PER_PASS = 32  # images per batched Grad-CAM pass: bounds memory whatever the split's size
-
-
-def box_to_input(x: float, y: float, w: float, h: float, preprocessing: dict) -> tuple[float, float, float, float]:
-    """A box in store pixels → model-input pixels (``eval_transform``: ``resize`` scales, ``center_crop`` shifts)."""
-    store_size, input_size = int(preprocessing["store_size"]), int(preprocessing["input_size"])
-    if preprocessing.get("eval_transform") == "center_crop":
-        offset = (store_size - input_size) // 2
-        x0, y0 = np.clip([x - offset, y - offset], 0, input_size)
-        x1, y1 = np.clip([x + w - offset, y + h - offset], 0, input_size)
-    else:
-        scale = input_size / store_size
-        x0, y0, x1, y1 = x * scale, y * scale, (x + w) * scale, (y + h) * scale
-    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
 
 
 def box_mask(boxes: list[tuple[float, float, float, float]], size: int, tolerance: float = 0.0) -> np.ndarray:
@@ -129,7 +115,7 @@ def localize_run(
     if not store_path:
         raise CxrError(f"{run} does not record its store: pass --store STORE")
     store = Store(store_path)
-    check_store_fits(store, predictor.preprocessing)
+    predictor.preprocessing.check_store(store)
     cases = localization_cases(store, run, split, predictor.labels)
     tolerance = ZHANG_TOLERANCE * predictor.input_size if tolerance is None else float(tolerance)
     out = run / "localize"
@@ -155,15 +141,15 @@ def _score_cases(cases: pd.DataFrame, store, predictor, tolerance: float, fracti
     rows, shown = [], {}
     for start in range(0, len(groups), IMAGES_PER_PASS):
         part = groups[start : start + IMAGES_PER_PASS]
-        views = [eval_view(store.image(int(row)), size, pre["eval_transform"]) for row, _ in part]
+        views = [pre.view(store.image(int(row))) for row, _ in part]
         findings = [sorted(image_boxes["finding"].unique()) for _, image_boxes in part]
         indices = [[predictor.labels.index(finding) for finding in names] for names in findings]
-        maps = grad_cam_batch(predictor.model, np.stack(views)[:, None].astype(np.float32) / 255.0, indices)
+        maps = grad_cam_batch(predictor.model, to_unit(np.stack(views)[:, None]), indices)
         for (_, image_boxes), view, names, image_maps in zip(part, views, findings, maps, strict=True):
             image = str(image_boxes["image"].iloc[0])
             for finding, cam_map in zip(names, image_maps, strict=True):
                 boxes = [
-                    box_to_input(b.x, b.y, b.w, b.h, pre)
+                    pre.store_box_to_input(b.x, b.y, b.w, b.h)
                     for b in image_boxes[image_boxes["finding"] == finding].itertuples()
                 ]
                 rows.append(_score(image, finding, cam_map, boxes, size, tolerance, fraction))

@@ -5,7 +5,8 @@ DenseNet's rectified dense block, ResNet's ``layer4`` — from 224 px, their str
 and normalised to ``[0, 1]`` exactly as ``pytorch_grad_cam.GradCAM`` does; :func:`grad_cam_batch` computes those
 maps for many images with a fraction of the package's work (``tests/test_cam.py`` checks they agree). The model
 input is a crop of the source image (the store's centered square, then the eval view's resize or center crop), so
-:func:`input_region` says which square of the source the map covers; overlays are drawn in source geometry and are
+:meth:`Preprocessing.input_region <cxr.imaging.preprocessing.Preprocessing.input_region>` says which square of
+the source the map covers; overlays are drawn in source geometry and are
 transparent / untinted outside that square. Grad-CAM installs a hook on the model and switches its weights'
 ``requires_grad`` off while it runs: callers that share a model between threads (``cxr serve``) hold a lock around
 :func:`grad_cam`.
@@ -21,8 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxr.imaging.geometry import crop_square
-from cxr.models.artifact import model_input
+from cxr.imaging.preprocessing import Preprocessing
 
 
 def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int]) -> np.ndarray:
@@ -114,24 +114,9 @@ def _unit_range(image: np.ndarray) -> np.ndarray:
     return image / (1e-7 + np.max(image))
 
 
-def input_region(width: int, height: int, preprocessing: dict) -> tuple[float, float, float]:
-    """The square of the source image (``left, top, side`` in source pixels) that the model input shows.
-
-    Store step: centered square of ``crop`` times the shorter side, resized to ``store_size``; eval step:
-    ``resize`` keeps all of it, ``center_crop`` keeps the central ``input_size`` store pixels.
-    """
-    left, top, side = (float(v) for v in crop_square(width, height, float(preprocessing["crop"])))
-    store_size, input_size = int(preprocessing["store_size"]), int(preprocessing["input_size"])
-    if preprocessing.get("eval_transform") == "center_crop" and store_size > input_size:
-        scale = side / store_size
-        offset = (store_size - input_size) // 2
-        return left + offset * scale, top + offset * scale, input_size * scale
-    return left, top, side
-
-
-def map_to_source(cam_map: np.ndarray, width: int, height: int, preprocessing: dict) -> np.ndarray:
+def map_to_source(cam_map: np.ndarray, width: int, height: int, preprocessing: Preprocessing) -> np.ndarray:
     """Place a model-input map into source geometry ``float32 (height, width)``; zero outside the input region."""
-    left, top, side = input_region(width, height, preprocessing)
+    left, top, side = preprocessing.input_region(width, height)
     canvas = np.zeros((height, width), dtype=np.float32)
     x0, y0 = round(left), round(top)
     x1, y1 = min(width, round(left + side)), min(height, round(top + side))
@@ -194,7 +179,7 @@ def write_heatmaps(predictor, gray: np.ndarray, findings: Sequence[str], out_dir
         return {}
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = [predictor.labels.index(finding) for finding in findings]
-    maps = grad_cam(predictor.model, model_input(gray, predictor.preprocessing), indices)
+    maps = grad_cam(predictor.model, predictor.preprocessing.model_input(gray), indices)
     height, width = gray.shape
     written = {}
     for finding, cam_map in zip(findings, maps, strict=True):

@@ -22,6 +22,7 @@ import torch
 from cxr import __version__
 from cxr.errors import CxrError
 from cxr.files import replacing
+from cxr.inference.eager import TorchPredictor
 from cxr.inference.onnx import (
     FORMAT,
     FORMAT_VERSION,
@@ -32,7 +33,6 @@ from cxr.inference.onnx import (
     OnnxPredictor,
     parity_inputs,
 )
-from cxr.inference.predict import TorchPredictor
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; anything >= 17 has every op these CNNs use
 
@@ -104,7 +104,7 @@ def export_metadata(predictor) -> dict:
         "package_version": predictor.package_version,
         "exported_by": __version__,
         "labels": list(predictor.labels),
-        "preprocessing": predictor.preprocessing,
+        "preprocessing": predictor.preprocessing.to_dict(),
         "thresholds": predictor.thresholds,
         "architecture": predictor.architecture,
         "model_card": predictor.card,

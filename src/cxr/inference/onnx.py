@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import CxrError
+from cxr.imaging.preprocessing import Preprocessing
 
 METADATA_KEY = "cxr"
 FORMAT = "cxr-onnx"
@@ -79,7 +80,7 @@ def parity_inputs(size: int, seed: int = 0) -> np.ndarray:
 
 
 class OnnxPredictor:
-    """The :class:`cxr.inference.predict.Predictor` interface over onnxruntime (CPU unless a provider list is given)."""
+    """The :class:`~cxr.inference.predictor.Predictor` interface over onnxruntime (CPU unless providers are given)."""
 
     backend = "onnxruntime"
 
@@ -87,7 +88,8 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         self.path = Path(path)
-        metadata = read_metadata(self.path)
+        if not self.path.is_file():
+            raise CxrError(f"model not found: {self.path}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -97,9 +99,11 @@ class OnnxPredictor:
                 os.fspath(self.path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as error:
-            raise CxrError(f"{self.path}: onnxruntime cannot load the model ({error})") from error
+            raise CxrError(f"{self.path}: not an ONNX model onnxruntime can load ({error})") from error
+        # The metadata as onnxruntime reads it: the `onnx` package (and protobuf) is not needed to serve.
+        metadata = _parse_metadata(self.path, dict(self.session.get_modelmeta().custom_metadata_map))
         self.labels: list[str] = list(metadata["labels"])
-        self.preprocessing: dict = dict(metadata["preprocessing"])
+        self.preprocessing = Preprocessing.from_dict(metadata["preprocessing"], f"{self.path}: preprocessing")
         self.thresholds: dict[str, float] = {k: float(v) for k, v in metadata["thresholds"].items()}
         self.package_version: str = str(metadata["package_version"])
         self.card: dict = dict(metadata.get("model_card") or {})
@@ -107,7 +111,7 @@ class OnnxPredictor:
 
     @property
     def input_size(self) -> int:
-        return int(self.preprocessing["input_size"])
+        return self.preprocessing.input_size
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(B, K)`` for model inputs ``float32 (B, 1, S, S)`` in ``[0, 1]``."""
@@ -118,12 +122,17 @@ class OnnxPredictor:
     @cached_property
     def model(self):
         """The torch twin of the graph (for Grad-CAM), rebuilt from the initializers; eval mode, CPU."""
-        import onnx
-        import torch
-        from onnx import numpy_helper
+        # Local: the ONNX predictor runs on onnxruntime alone; only the Grad-CAM twin needs torch (and onnx).
+        try:
+            import onnx
+            import torch
+            from onnx import numpy_helper
 
-        # Local, as torch is: the ONNX predictor runs on onnxruntime alone; only the Grad-CAM twin needs torch.
-        from cxr.models.factory import create_model
+            from cxr.models.factory import create_model
+        except ImportError as error:
+            raise CxrError(
+                f"Grad-CAM needs torch and onnx, not installed here ({error.name}): pip install 'cxr[train]'"
+            ) from error
 
         graph = onnx.load(os.fspath(self.path)).graph
         weights = {

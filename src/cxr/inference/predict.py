@@ -1,157 +1,39 @@
 """``cxr predict``: probabilities per finding for PNG / JPEG / DICOM files, from a checkpoint or an ONNX export.
 
-Both backends share one interface (:class:`Predictor`): ``labels``, ``thresholds``, ``preprocessing``, a model
-card, and ``probabilities(batch)`` over model inputs. Images go through the one decode + preprocessing path of
-``cxr prepare`` (:func:`cxr.imaging.decode.decode_grayscale`, :func:`cxr.models.artifact.model_input`), so a radiograph
-is seen exactly as in training. A file that cannot be read is reported and skipped; the others are still predicted.
+Both backends share one interface (:class:`cxr.inference.predictor.Predictor`). Images go through the one decode +
+preprocessing path of ``cxr prepare`` (:func:`cxr.imaging.decode.decode_grayscale`, then the model's
+:class:`~cxr.imaging.preprocessing.Preprocessing`), so a radiograph is seen exactly as in training. Torch is imported
+only for a checkpoint or Grad-CAM. A file that cannot be read is reported and skipped; the others are still predicted.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from cxr.errors import CxrError
 from cxr.imaging.decode import decode_grayscale
 from cxr.inference.cam import unique_stems, write_heatmaps
-from cxr.inference.onnx import OnnxPredictor
-from cxr.models.artifact import load_artifact, model_input
+from cxr.inference.predictor import Predictor, probabilities, resolve_model_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 """What a directory given to ``cxr predict`` is searched for (recursively, case-insensitively)."""
-
-DISCLAIMER = "Research software, not a medical device: not for diagnosis or clinical decisions."
-
-
-class Predictor(Protocol):
-    """What ``predict``, ``serve`` and the benchmark need from a model, whatever runs it."""
-
-    backend: str
-    path: Path
-    labels: list[str]
-    thresholds: dict[str, float]
-    preprocessing: dict
-    package_version: str
-    card: dict
-    architecture: dict
-
-    @property
-    def input_size(self) -> int: ...
-
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """``float32 (B, 1, S, S)`` in ``[0, 1]`` → probabilities ``float64 (B, K)``."""
-        ...
-
-
-class TorchPredictor:
-    """A checkpoint (model artifact) in torch eager mode; ``model`` is also the Grad-CAM target."""
-
-    backend = "torch"
-
-    def __init__(self, artifact):
-        self.artifact = artifact
-        self.model = artifact.model
-        self.path = Path(artifact.path)
-        self.labels = list(artifact.labels)
-        self.thresholds = {label: float(artifact.thresholds[label]) for label in self.labels}
-        self.preprocessing = dict(artifact.preprocessing)
-        self.package_version = artifact.package_version
-        self.architecture = dict(artifact.architecture)
-        self.card = model_card(self.path, artifact.config, self.architecture, self.preprocessing)
-        self.device = next(self.model.parameters()).device
-
-    @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu") -> TorchPredictor:
-        return cls(load_artifact(resolve_model_path(path), device=device))
-
-    @property
-    def input_size(self) -> int:
-        return int(self.preprocessing["input_size"])
-
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
-            return torch.sigmoid(logits).double().cpu().numpy()
-
-
-def resolve_model_path(path: str | Path) -> Path:
-    """A checkpoint, an ``.onnx`` file, or a run directory (→ ``RUN/checkpoints/best.ckpt``)."""
-    path = Path(path)
-    if path.is_dir():
-        best = path / "checkpoints" / "best.ckpt"
-        if not best.is_file():
-            raise CxrError(f"{path} is a directory without checkpoints/best.ckpt; pass a checkpoint or an .onnx file")
-        return best
-    if not path.is_file():
-        raise CxrError(f"model not found: {path}")
-    return path
 
 
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """The predictor for a checkpoint (torch) or an exported ``.onnx`` (onnxruntime), chosen by suffix."""
     path = resolve_model_path(path)
+    # Each backend imported only when a model needs it: an ONNX deployment has no torch to import.
     if path.suffix.lower() == ".onnx":
+        from cxr.inference.onnx import OnnxPredictor
+
         return OnnxPredictor(path)
+    from cxr.inference.eager import TorchPredictor
+
     return TorchPredictor.from_path(path, device=device)
-
-
-def model_card(path: Path, config: dict, architecture: dict, preprocessing: dict) -> dict:
-    """What the model is: architecture, training data and experiment, test AUROC if ``cxr evaluate`` measured it.
-
-    The test metrics are read from ``RUN/eval/test/metrics.json`` when the checkpoint sits in a run directory
-    (``RUN/checkpoints/*.ckpt``).
-    """
-    config = config or {}
-    card = {
-        "architecture": architecture.get("name"),
-        "head": architecture.get("head"),
-        "input_size": preprocessing.get("input_size"),
-        "experiment": _first(config, ("experiment",)),
-        "task": _first(config, ("task", "target")),
-        "trained_on": _training_data(config),
-        "test_auroc": None,
-        "disclaimer": DISCLAIMER,
-    }
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-    metrics_path = run_dir / "eval" / "test" / "metrics.json" if run_dir else None
-    if metrics_path and metrics_path.is_file():
-        try:
-            metrics = json.loads(metrics_path.read_text())
-            card["test_auroc"] = _first(metrics, ("macro_auroc",))
-        except (OSError, json.JSONDecodeError):
-            pass  # a card without AUROC is better than no prediction
-    return card
-
-
-def _training_data(config: dict) -> str | None:
-    """The source of the training store (its manifest's ``source`` and image count), when the config names it."""
-    store = _first(config, ("store",))
-    if not store:  # runs trained before the config recorded its store
-        return None
-    try:
-        manifest = json.loads((Path(store) / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return str(store)
-    images = (manifest.get("counts") or {}).get("images")
-    return f"{manifest.get('source', store)}" + (f" ({images:,} images)" if isinstance(images, int) else "")
-
-
-def _first(mapping: dict, *paths: tuple[str, ...]):
-    """The first of several nested keys that is present and scalar, else ``None``."""
-    for keys in paths:
-        value = mapping
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str | int | float | bool | Path):
-            return str(value) if isinstance(value, Path) else value
-    return None
 
 
 def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
@@ -185,12 +67,14 @@ def prediction_record(image: str, probabilities: Sequence[float], labels: Sequen
     }
 
 
-def predict_arrays(predictor: Predictor, grays: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
-    """Probabilities ``(N, K)`` for decoded grayscale images (uint8, any size), in batches."""
+def predict_arrays(
+    predictor: Predictor, grays: Sequence[np.ndarray], batch_size: int = 16, tta: bool = False
+) -> np.ndarray:
+    """Probabilities ``(N, K)`` for decoded grayscale images (uint8, any size), in batches (``tta``: with mirrors)."""
     out = np.zeros((len(grays), len(predictor.labels)))
     for start in range(0, len(grays), batch_size):
-        batch = np.stack([model_input(gray, predictor.preprocessing) for gray in grays[start : start + batch_size]])
-        out[start : start + len(batch)] = predictor.probabilities(batch)
+        batch = np.stack([predictor.preprocessing.model_input(gray) for gray in grays[start : start + batch_size]])
+        out[start : start + len(batch)] = probabilities(predictor, batch, tta)
     return out
 
 
@@ -204,13 +88,15 @@ def predict_images(
     batch_size: int = 16,
     cam_dir: str | Path | None = None,
     on_error: Callable[[str, str], None] | None = None,
+    tta: bool = False,
 ) -> list[dict]:
     """Predict every image of ``paths`` (files, or directories searched recursively) with ``model``.
 
     Returns one :func:`prediction_record` per readable image, in input order; with ``cam_dir``, each record also
     has ``"heatmaps"``: ``{finding: {"overlay": png, "map": npy}}`` for its positive findings (with an ONNX
     model, Grad-CAM runs on the torch twin rebuilt from the file). Unreadable files are passed to
-    ``on_error(image, message)`` (default: printed to stderr) and skipped.
+    ``on_error(image, message)`` (default: printed to stderr) and skipped. ``tta``: each probability is the mean
+    of the image's and its horizontal mirror's.
     """
     if batch_size < 1:
         raise CxrError(f"batch size must be at least 1, got {batch_size}")
@@ -232,10 +118,10 @@ def predict_images(
                 report(str(path), str(error).removeprefix(f"{path}: "))
         if not grays:
             continue
-        probabilities = predict_arrays(predictor, grays, batch_size)
+        rows = predict_arrays(predictor, grays, batch_size, tta)
         batch_records = [
             prediction_record(name, row, predictor.labels, predictor.thresholds)
-            for name, row in zip(names, probabilities, strict=True)
+            for name, row in zip(names, rows, strict=True)
         ]
         if cam_dir is not None:
             for record, gray in zip(batch_records, grays, strict=True):

@@ -27,8 +27,9 @@ from cxr import __version__
 from cxr.errors import CxrError, ImageDecodeError, ImageTooLargeError
 from cxr.imaging.decode import decode_grayscale, is_dicom
 from cxr.inference.cam import grad_cam, heatmap_rgba, map_to_source, png_bytes
-from cxr.inference.predict import load_predictor, prediction_record, resolve_model_path
-from cxr.models.artifact import model_input
+from cxr.inference.predict import load_predictor, prediction_record
+from cxr.inference.predictor import probabilities as predictor_probabilities
+from cxr.inference.predictor import resolve_model_path
 
 STATIC_DIR = Path(__file__).with_name("static")
 PREVIEW_SIZE = 512  # longest side of the preview and heatmaps sent to the page
@@ -146,12 +147,12 @@ class Service:
             raise HTTPProblem(400, f"cam: unknown finding(s) {unknown}; this model predicts {labels}")
         return wanted
 
-    def predict(self, data: bytes, filename: str, cam: str | None, preview: bool) -> dict:
+    def predict(self, data: bytes, filename: str, cam: str | None, preview: bool, tta: bool = False) -> dict:
         gray = self.decode(data, filename)
         predictor = self.predictor
-        batch = model_input(gray, predictor.preprocessing)[None]
+        batch = predictor.preprocessing.model_input(gray)[None]
         with self.lock:
-            probabilities = predictor.probabilities(batch)[0]
+            probabilities = predictor_probabilities(predictor, batch, tta)[0]
         record = prediction_record(filename or "upload", probabilities, predictor.labels, predictor.thresholds)
         findings = self.cam_findings(cam, record["positive"])
         shape = preview_shape(*gray.shape)
@@ -181,7 +182,7 @@ class Service:
         return {
             "labels": list(predictor.labels),
             "thresholds": dict(predictor.thresholds),
-            "preprocessing": dict(predictor.preprocessing),
+            "preprocessing": predictor.preprocessing.to_dict(),
             "package_version": predictor.package_version,
             "server_version": __version__,
             "backend": predictor.backend,
@@ -238,10 +239,11 @@ def create_app(model_path: str | Path, max_upload_mb: float = 20, predictor=None
         file: UploadFile = File(..., description="The radiograph: PNG, JPEG or DICOM."),
         cam: str | None = Query(None, description="Heatmaps: 'positive', 'all', or comma-separated findings."),
         preview: bool = Query(False, description="Add the decoded image as a PNG data URL (for the page)."),
+        tta: bool = Query(False, description="Average with the horizontally mirrored image (test-time augmentation)."),
     ) -> dict:
         # A plain `def`: FastAPI runs it in its thread pool, so decoding runs in parallel and the lock guards the model.
         data = file.file.read()
-        return service.predict(data, Path(file.filename or "upload").name, cam, preview)
+        return service.predict(data, Path(file.filename or "upload").name, cam, preview, tta)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

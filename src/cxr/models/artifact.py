@@ -1,9 +1,10 @@
 """The checkpoint is the model artifact: weights + everything ``predict``, ``export`` and ``serve`` need.
 
 A Lightning checkpoint (``RUN/checkpoints/best.ckpt``) carries a top-level ``"cxr"`` block (``docs/architecture.md``,
-"The model artifact"): format and version, package version, output labels, architecture, preprocessing (store size
-and crop, model input size, eval transform, normalisation), per-label thresholds chosen on validation, and the
-merged config. The weights are the LightningModule's ``model.*`` entries of ``state_dict``.
+"The model artifact"): format and version, package version, output labels, architecture, preprocessing
+(:class:`cxr.imaging.preprocessing.Preprocessing`: store size and crop, eval view, input size), per-label
+thresholds chosen on validation, and the merged config. The weights are the LightningModule's ``model.*`` entries
+of ``state_dict``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cxr import __version__
-from cxr.data.transforms import EVAL_TRANSFORMS, eval_view
 from cxr.errors import CxrError
 from cxr.files import replacing
-from cxr.imaging.decode import preprocess
+from cxr.imaging.preprocessing import Preprocessing
 from cxr.labels import check_names
 from cxr.models.factory import CxrNet, create_model
 from cxr.provenance import environment
 
 FORMAT = "cxr-model"
 FORMAT_VERSION = 1
-PREPROCESSING_KEYS = ("crop", "store_size", "input_size", "eval_transform", "mean", "std")
 STATE_PREFIX = "model."  # the LightningModule holds the CxrNet as attribute ``model``
 
 
@@ -35,7 +33,7 @@ class ModelArtifact:
 
     model: CxrNet
     labels: list[str]
-    preprocessing: dict
+    preprocessing: Preprocessing
     thresholds: dict[str, float]
     config: dict
     package_version: str
@@ -43,38 +41,15 @@ class ModelArtifact:
     architecture: dict = field(default_factory=dict)
 
 
-def make_preprocessing(model: CxrNet, store_size: int, crop: float, eval_transform: str = "resize") -> dict:
-    """The ``preprocessing`` block for ``model`` fed from a store of ``store_size`` px prepared with ``crop``."""
-    return check_preprocessing(
-        {
-            "crop": float(crop),
-            "store_size": int(store_size),
-            "input_size": int(model.input_config["input_size"]),
-            "eval_transform": eval_transform,
-            "mean": [float(v) for v in model.input_config["mean"]],
-            "std": [float(v) for v in model.input_config["std"]],
-        }
-    )
-
-
-def check_preprocessing(preprocessing: dict) -> dict:
-    """Validate a ``preprocessing`` block (keys, ranges, a crop the store size allows); return it."""
-    missing = [key for key in PREPROCESSING_KEYS if key not in preprocessing]
-    if missing:
-        raise CxrError(f"preprocessing lacks {', '.join(missing)}")
-    if not 0 < float(preprocessing["crop"]) <= 1:
-        raise CxrError(f"preprocessing crop must be in (0, 1], got {preprocessing['crop']}")
-    if preprocessing["eval_transform"] not in EVAL_TRANSFORMS:
-        raise CxrError(f"preprocessing eval_transform must be one of {EVAL_TRANSFORMS}")
-    if preprocessing["eval_transform"] == "center_crop" and preprocessing["store_size"] < preprocessing["input_size"]:
-        raise CxrError("preprocessing: center_crop needs store_size >= input_size")
-    return preprocessing
+def make_preprocessing(model: CxrNet, store_size: int, crop: float, eval_view: str = "resize") -> Preprocessing:
+    """The :class:`Preprocessing` of ``model`` (its input size) fed from a store of ``store_size`` px and ``crop``."""
+    return Preprocessing(store_size, crop, model.input_config["input_size"], eval_view)
 
 
 def artifact_metadata(
     labels: list[str],
     architecture: dict,
-    preprocessing: dict,
+    preprocessing: Preprocessing,
     thresholds: dict[str, float] | None = None,
     config: dict | None = None,
 ) -> dict:
@@ -87,7 +62,7 @@ def artifact_metadata(
         "package_version": __version__,
         "labels": labels,
         "architecture": {key: architecture[key] for key in ("name", "head", "dropout", "in_chans")},
-        "preprocessing": check_preprocessing(dict(preprocessing)),
+        "preprocessing": preprocessing.to_dict(),
         "thresholds": thresholds,
         "config": dict(config or {}),
         "environment": environment(),  # versions and machine that wrote it (cxr.provenance)
@@ -110,13 +85,16 @@ def write_artifact(
     path: str | Path,
     model: CxrNet,
     labels: list[str],
-    preprocessing: dict,
+    preprocessing: Preprocessing,
     thresholds: dict[str, float] | None = None,
     config: dict | None = None,
 ) -> Path:
     """Write a minimal artifact (``state_dict`` + ``"cxr"`` block) that :func:`load_artifact` reads."""
     if len(labels) != model.num_outputs:
         raise CxrError(f"{len(labels)} labels for a model with {model.num_outputs} outputs")
+    built_for = model.input_config["input_size"]
+    if preprocessing.input_size != built_for:
+        raise CxrError(f"preprocessing gives {preprocessing.input_size} px inputs to a model built for {built_for} px")
     checkpoint = {
         "state_dict": {STATE_PREFIX + key: value.detach().cpu() for key, value in model.state_dict().items()},
         "cxr": artifact_metadata(labels, model.architecture, preprocessing, thresholds, config),
@@ -159,13 +137,14 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Model
     """Rebuild the model of a checkpoint with nothing else (no config file, no store): eval mode on ``device``."""
     checkpoint = read_checkpoint(path)
     meta = checkpoint["cxr"]
-    arch, preprocessing = meta["architecture"], check_preprocessing(meta["preprocessing"])
+    arch = meta["architecture"]
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"], f"{path}: preprocessing")
     model = create_model(
         arch["name"],
         len(meta["labels"]),
         head=arch["head"],
         dropout=arch["dropout"],
-        input_size=preprocessing["input_size"],
+        input_size=preprocessing.input_size,
         labels=meta["labels"],
     )
     state = {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(STATE_PREFIX)}
@@ -199,14 +178,3 @@ def strip_training_state(path: str | Path) -> None:
     for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
         checkpoint.pop(key, None)
     _atomic_save(checkpoint, Path(path))
-
-
-def model_input(gray: np.ndarray, preprocessing: dict) -> np.ndarray:
-    """A source image (uint8 H×W, any size) → model input float32 (1, S, S) in [0, 1].
-
-    The same path as training: ``cxr.imaging.decode.preprocess`` (the store's crop + area resize, shared with
-    ``cxr prepare``), then :func:`cxr.data.transforms.eval_view`, then /255.
-    """
-    store_image = preprocess(gray, preprocessing["store_size"], preprocessing["crop"])
-    view = eval_view(store_image, preprocessing["input_size"], preprocessing["eval_transform"])
-    return (view.astype(np.float32) / 255.0)[None]

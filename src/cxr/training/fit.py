@@ -24,8 +24,8 @@ from cxr.data.store import Store
 from cxr.data.tasks import TaskSplit, build_split, targets
 from cxr.errors import CxrError
 from cxr.files import write_json
+from cxr.imaging.preprocessing import Preprocessing
 from cxr.models.artifact import load_artifact, strip_training_state
-from cxr.models.factory import IMAGENET_MEAN, IMAGENET_STD
 from cxr.provenance import environment
 from cxr.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from cxr.training.module import CxrModule, EpochMetricsCSV
@@ -58,23 +58,10 @@ def fit_store(config: Config, store: Store, image_size: int | None = None) -> Co
     config.store = str(Path(store.path).resolve())
     if image_size is not None:
         data.input_size = int(image_size)
-    crops = data.eval_transform == "center_crop" or data.random_crop
-    if crops and data.input_size > store.size:
+    if (data.eval_transform == "center_crop" or data.random_crop) and data.input_size > store.size:
         raise CxrError(f"cannot crop {data.input_size} px inputs from a {store.size} px store; lower --image-size")
+    Preprocessing.from_config(data).check_store(store)  # what the artifact will promise predict, checked once
     return config
-
-
-def preprocessing_of(config: Config) -> dict:
-    """The artifact's preprocessing block for a (store-fitted) config; ImageNet statistics, see cxr.models.factory."""
-    data = config.data
-    return {
-        "crop": data.crop,
-        "store_size": data.store_size,
-        "input_size": data.input_size,
-        "eval_transform": str(data.eval_transform.value),  # plain str: checkpoints load with weights_only
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-    }
 
 
 RUN_SETTINGS = ("store", "data.num_workers")
@@ -180,7 +167,7 @@ def fit(
 
     L.seed_everything(config.train.seed, workers=True)
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    preprocessing = preprocessing_of(config)
+    preprocessing = Preprocessing.from_config(config.data)
     pos_weight = _pos_weight(split) if config.train.pos_weight else None
     # Built before the run folder exists: a model that cannot be built (ImageNet weights offline, a wrong
     # model.init_from) must not leave a folder that can be neither restarted nor resumed.

@@ -21,6 +21,7 @@ from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 
 from cxr.config import Config, to_dict
 from cxr.files import replacing
+from cxr.imaging.preprocessing import Preprocessing, to_unit
 from cxr.models.artifact import artifact_metadata
 from cxr.models.factory import create_model
 
@@ -56,12 +57,12 @@ class CxrModule(L.LightningModule):
         self,
         config: Config,
         outputs: list[str],
-        preprocessing: dict,
+        preprocessing: Preprocessing,
         pos_weight: list[float] | None = None,
         resume: bool = False,
     ):
         super().__init__()
-        self.config, self.outputs, self.preprocessing = config, list(outputs), dict(preprocessing)
+        self.config, self.outputs, self.preprocessing = config, list(outputs), preprocessing
         spec = config.model
         # On --resume every weight comes from last.ckpt: loading ImageNet or model.init_from first would only make
         # a resume fail on a node without the torch hub cache or after the earlier run was moved.
@@ -81,9 +82,9 @@ class CxrModule(L.LightningModule):
         self.val_counts = ClassCounts(k)
 
     def _images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 batch → float in [0, 1], NHWC with ``train.channels_last`` (as the weights, on GPU and CPU alike:
-        oneDNN's CPU convolutions are faster in NHWC too, see ``benchmarks/cpu_precision.py``)."""
-        images = pixels.float().div_(255)  # uint8 travelled to the device: 4x less to copy than float32
+        """uint8 batch → float in [0, 1] (the artifact's :class:`Preprocessing` scaling), NHWC with
+        ``train.channels_last`` as the weights (GPU and CPU; see ``benchmarks/cpu_precision.py`` for the CPU)."""
+        images = to_unit(pixels)
         if self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -62,9 +62,13 @@ def page(chromium_path, server_url):
         browser = playwright.chromium.launch(executable_path=str(chromium_path), args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 860})
         page.set_default_timeout(60_000)  # a busy 2-core CI machine
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
         page.goto(server_url)
         yield page
         browser.close()
+    # The page's content security policy allows only its own origin: nothing it does may be blocked by it.
+    assert not [text for text in console if "Content Security Policy" in text], console
 
 
 def test_upload_shows_bars_and_heatmaps(page, server_url, sample_dir, tmp_path):
@@ -78,8 +82,10 @@ def test_upload_shows_bars_and_heatmaps(page, server_url, sample_dir, tmp_path):
     assert "resnet18" in page.inner_text("#model-card")
 
     page.set_input_files("#file-input", str(image))
-    page.wait_for_function("document.querySelectorAll('#findings li.finding').length === 14")
+    from playwright.sync_api import expect
+
     rows = page.locator("#findings li.finding")
+    expect(rows).to_have_count(14, timeout=60_000)  # not wait_for_function: the page's content security policy forbids eval
     shown = {
         rows.nth(i).get_attribute("data-finding"): float(rows.nth(i).get_attribute("data-probability"))
         for i in range(14)

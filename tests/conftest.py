@@ -137,14 +137,16 @@ def tiny_checkpoint(path: Path, seed: int = 5) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(app):
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL, stop it on exit."""
+def running_server(app, **options):
+    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL, stop it on exit.
+
+    ``options``: more ``uvicorn.Config`` arguments (``log_config=None`` leaves the logging set-up to the test)."""
     import threading
     import time
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **{"log_level": "warning", **options}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

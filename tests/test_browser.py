@@ -85,7 +85,9 @@ def test_upload_shows_bars_and_heatmaps(page, server_url, sample_dir, tmp_path):
     from playwright.sync_api import expect
 
     rows = page.locator("#findings li.finding")
-    expect(rows).to_have_count(14, timeout=60_000)  # not wait_for_function: the page's content security policy forbids eval
+    expect(rows).to_have_count(
+        14, timeout=60_000
+    )  # not wait_for_function: the page's content security policy forbids eval
     shown = {
         rows.nth(i).get_attribute("data-finding"): float(rows.nth(i).get_attribute("data-probability"))
         for i in range(14)

@@ -65,17 +65,24 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def route_label(scope) -> str:
-    """The matched route's template (``/api/predict``, ``/static``), or ``unmatched``: bounded, never user text."""
+def route_label(scope, routes=()) -> str:
+    """The matched route's template (``/api/predict``, ``/static``), or ``unmatched``: bounded, never user text.
+
+    A request answered by a middleware (401, 413) never reached the router: its route is looked up in ``routes``.
+    """
     route = scope.get("route")
+    if route is None:
+        from starlette.routing import Match
+
+        route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
     return getattr(route, "path", None) or "unmatched"
 
 
 class RequestContext:
     """ASGI middleware, outermost: request id, timing, the access log line and the request metrics."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, routes=()):
+        self.app, self.metrics, self.routes = app, metrics, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -104,7 +111,7 @@ class RequestContext:
             await self.app(scope, counting_receive, tagged_send)
         finally:
             elapsed = time.perf_counter() - start
-            route, method = route_label(scope), scope["method"]
+            route, method = route_label(scope, self.routes), scope["method"]
             self.metrics.in_progress.dec()
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(elapsed)

@@ -246,7 +246,6 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: str
-    detail: str | None = None
 
 
 def _errors(*codes: int) -> dict:
@@ -342,7 +341,7 @@ def create_app(
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 2**20))
     app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(RequestContext, metrics=metrics, routes=app.router.routes)
 
     @app.exception_handler(HTTPProblem)
     async def problem(_: Request, error: HTTPProblem) -> JSONResponse:

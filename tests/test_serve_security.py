@@ -458,3 +458,101 @@ def test_settings_from_environment(tmp_path):
     assert settings_from_environment({})["api_keys"] == () and not settings_from_environment({})["load_in_background"]
     with pytest.raises(CxrError, match="not a number"):
         settings_from_environment({"CXR_SERVE_DECODE_TIMEOUT": "soon"})
+
+
+SLOW_SERVER = """
+import sys, time
+from pathlib import Path
+
+import uvicorn
+
+from cxr.inference.predict import load_predictor
+from cxr.inference.serve import create_app, uvicorn_options
+
+checkpoint, port, entered, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+predictor = load_predictor(checkpoint)
+fast = predictor.probabilities
+
+
+def slow(batch):  # the request in flight: it waits, inside the model, for the test's go-ahead
+    entered.touch()
+    while not go.exists():
+        time.sleep(0.02)
+    return fast(batch)
+
+
+predictor.probabilities = slow
+uvicorn.run(create_app(checkpoint, predictor=predictor), host="127.0.0.1", port=port, **uvicorn_options(30))
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_sigterm_lets_the_request_in_flight_finish(checkpoint, png_bytes, tmp_path):
+    """A live ``uvicorn`` process with cxr serve's options: SIGTERM while a prediction is inside the model; the
+    server stops accepting connections, the prediction still answers 200, and the process exits cleanly."""
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    script, entered, go = tmp_path / "slow_server.py", tmp_path / "entered", tmp_path / "go"
+    script.write_text(SLOW_SERVER)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(serve.__file__).parents[2]),
+                                                                      os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(checkpoint), str(port), str(entered), str(go)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(1200):  # up to 2 minutes for torch to import on a busy machine
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(0.1)
+        answers = {}
+
+        def predict():
+            answers["slow"] = post(httpx.Client(base_url=url, timeout=120), png_bytes)
+
+        thread = threading.Thread(target=predict)
+        thread.start()
+        for _ in range(1200):
+            if entered.exists():
+                break
+            time.sleep(0.1)
+        assert entered.exists(), "the prediction never reached the model"
+        process.send_signal(signal.SIGTERM)
+        for _ in range(1200):  # graceful shutdown begins: the listening socket closes
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                time.sleep(0.1)
+            except httpx.TransportError:
+                break
+        else:
+            pytest.fail("the server kept accepting connections after SIGTERM")
+        assert process.poll() is None  # still running: waiting for the request in flight
+        go.touch()
+        thread.join(120)
+        assert answers["slow"].status_code == 200, answers["slow"].text
+        assert set(answers["slow"].json()["probabilities"])
+        assert process.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        log = process.stdout.read()
+        assert "Finished server process" in log, log
+        assert "cxr.access" in log and "route=/api/predict status=200" in log, log  # our access log, configured
+    finally:
+        go.touch()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

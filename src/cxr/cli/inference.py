@@ -151,7 +151,7 @@ def serve(
     ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     workers: int = typer.Option(
-        1, "--workers", help="Worker processes; each loads its own model (~0.5 GB RSS each for a ResNet-18)."
+        1, "--workers", help="Worker processes; each loads its own model (ResNet-18: ~0.45-0.5 GB private memory each)."
     ),
     max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Larger uploads are refused with 413."),
     api_key_file: Path | None = typer.Option(

@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
 
+    from cxr.inference.eager import TorchPredictor
     from cxr.inference.onnx import OnnxPredictor
-    from cxr.inference.predict import TorchPredictor
 
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads; torch "

@@ -122,15 +122,31 @@ def trained_run_copy(trained_run, tmp_path) -> Path:
     return Path(shutil.copytree(trained_run, tmp_path / "run"))
 
 
+def tiny_checkpoint(path: Path, seed: int = 5) -> Path:
+    """A random-init ResNet-18 artifact at 64 px with all 14 findings and distinct thresholds (the server tests')."""
+    import torch
+
+    from cxr.labels import FINDINGS
+    from cxr.models.artifact import make_preprocessing, write_artifact
+    from cxr.models.factory import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("resnet18", len(FINDINGS), input_size=64, labels=list(FINDINGS))
+    thresholds = {finding: 0.2 + 0.04 * k for k, finding in enumerate(FINDINGS)}
+    return write_artifact(path, model, list(FINDINGS), make_preprocessing(model, 64, 0.9), thresholds=thresholds)
+
+
 @contextlib.contextmanager
-def running_server(app):
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL, stop it on exit."""
+def running_server(app, **options):
+    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL, stop it on exit.
+
+    ``options``: more ``uvicorn.Config`` arguments (``log_config=None`` leaves the logging set-up to the test)."""
     import threading
     import time
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **{"log_level": "warning", **options}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -62,9 +62,13 @@ def page(chromium_path, server_url):
         browser = playwright.chromium.launch(executable_path=str(chromium_path), args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 860})
         page.set_default_timeout(60_000)  # a busy 2-core CI machine
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
         page.goto(server_url)
         yield page
         browser.close()
+    # The page's content security policy allows only its own origin: nothing it does may be blocked by it.
+    assert not [text for text in console if "Content Security Policy" in text], console
 
 
 def test_upload_shows_bars_and_heatmaps(page, server_url, sample_dir, tmp_path):
@@ -78,8 +82,12 @@ def test_upload_shows_bars_and_heatmaps(page, server_url, sample_dir, tmp_path):
     assert "resnet18" in page.inner_text("#model-card")
 
     page.set_input_files("#file-input", str(image))
-    page.wait_for_function("document.querySelectorAll('#findings li.finding').length === 14")
+    from playwright.sync_api import expect
+
     rows = page.locator("#findings li.finding")
+    expect(rows).to_have_count(
+        14, timeout=60_000
+    )  # not wait_for_function: the page's content security policy forbids eval
     shown = {
         rows.nth(i).get_attribute("data-finding"): float(rows.nth(i).get_attribute("data-probability"))
         for i in range(14)
@@ -137,3 +145,49 @@ def test_a_bad_file_shows_an_error(page, tmp_path):
     text = page.inner_text("#error")
     assert "415" in text and "notes.png" in text
     assert page.locator("#findings li").count() == 0
+
+
+KEY = "browser-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_server_url(tmp_path_factory) -> str:
+    from conftest import tiny_checkpoint
+    from cxr.inference.serve import create_app
+
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("browser-keyed") / "tiny.ckpt")
+    with running_server(create_app(checkpoint, api_keys=[KEY])) as url:
+        yield url
+
+
+def test_the_page_asks_for_the_api_key_once(chromium_path, keyed_server_url, sample_dir):
+    """A server with keys: the page asks when the API answers 401, asks again for a refused key, keeps the right one
+    for the tab (a reload does not ask again) and sends it with every call."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=LAUNCH_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(keyed_server_url)
+        dialog = page.locator("#key-dialog")
+        expect(dialog).to_be_visible()
+        assert "needs an API key" in page.inner_text("#key-message")
+        page.fill("#key-input", "a-wrong-key-of-enough-length")
+        page.click("#key-submit")
+        expect(page.locator("#key-message")).to_contain_text("not accepted")
+        expect(dialog).to_be_visible()
+        page.fill("#key-input", KEY)
+        page.click("#key-submit")
+        expect(dialog).to_be_hidden()
+        page.wait_for_selector("#model-card dt")
+        assert page.evaluate("sessionStorage.getItem('cxr-api-key')") == KEY
+
+        page.set_input_files("#file-input", str(sample_dir / "images" / SAMPLE))
+        expect(page.locator("#findings li.finding")).to_have_count(14, timeout=60_000)
+        assert page.locator("#error").is_hidden()
+
+        page.reload()
+        page.wait_for_selector("#model-card dt")
+        assert dialog.is_hidden()  # kept for the tab: not asked again
+        browser.close()

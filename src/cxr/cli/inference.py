@@ -147,12 +147,51 @@ def export(
 @app.command()
 def serve(
     model: Path = typer.Argument(..., help="A checkpoint (.ckpt), a run directory, or an exported model.onnx."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to listen on. Beyond loopback (0.0.0.0: every interface) needs a key."
+    ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (each loads the model)."),
+    workers: int = typer.Option(
+        1, "--workers", help="Worker processes; each loads its own model (ResNet-18: ~0.45-0.5 GB private memory each)."
+    ),
     max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Larger uploads are refused with 413."),
+    api_key_file: Path | None = typer.Option(
+        None,
+        "--api-key-file",
+        envvar="CXR_API_KEY_FILE",
+        help="API keys, one per line ('#' comments); with them (or CXR_API_KEY) /api/... needs 'Bearer KEY'.",
+    ),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow listening beyond loopback without an API key."),
+    decode_timeout: float = typer.Option(
+        30, "--decode-timeout", help="Seconds a decode may take; longer is answered 422 (busy decoders: 503)."
+    ),
+    audit: Path | None = typer.Option(
+        None, "--audit", help="Append one JSON line per prediction here (time, request id, SHA-256, model, output)."
+    ),
+    graceful_timeout: float = typer.Option(
+        30, "--graceful-timeout", help="On SIGTERM, seconds to let requests in flight finish."
+    ),
+    load_in_background: bool = typer.Option(
+        False, "--load-in-background", help="Listen at once and load the model meanwhile (/readyz: 503 until done)."
+    ),
+    limit_concurrency: int | None = typer.Option(
+        None, "--limit-concurrency", help="Connections at once; more are answered 503 (default: no limit)."
+    ),
 ) -> None:
-    """Web page (GET /) and REST API (POST /api/predict, GET /api/model, GET /healthz, /docs) for one model."""
+    """Web page (GET /) and REST API (POST /api/predict, GET /api/model, /healthz, /readyz, /metrics, /docs)."""
     from cxr.inference.serve import run_server
 
-    run_server(model, host=host, port=port, workers=workers, max_upload_mb=max_upload_mb)
+    run_server(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        max_upload_mb=max_upload_mb,
+        api_key_file=api_key_file,
+        insecure=insecure,
+        decode_timeout=decode_timeout,
+        audit=audit,
+        graceful_timeout=graceful_timeout,
+        load_in_background=load_in_background,
+        limit_concurrency=limit_concurrency,
+    )

@@ -15,10 +15,62 @@ function showError(message) {
 
 function percent(p) { return (100 * p).toFixed(1) + "%"; }
 
+// API keys: when the API answers 401 the page asks for a key once, keeps it for this tab (sessionStorage: gone when
+// the tab closes) and sends it as "Authorization: Bearer KEY"; a refused key is forgotten and asked for again.
+const KEY_STORAGE = "cxr-api-key";
+let keyPrompt = null; // one dialog for all the requests that met a 401
+
+function storedKey() {
+  try { return sessionStorage.getItem(KEY_STORAGE) || ""; } catch { return ""; }
+}
+
+function askForKey(refused) {
+  if (keyPrompt) return keyPrompt;
+  keyPrompt = new Promise((resolve, reject) => {
+    const dialog = $("key-dialog");
+    const input = $("key-input");
+    $("key-message").textContent = refused
+      ? "That key was not accepted. Enter a valid API key for this server."
+      : "This server needs an API key. Ask whoever runs it.";
+    input.value = "";
+    const finish = (key) => {
+      $("key-form").onsubmit = $("key-cancel").onclick = dialog.oncancel = null;
+      if (dialog.open) dialog.close();
+      keyPrompt = null;
+      if (key) resolve(key); else reject(new Error("an API key is required"));
+    };
+    $("key-form").onsubmit = (event) => {
+      event.preventDefault();
+      if (input.value.trim()) finish(input.value.trim());
+    };
+    $("key-cancel").onclick = () => finish("");
+    dialog.oncancel = () => finish(""); // Escape
+    dialog.showModal();
+    input.focus();
+  });
+  return keyPrompt;
+}
+
+async function apiFetch(url, options = {}) {
+  let refused = false;
+  for (;;) {
+    const key = storedKey();
+    const headers = new Headers(options.headers || {});
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    const response = await fetch(url, { ...options, headers });
+    if (response.status !== 401) return response;
+    if (key) {
+      sessionStorage.removeItem(KEY_STORAGE);
+      refused = true;
+    }
+    sessionStorage.setItem(KEY_STORAGE, await askForKey(refused));
+  }
+}
+
 async function apiPredict(file, query) {
   const form = new FormData();
   form.append("file", file, file.name);
-  const response = await fetch("/api/predict?" + new URLSearchParams(query), { method: "POST", body: form });
+  const response = await apiFetch("/api/predict?" + new URLSearchParams(query), { method: "POST", body: form });
   const body = await response.json().catch(() => ({ detail: response.statusText }));
   if (!response.ok) throw new Error(`${response.status}: ${body.detail || response.statusText}`);
   return body;
@@ -160,8 +212,10 @@ function setUp() {
   zone.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file-input").click(); }
   });
-  fetch("/api/model").then((r) => r.json()).then((model) => { state.model = model; renderCard(model); })
-    .catch(() => showError("The model description could not be loaded."));
+  apiFetch("/api/model")
+    .then((r) => { if (!r.ok) throw new Error(r.statusText); return r.json(); })
+    .then((model) => { state.model = model; renderCard(model); })
+    .catch((error) => showError(`The model description could not be loaded: ${error.message}`));
 }
 
 document.addEventListener("DOMContentLoaded", setUp);

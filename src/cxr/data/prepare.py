@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -162,16 +163,7 @@ def prepare_store(
     log = (lambda message: console.print(message, soft_wrap=True, highlight=False)) if console else (lambda _: None)
     params = {"size": int(size), "crop": float(crop), "source": str(dataset.root.resolve())}
 
-    lock = open(out / LOCK, "a+b")  # noqa: SIM115  held until the end; the kernel drops it if this process dies
-    try:
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # The holder unlinks the lock file when it ends: a lock won on that orphaned inode is no lock at all.
-        if os.fstat(lock.fileno()).st_ino != os.stat(out / LOCK).st_ino:
-            raise OSError("lock file replaced")
-    except OSError:
-        lock.close()
-        raise CxrError(f"another cxr prepare is writing {out}; wait for it or choose another --out") from None
-    try:
+    with _writing(out):
         finished = _check_existing(out, params, force, log)
         if finished is not None:
             for name in (STATE, JOURNAL):  # left over if a run was killed right after sealing the store
@@ -222,6 +214,22 @@ def prepare_store(
             (out / name).unlink(missing_ok=True)
         log(f"store written to {out}: {manifest['counts']['images']} images, {manifest['counts']['rejected']} rejected")
         return manifest
+
+
+@contextmanager
+def _writing(out: Path):
+    """Hold ``out``'s lock file while a prepare writes it: a second prepare of the same folder is refused at once."""
+    lock = open(out / LOCK, "a+b")  # noqa: SIM115  held until the end; the kernel drops it if this process dies
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The holder unlinks the lock file when it ends: a lock won on that orphaned inode is no lock at all.
+        if os.fstat(lock.fileno()).st_ino != os.stat(out / LOCK).st_ino:
+            raise OSError("lock file replaced")
+    except OSError:
+        lock.close()
+        raise CxrError(f"another cxr prepare is writing {out}; wait for it or choose another --out") from None
+    try:
+        yield
     finally:
         lock.close()
         (out / LOCK).unlink(missing_ok=True)

@@ -14,9 +14,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from cxr.config import Config, config_from_dict, save_config, to_dict
 from cxr.data.loaders import StoreDataModule, predict_store
@@ -135,6 +140,56 @@ def _pos_weight(split: TaskSplit) -> list[float]:
     return ((len(y) - positives) / positives).tolist()
 
 
+def build_trainer(
+    config: Config,
+    run_dir: Path,
+    outputs: list[str],
+    on_gpu: bool,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    progress: bool = True,
+) -> L.Trainer:
+    """The Lightning Trainer of a run: best/last checkpoints, early stopping and ``metrics.csv`` on the validation
+    loss, precision (:func:`_precision`), atomic checkpoint writes, TensorBoard in ``run_dir``."""
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,  # always best.ckpt, also after --resume
+    )
+    callbacks = [
+        best,
+        LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"),  # what --resume reads (cxr.training.checkpointing: why)
+        EarlyStopping(monitor="val_loss", mode="min", patience=config.train.early_stopping_patience),
+        EpochMetricsCSV(run_dir / "metrics.csv", outputs),
+    ]
+    if progress:
+        callbacks.append(RichProgressBar())
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=config.train.epochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=_precision(config, on_gpu),
+        benchmark=on_gpu,  # cuDNN autotuning: the input size is fixed for a whole run
+        sync_batchnorm=on_gpu and num_nodes * _gpu_count(devices) > 1,  # one BN statistic over all ranks
+        use_distributed_sampler=False,  # cxr.data.loaders.EpochSampler shards the data itself (and seeds augmentation)
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        logger=TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,  # only epoch-level metrics are logged; silences the short-epoch warning
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+    )
+
+
 def fit(
     config: Config,
     store_path: str | Path,
@@ -149,12 +204,6 @@ def fit(
     progress: bool = True,
 ) -> FitResult:
     """Train ``config`` on a store into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``."""
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from lightning.pytorch.utilities import rank_zero_only
-
     store, run_dir = Store(store_path), Path(run_dir)
     config = fit_store(config, store, image_size)
     split = build_split(store.index, config.task)
@@ -176,42 +225,10 @@ def fit(
         _prepare_run_dir(run_dir, config, split, resume)
         _record_environment(run_dir)
 
-    best = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val_loss",
-        mode="min",
-        save_top_k=1,
-        enable_version_counter=False,  # always best.ckpt, also after --resume
+    trainer = build_trainer(
+        config, run_dir, split.outputs, on_gpu, accelerator, devices, num_nodes, strategy, progress=progress
     )
-    callbacks = [
-        best,
-        LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"),  # what --resume reads (cxr.training.checkpointing: why)
-        EarlyStopping(monitor="val_loss", mode="min", patience=config.train.early_stopping_patience),
-        EpochMetricsCSV(run_dir / "metrics.csv", split.outputs),
-    ]
-    if progress:
-        callbacks.append(RichProgressBar())
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=config.train.epochs,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=_precision(config, on_gpu),
-        benchmark=on_gpu,  # cuDNN autotuning: the input size is fixed for a whole run
-        sync_batchnorm=on_gpu and num_nodes * _gpu_count(devices) > 1,  # one BN statistic over all ranks
-        use_distributed_sampler=False,  # cxr.data.loaders.EpochSampler shards the data itself (and seeds augmentation)
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        logger=TensorBoardLogger(run_dir, name="tensorboard", version=""),
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,  # only epoch-level metrics are logged; silences the short-epoch warning
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-    )
-    if config.train.channels_last:  # GPU or CPU (the demo's preset sets it: faster there, benchmarks/cpu_precision.py)
+    if config.train.channels_last:  # GPU or CPU: NHWC pays with bf16 on AMX CPUs (benchmarks/cpu_precision.py)
         module.model.to(memory_format=torch.channels_last)
     datamodule = StoreDataModule(
         store, split, config.data, config.train.batch_size, pin_memory=on_gpu, seed=config.train.seed

@@ -259,6 +259,24 @@ def test_kill_minus_9_then_resume_ends_as_the_uninterrupted_run(store, trained_r
     assert len(json.loads((out / "environment.json").read_text())) == 2  # the start and the resume
 
 
+def test_sigterm_stops_training_with_an_error_that_says_how_to_resume(store, tmp_path):
+    """Lightning turns SIGTERM into a SystemExit without a code (exit status 0); cxr train must not report success."""
+    out = tmp_path / "run"
+    command = [CXR, "train", "--experiment", "multilabel-adam", "--store", str(store), "--out", str(out), *TRAIN_RECIPE]
+    log = tmp_path / "terminated.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    deadline = time.monotonic() + 600
+    while not (out / "checkpoints" / "last.ckpt").exists():  # written when the first epoch starts
+        assert process.poll() is None, "training ended early: " + log.read_text()[-2000:]
+        assert time.monotonic() < deadline, "the first epoch did not start"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=600) == 2, log.read_text()[-2000:]
+    assert "training stopped by SIGTERM" in log.read_text() and "--resume" in log.read_text()
+    assert not (out / "val_predictions.parquet").exists()
+
+
 DDP_SCRIPT = """
 import sys, torch
 from cxr.config import load_config

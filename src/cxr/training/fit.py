@@ -22,6 +22,7 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cxr.config import Config, config_from_dict, save_config, to_dict
 from cxr.data.loaders import StoreDataModule, predict_store
@@ -233,7 +234,14 @@ def fit(
     datamodule = StoreDataModule(
         store, split, config.data, config.train.batch_size, pin_memory=on_gpu, seed=config.train.seed
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=run_dir / "checkpoints" / "last.ckpt" if resume else None)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
+    except SIGTERMException:  # a SystemExit with code None: without this, a terminated run would exit 0
+        raise CxrError(
+            f"training stopped by SIGTERM in epoch {trainer.current_epoch}; `cxr train ... --resume` continues it "
+            f"from {last}"
+        ) from None
     if trainer.is_global_zero:
         # best.ckpt is the model artifact: only last.ckpt needs the optimizer state (--resume), which for Adam is
         # twice the weights' size; every reader of the artifact (predict, export, serve, evaluate) pays for it.

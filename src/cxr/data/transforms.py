@@ -15,13 +15,7 @@ import numpy as np
 import torch
 
 from cxr.errors import CxrError
-from cxr.imaging.preprocessing import center_crop, resize_square
-
-
-def _check_store_image(store_image: np.ndarray) -> int:
-    if store_image.ndim != 2 or store_image.shape[0] != store_image.shape[1] or store_image.dtype != np.uint8:
-        raise ValueError(f"expected a square uint8 image, got {store_image.dtype} {store_image.shape}")
-    return store_image.shape[0]
+from cxr.imaging.preprocessing import center_crop, resize_square, square_side
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,7 @@ class TrainView:
     random_crop: bool = False
 
     def __call__(self, store_image: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:
-        side = _check_store_image(store_image)
+        side = square_side(store_image)
         draws = torch.rand(5, generator=generator).tolist()
         image = store_image
         if self.eval_transform == "resize" and not self.random_crop:

@@ -43,7 +43,8 @@ def to_unit(pixels):
     return pixels.float().div_(PIXEL_SCALE)  # torch: the uint8 batch travelled to the device, 4x less to copy
 
 
-def _square_side(image: np.ndarray) -> int:
+def square_side(image: np.ndarray) -> int:
+    """The side of a square uint8 image (a store image); ``ValueError`` for anything else."""
     if image.ndim != 2 or image.shape[0] != image.shape[1] or image.dtype != np.uint8:
         raise ValueError(f"expected a square uint8 image, got {image.dtype} {image.shape}")
     return image.shape[0]
@@ -68,7 +69,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 def eval_view(store_image: np.ndarray, input_size: int, mode: EvalView | str = EvalView.RESIZE) -> np.ndarray:
     """The deterministic store → model step (uint8 ``input_size`` square): ``resize`` or ``center_crop``."""
-    _square_side(store_image)
+    square_side(store_image)
     mode = _eval_view(mode)
     view = resize_square(store_image, input_size) if mode is EvalView.RESIZE else center_crop(store_image, input_size)
     return np.ascontiguousarray(view)

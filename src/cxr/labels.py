@@ -95,3 +95,19 @@ def check_names(names: Iterable[str]) -> list[str]:
     if len(set(out)) != len(out):
         raise ValueError(f"duplicate label names in {out}")
     return out
+
+
+EXTRA_FINDINGS: tuple[str, ...] = (
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Support Devices",
+)
+"""Findings other datasets label and NIH does not, spelled as CheXpert (Irvin et al., AAAI 2019) spells them."""
+
+COMMON_FINDINGS: tuple[str, ...] = (*FINDINGS, *EXTRA_FINDINGS)
+"""The common vocabulary's findings: NIH's 14 first (so an NIH model's outputs are a prefix), then the others."""
+
+COMMON_LABELS: tuple[str, ...] = (*COMMON_FINDINGS, NO_FINDING)
+"""Every label of the common vocabulary. A dataset that cannot provide one leaves it NaN (missing), never 0."""

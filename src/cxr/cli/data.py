@@ -1,6 +1,7 @@
-"""CLI commands ``cxr inspect`` (summarise an NIH folder without decoding a pixel) and ``cxr prepare`` (write a store).
+"""CLI commands ``cxr inspect`` (summarise a dataset folder without decoding a pixel) and ``cxr prepare``.
 
-Thin wrappers: the work is in :mod:`cxr.data.nih` and :mod:`cxr.data.prepare`; heavy imports happen inside the commands.
+Thin wrappers: the work is in :mod:`cxr.data.datasets`, :mod:`cxr.data.nih` and :mod:`cxr.data.prepare`; heavy
+imports happen inside the commands.
 """
 
 from __future__ import annotations
@@ -15,17 +16,60 @@ from cxr.cli._app import app
 
 @app.command()
 def inspect(
-    data: Path = typer.Argument(..., help="NIH folder: Data_Entry_2017[_v2020].csv[.gz], lists, images below it."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (keys: NIH's names)."),
+    data: Path = typer.Argument(..., help="Dataset folder with its metadata files (images may be absent)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as JSON on stdout (keys: the dataset's names)."
+    ),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Force the reader: nih, chexpert, mimic, padchest, vindr, rsna, siim, google2019."
+    ),
 ) -> None:
-    """Summarise an NIH ChestX-ray14 folder: images, patients, findings, split, blacklist, missing files."""
-    from cxr.data.nih import load_dataset, summarize
+    """Summarise a dataset folder without decoding a pixel: images, patients, findings, split, rejects.
 
-    summary = summarize(load_dataset(data))
+    The dataset is recognised from its files (names and CSV columns); see docs/datasets.md.
+    """
+    from cxr.data.datasets import detect_dataset, inspect_folder
+
+    name = dataset or detect_dataset(data)
+    summary = inspect_folder(data, name)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-        return
-    _print_summary(summary)
+    elif name == "nih":
+        _print_summary(summary)
+    else:
+        _print_dataset(summary)
+
+
+def _print_dataset(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    overview = Table(title=f"{summary['dataset']} folder {summary['source']}", show_header=False, title_justify="left")
+    patients = "not identified" if summary["patients"] is None else f"{summary['patients']:,}"
+    rows = [
+        ("files", ", ".join(f"{key}: {name or '[red]absent[/]'}" for key, name in summary["files"].items())),
+        ("images", f"{summary['images']:,} listed, {summary['usable']:,} usable "
+                   f"({summary['images_on_disk']:,} on disk)"),
+        ("patients", patients),
+        ("views", " · ".join(f"{k or '?'} {v:,}" for k, v in summary["views"].items())),
+        ("split", " · ".join(f"{k or 'none'} {v:,}" for k, v in (summary["split"] or {}).items()) or "none"),
+        ("rejects", f"{summary['rejects']['count']:,}"),
+        ("not available", ", ".join(summary["not_available"]) or "none"),
+    ]  # fmt: skip
+    for key, value in rows:
+        overview.add_row(f"[bold]{key}", value)
+    console.print(overview)
+    uncertain = summary.get("uncertain")
+    columns = ["label", "positive"] + (["uncertain"] if uncertain else [])
+    findings = Table(*columns, title="The dataset's own labels", title_justify="left")
+    for name, count in summary["findings"].items():
+        findings.add_row(name, f"{count:,}", *([f"{uncertain[name]:,}"] if uncertain else []))
+    console.print(findings)
+    common = Table("label", "positive", title="Common vocabulary", title_justify="left")
+    for name, count in summary["harmonised"].items():
+        common.add_row(name, "not available" if count is None else f"{count:,}")
+    console.print(common)
 
 
 def _print_summary(summary: dict) -> None:

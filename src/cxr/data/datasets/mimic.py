@@ -1,0 +1,78 @@
+"""MIMIC-CXR-JPG (Johnson et al., "MIMIC-CXR-JPG, a large publicly available database of labeled chest
+radiographs", arXiv:1901.07042, 2019), from its published column layout:
+
+- ``mimic-cxr-2.0.0-chexpert.csv[.gz]`` (or ``-negbio``): ``subject_id, study_id`` and CheXpert's 14 labels with
+  ``1.0``/``0.0``/``-1.0``/blank, one row per **study**;
+- ``mimic-cxr-2.0.0-metadata.csv[.gz]``: ``dicom_id, subject_id, study_id, ViewPosition, ...``, one row per image;
+- ``mimic-cxr-2.0.0-split.csv[.gz]``: ``dicom_id, study_id, subject_id, split`` (``train``/``validate``/``test``).
+
+Study labels are joined to each of the study's images; an image whose study has no label row keeps NaN labels.
+Images live at ``files/p<first two digits>/p<subject_id>/s<study_id>/<dicom_id>.jpg``. Uncertain (-1.0) follows
+the same policy as CheXpert.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.data.datasets.base import (
+    LabelledDataset,
+    candidates,
+    check_unique,
+    fail_at,
+    finish,
+    read_csv,
+    read_header,
+    rejects_table,
+    require_file,
+)
+from cxr.data.datasets.chexpert import LABELS, MAPPING, Uncertainty, apply_policy, parse_labels
+
+PREFIX = "mimic-cxr-2.0.0-"
+LABEL_FILES = (f"{PREFIX}chexpert.csv", f"{PREFIX}negbio.csv")
+SPLITS = ("train", "validate", "test")
+
+
+def detect(root: Path) -> bool:
+    return any("study_id" in read_header(path) for path in candidates(root, LABEL_FILES))
+
+
+def _integers(path: Path, table: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    for column in columns:
+        fail_at(path, table[column], ~table[column].str.fullmatch(r"\d+"), column, lambda v: f"{v!r} is not an id")
+
+
+def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> LabelledDataset:
+    label_path = require_file(root, LABEL_FILES, "MIMIC-CXR labels")
+    meta_path = require_file(root, [f"{PREFIX}metadata.csv"], "MIMIC-CXR")
+    split_path = candidates(root, [f"{PREFIX}split.csv"])
+    studies = read_csv(label_path, ("subject_id", "study_id", *LABELS))
+    _integers(label_path, studies, ("subject_id", "study_id"))
+    check_unique(label_path, studies["study_id"], "study_id")
+    raw_study = parse_labels(label_path, studies, LABELS)
+    raw_study.index = studies["study_id"].to_numpy()
+    meta = read_csv(meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+    _integers(meta_path, meta, ("subject_id", "study_id"))
+    check_unique(meta_path, meta["dicom_id"], "dicom_id")
+    split = pd.Series("", index=meta["dicom_id"].to_numpy())
+    if split_path:
+        parts = read_csv(split_path[0], ("dicom_id", "split"))
+        fail_at(split_path[0], parts["split"], ~parts["split"].isin(SPLITS), "split",
+                lambda v: f"{v!r} is not one of {', '.join(SPLITS)}")  # fmt: skip
+        split = parts.set_index("dicom_id")["split"].reindex(split.index).fillna("")
+    unlabelled = ~meta["study_id"].isin(raw_study.index)
+    raw = raw_study.reindex(meta["study_id"].to_numpy()).reset_index(drop=True)
+    subject = meta["subject_id"]
+    images = pd.DataFrame({
+        "image": "files/p" + subject.str[:2] + "/p" + subject + "/s" + meta["study_id"] + "/" + meta["dicom_id"]
+        + ".jpg",
+        "patient_id": subject, "view": meta["ViewPosition"], "split": split.to_numpy(), "study_id": meta["study_id"],
+    }).reset_index(drop=True)  # fmt: skip
+    files = {"labels": label_path, "metadata": meta_path, "split": split_path[0] if split_path else None}
+    rejects = rejects_table([])
+    dataset = finish("mimic", root, files, images, apply_policy(raw, uncertainty), MAPPING, uncertain=raw == -1.0,
+                     rejects=rejects)  # fmt: skip
+    dataset.images["labelled"] = ~unlabelled.to_numpy()
+    return dataset

@@ -6,6 +6,7 @@ one reader that recognises it; ``dataset=NAME`` forces a reader when a folder ho
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,14 @@ def _counts(values) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
 
 
+def _on_disk(root: Path, images) -> int:
+    """How many listed images exist; no file is looked at when none of their top folders exists (metadata only)."""
+    tops = {str(image).split("/", 1)[0] for image in images}
+    if not any(os.path.exists(os.path.join(root, top)) for top in tops):
+        return 0
+    return int(np.sum([os.path.isfile(os.path.join(root, image)) for image in images]))
+
+
 def _patients(dataset: LabelledDataset) -> int | None:
     """Distinct patients among every metadata row, rejected rows included (they are images of patients too)."""
     if not dataset.patients_known:
@@ -127,7 +136,7 @@ def summarize(dataset: LabelledDataset, examples: int = 5) -> dict:
         },
         "boxes": None if dataset.boxes is None else len(dataset.boxes),
         "masks": None if dataset.masks is None else len(dataset.masks),
-        "images_on_disk": int(np.sum([(dataset.root / image).is_file() for image in images["image"]])),
+        "images_on_disk": _on_disk(dataset.root, images["image"]),
     }
     return summary
 

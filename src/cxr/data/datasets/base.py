@@ -123,17 +123,21 @@ def read_header(path: Path) -> list[str]:
         return []
 
 
-def read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
+def read_csv(path: Path, required: Iterable[str], optional: Iterable[str] | None = None) -> pd.DataFrame:
     """Every cell as a stripped string; the row index is the file's 1-based line number (header = line 1).
 
-    Raises :class:`InputFormatError` for a malformed file and for a missing ``required`` column (line 1).
+    With ``optional`` given, only the required and optional columns are read (PadChest's free-text reports make
+    the whole file slow to parse). Raises :class:`InputFormatError` for a malformed file and for a missing
+    ``required`` column (line 1).
     Assumes no quoted cell spans lines, true of every metadata file read here.
     """
+    required = list(required)
+    wanted = None if optional is None else {*required, *optional}
     try:
         with _open_text(path) as handle:
             table = pd.read_csv(
                 handle, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False,
-                index_col=False, engine="c",
+                index_col=False, engine="c", usecols=None if wanted is None else (lambda c: c.strip() in wanted),
             )  # fmt: skip
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, zipfile.BadZipFile) as error:
         raise InputFormatError(path, f"malformed CSV ({str(error).strip()})") from None

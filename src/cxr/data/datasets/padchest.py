@@ -104,7 +104,7 @@ def parse_label_list(text: str) -> list[str] | None:
 
 def read(root: Path) -> LabelledDataset:
     path = require_file(root, FILE_NAMES, "PadChest")
-    table = read_csv(path, COLUMNS)
+    table = read_csv(path, COLUMNS, optional=["PatientSex_DICOM"])
     check_unique(path, table["ImageID"], "ImageID")
     # ~30k distinct cells among 160k rows: parse each once.
     codes, cells = pd.factorize(table["Labels"])

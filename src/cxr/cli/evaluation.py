@@ -44,7 +44,9 @@ def _emit_json(document: dict, target: str | None) -> None:
 def evaluate(
     run: Path | None = typer.Argument(None, help="Run folder (from `cxr train`); omit with --predictions."),
     predictions: Path | None = typer.Option(None, "--predictions", help="Score this predictions CSV instead."),
-    labels: Path | None = typer.Option(None, "--labels", help="NIH Data_Entry_2017[_v2020].csv[.gz]."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="NIH Data_Entry_2017[_v2020].csv[.gz], or google2019_nih-chest-xray-labels.csv[.gz]."
+    ),
     images: Path | None = typer.Option(None, "--images", help="Restrict to a list, e.g. test_list.txt."),
     val_predictions: Path | None = typer.Option(
         None, "--val-predictions", help="Validation predictions CSV to choose thresholds on (predictions mode)."
@@ -91,9 +93,12 @@ def evaluate(
     from cxr.evaluation.references import references_for
     from cxr.evaluation.report import label_table
 
-    header, rows = label_table(metrics, references_for(metrics["source"].get("preset")))
+    references = [] if metrics.get("label_set") else references_for(metrics["source"].get("preset"))
+    header, rows = label_table(metrics, references)
     title = f"{metrics['n_images']} images, {metrics['n_patients']} patients; CI: patient bootstrap; report: {folder}"
     _print_table(title, header, rows, to_stderr=json_out == "-")
+    for label, reason in metrics.get("not_available", {}).items():
+        typer.echo(f"{label}: not available ({reason})", err=json_out == "-")
     _emit_json(metrics, json_out)
 
 

@@ -16,6 +16,8 @@ import pandas as pd
 from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
+from cxr.evaluation.expert import LABEL_SET, is_expert_file, load_expert_predictions
+from cxr.evaluation.expert import RULES as EXPERT_RULES
 from cxr.evaluation.metrics import (
     auprc,
     brier_score,
@@ -202,10 +204,19 @@ def evaluate_predictions(
     ``val_predictions`` (same format, labels from the same metadata) is where thresholds are chosen; without it
     they are chosen on the scored images and flagged optimistic. ``preset`` picks the seed's reference column.
     """
-    data = load_predictions(predictions, labels_csv, images_list)
+    expert = Path(labels_csv).is_file() and is_expert_file(Path(labels_csv))
+    not_available: dict[str, str] = {}
+    if expert:
+        data, not_available = load_expert_predictions(predictions, labels_csv, images_list)
+    else:
+        data = load_predictions(predictions, labels_csv, images_list)
     thresholds = None
     if val_predictions is not None:
-        val = load_predictions(val_predictions, labels_csv)
+        val = (
+            load_expert_predictions(val_predictions, labels_csv)[0]
+            if expert
+            else load_predictions(val_predictions, labels_csv)
+        )
         missing = [label for label in data.labels if label not in val.labels]
         if missing:
             raise CxrError(f"{val_predictions} lacks probabilities for {missing}, needed to choose their thresholds")
@@ -218,6 +229,10 @@ def evaluate_predictions(
         "images": images_list and str(images_list),
         "preset": preset,
     }
+    if expert:
+        metrics["label_set"] = LABEL_SET
+        metrics["expert_rules"] = {label: list(outputs) for label, outputs in EXPERT_RULES.items()}
+        metrics["not_available"] = not_available
     predictions = Path(predictions)
     out = (
         Path(out) if out else predictions.parent / (predictions.name.removesuffix(".gz").removesuffix(".csv") + "-eval")
@@ -226,5 +241,14 @@ def evaluate_predictions(
     source = f"Predictions `{predictions}` scored against `{labels_csv}`" + (
         f", images of `{images_list}`." if images_list else "."
     )
-    write_report(out, metrics, data, f"Evaluation of {predictions.name}", references_for(preset), source=source)
+    if expert:
+        source += (
+            " Expert labels (Majkowska et al., Radiology 2020): "
+            + "; ".join(f"{label} = max({', '.join(outputs)})" for label, outputs in EXPERT_RULES.items())
+            + "; not available: "
+            + (", ".join(f"{k} ({v})" for k, v in not_available.items()) or "none")
+            + "."
+        )
+    references = [] if expert else references_for(preset)
+    write_report(out, metrics, data, f"Evaluation of {predictions.name}", references, source=source)
     return metrics, out

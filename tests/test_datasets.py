@@ -16,7 +16,18 @@ import pytest
 from typer.testing import CliRunner
 
 from cxr.cli import app
-from cxr.data.datasets import READERS, chexpert, detect_dataset, google, padchest, read_dataset, summarize, vindr
+from cxr.data.datasets import (
+    READERS,
+    chexpert,
+    detect_dataset,
+    google,
+    mapping_markdown,
+    padchest,
+    padchest_markdown,
+    read_dataset,
+    summarize,
+    vindr,
+)
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import COMMON_LABELS, FINDINGS
 
@@ -360,3 +371,10 @@ def test_checked_figures_vindr_google_rsna_siim(tmp_path):
     assert (rsna["images"], rsna["findings"]["Lung Opacity"]) == (26_684, 6_012)
     siim = summarize(read_dataset(from_wheel(tmp_path, "siim-pneumothorax-train-rle.csv.gz", "train-rle.csv.gz")))
     assert (siim["images"], siim["findings"]["Pneumothorax"]) == (12_047, 2_669)
+
+
+def test_docs_hold_the_mapping_tables():
+    """docs/datasets.md shows the mappings the readers use, not a copy that can drift."""
+    text = (REPO / "docs" / "datasets.md").read_text()
+    assert mapping_markdown() in text
+    assert padchest_markdown() in text

@@ -19,6 +19,7 @@ from cxr.data.datasets.chexpert import Uncertainty
 from cxr.data.nih import load_dataset
 from cxr.data.nih import summarize as summarize_nih
 from cxr.errors import CxrError
+from cxr.labels import COMMON_LABELS
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,29 @@ def read_dataset(
         raise CxrError(f"{root} is not a folder (expected a dataset's folder with its metadata files)")
     reader = READERS[name]
     return reader.read(root, uncertainty) if reader.uncertainty else reader.read(root)
+
+
+def mapping_markdown() -> str:
+    """The mapping table of ``docs/datasets.md`` (a test checks the doc holds it): one row per common label, one
+    column per dataset, the own labels that provide it, "—" where the dataset cannot (NaN)."""
+    names = [name for name in READERS if name != "padchest"]
+    lines = ["| common label | " + " | ".join(READERS[n].title for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label in COMMON_LABELS:
+        cells = []
+        for name in names:
+            sources = [source for source, targets in READERS[name].mapping.items() if label in targets]
+            cells.append(", ".join(f"`{source}`" for source in sources) or "—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def padchest_markdown() -> str:
+    """PadChest's mapping (many labels per common label) as a two-column table for ``docs/datasets.md``."""
+    lines = ["| common label | PadChest labels |", "|---|---|"]
+    for label in COMMON_LABELS:
+        sources = [source for source, targets in padchest.MAPPING.items() if label in targets]
+        lines.append(f"| {label} | " + (", ".join(f"`{source}`" for source in sources) or "—") + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _counts(values) -> dict[str, int]:
@@ -160,6 +184,8 @@ __all__ = [
     "Uncertainty",
     "detect_dataset",
     "inspect_folder",
+    "mapping_markdown",
+    "padchest_markdown",
     "read_dataset",
     "summarize",
 ]

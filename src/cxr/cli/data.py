@@ -112,12 +112,14 @@ def _print_summary(summary: dict) -> None:
 
 @app.command()
 def prepare(
-    data: Path = typer.Argument(..., help="NIH folder (see `cxr inspect`)."),
+    data: Path = typer.Argument(..., help="Dataset folder (see `cxr inspect`): NIH, CheXpert, MIMIC, PadChest, …"),
     out: Path = typer.Option(..., "--out", help="Store folder to write (new, or an interrupted store to resume)."),
     size: int = typer.Option(300, "--size", help="Side of the stored square images, in pixels."),
     crop: float = typer.Option(0.75, "--crop", help="Fraction of the shorter side kept by the centered crop."),
     workers: int | None = typer.Option(None, "--workers", help="Decoding processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a store made with other arguments."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Force the reader (see `cxr inspect --help`)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the patient-wise split, for datasets without an official one."),
 ) -> None:
     """Decode every image once into a store: uint8 memmap + index.parquet + rejects.csv + manifest.json.
 
@@ -125,7 +127,8 @@ def prepare(
     """
     from cxr.data.prepare import prepare_store
 
-    manifest = prepare_store(data, out, size=size, crop=crop, workers=workers, progress=True, force=force)
+    manifest = prepare_store(data, out, size=size, crop=crop, workers=workers, progress=True, force=force,
+                             dataset=dataset, seed=seed)  # fmt: skip
     counts = manifest["counts"]
     typer.echo(f"{out}: {counts['images']} images ({counts['train_val']} train_val, {counts['test']} test), "
                f"{counts['rejected']} rejected (see rejects.csv), {size}x{size} px, crop {crop}")  # fmt: skip

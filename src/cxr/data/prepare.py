@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from cxr import __version__
+from cxr.data.datasets import detect_dataset, read_dataset
+from cxr.data.datasets.source import store_source
 from cxr.data.nih import load_dataset
 from cxr.data.store import IN_PROGRESS as STATE
 from cxr.data.store import JOURNAL, Journal, allocate_images, read_journal, write_tables
@@ -141,6 +143,8 @@ def prepare_store(
     progress: bool = True,
     force: bool = False,
     chunk_size: int | None = None,
+    dataset: str | None = None,
+    seed: int = 0,
 ) -> dict:
     """Decode an NIH folder into a store at ``out_dir`` and return its manifest (see ``docs/architecture.md``).
 
@@ -149,6 +153,10 @@ def prepare_store(
     is resumed by calling again with the same arguments; a finished store is returned untouched; a store made with
     other arguments is an error unless ``force``. Workers start by ``forkserver``: a script that calls this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
+
+    Any dataset :mod:`cxr.data.datasets` reads can be the source (recognised from its files, or ``dataset``); its
+    store's index has the common vocabulary's labels, NaN where the dataset cannot provide them, and the official
+    split or a patient-wise split seeded with ``seed`` (:mod:`cxr.data.datasets.source`).
     """
     crop_square(1, 1, crop)  # validates crop
     if int(size) != size or size < 8:
@@ -156,12 +164,16 @@ def prepare_store(
     if workers is not None and workers < 1:
         raise CxrError(f"--workers must be at least 1, got {workers}")
     workers = workers or os.cpu_count() or 1
-    dataset = load_dataset(data_dir)
+    name = dataset or detect_dataset(data_dir)
+    source = load_dataset(data_dir) if name == "nih" else store_source(read_dataset(data_dir, name), seed)
+    dataset = source
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     console = _console() if progress else None
     log = (lambda message: console.print(message, soft_wrap=True, highlight=False)) if console else (lambda _: None)
     params = {"size": int(size), "crop": float(crop), "source": str(dataset.root.resolve())}
+    if name != "nih":
+        params |= {"dataset": name, "seed": seed}
 
     with _writing(out):
         finished = _check_existing(out, params, force, log)
@@ -207,7 +219,7 @@ def prepare_store(
             journal.close()
         sizes = [size for c in range(len(chunks)) for size in done[c]["sizes"]]
         reasons = {c * chunk_size + int(i): reason for c in done for i, reason in done[c]["rejects"].items()}
-        extra = {"package_version": __version__, "decoder": decode.DECODER, "interpolation": "area"}
+        extra = {"dataset": name, "package_version": __version__, "decoder": decode.DECODER, "interpolation": "area"}
         extra["environment"] = environment(timestamp=False)
         manifest = write_tables(out, dataset, present, sizes, reasons, params | extra)
         for name in (STATE, JOURNAL):

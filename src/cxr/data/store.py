@@ -118,14 +118,16 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
     ``info`` (size, crop, source, versions) goes into the manifest.
     """
     table = dataset.metadata
+    columns = list(getattr(dataset, "index_columns", INDEX_COLUMNS))  # NIH's, or another dataset's (NaN-able labels)
     stored = table[present].reset_index(drop=True)
     stored["row"] = np.arange(len(stored), dtype=np.int64)
     usable = np.array([s is not None for s in sizes], dtype=bool)
     source = np.array([s or (0, 0) for s in sizes], dtype=np.int64).reshape(-1, 2)
     stored["source_width"], stored["source_height"] = source[:, 0], source[:, 1]
-    index = stored.loc[usable, list(INDEX_COLUMNS)].reset_index(drop=True)
-    for column in ("image", "split", "view", "sex"):
-        index[column] = index[column].astype(str)
+    index = stored.loc[usable, columns].reset_index(drop=True)
+    for column in ("image", "split", "view", "sex", "patient_id", "official_split"):
+        if column in index and (column != "patient_id" or index[column].dtype == object):
+            index[column] = index[column].astype(str)
     with replacing(out / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
 
@@ -160,7 +162,7 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
         "undecodable": len(reason_at) - missing,
         "train_val": int((index["split"] == "train_val").sum()),
         "test": int((index["split"] == "test").sum()),
-        "blacklisted": int(index["blacklisted"].sum()),
+        "blacklisted": int(index["blacklisted"].sum()) if "blacklisted" in index else 0,
         "boxes": 0 if boxes_file is None else len(boxes),
     }
     manifest = {

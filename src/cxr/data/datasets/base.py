@@ -48,7 +48,8 @@ class LabelledDataset:
     uncertain: pd.DataFrame | None = None
     """Where the source said "uncertain" (CheXpert's and MIMIC's -1.0), per own label; None if it cannot."""
     boxes: pd.DataFrame | None = None
-    """``image, finding, x, y, w, h`` (+ ``reader`` where known) in the source image's pixels (own label names)."""
+    """``image`` (the path, as in ``images``), ``finding`` (own label name), ``x, y, w, h`` in the source image's
+    pixels, and ``reader`` where the dataset names who drew the box."""
     masks: pd.DataFrame | None = None
     """``image, rle`` for datasets that give segmentation masks (SIIM), one row per mask."""
     patients_known: bool = True

@@ -77,10 +77,11 @@ def read(root: Path) -> LabelledDataset:
     if classes:
         files["classes"] = classes[0]
         labels["Normal"] = _classes(classes[0], pd.Index(order)).to_numpy()
-    boxes = table[target.to_numpy() == 1]
+    marked = target == 1
     box_table = pd.DataFrame({
-        "image": boxes["patientId"], "finding": "Lung Opacity", "x": corners["x"][target == 1],
-        "y": corners["y"][target == 1], "w": corners["width"][target == 1], "h": corners["height"][target == 1],
+        "image": "stage_2_train_images/" + table["patientId"][marked] + ".dcm", "finding": "Lung Opacity",
+        "x": corners["x"][marked], "y": corners["y"][marked], "w": corners["width"][marked],
+        "h": corners["height"][marked],
     }).reset_index(drop=True)  # fmt: skip
     images = pd.DataFrame({
         "image": "stage_2_train_images/" + pd.Series(order) + ".dcm", "patient_id": order, "view": "", "split": "",

@@ -79,7 +79,8 @@ def _boxes(path: Path, table: pd.DataFrame) -> pd.DataFrame:
     for column, values in corners.items():
         fail_at(path, findings[column], values.isna(), column, lambda v: f"a finding needs a box; {v!r} is empty")
     return pd.DataFrame({
-        "image": findings["image_id"], "finding": findings["class_name"], "reader": findings["rad_id"],
+        "image": "train/" + findings["image_id"] + ".dicom", "finding": findings["class_name"],
+        "reader": findings["rad_id"],
         "x": corners["x_min"], "y": corners["y_min"], "w": corners["x_max"] - corners["x_min"],
         "h": corners["y_max"] - corners["y_min"],
     }).reset_index(drop=True)  # fmt: skip

@@ -114,3 +114,40 @@ def test_cli_on_the_excerpt(tmp_path):
     elsewhere.to_csv(tmp_path / "elsewhere.csv", index=False)
     with pytest.raises(CxrError, match="share no image"):
         evaluate_predictions(tmp_path / "elsewhere.csv", EXCERPT, n_resamples=10)
+
+
+def test_a_run_scored_against_expert_labels(trained_run_copy, tmp_path):
+    """``cxr evaluate RUN --labels google…csv``: the run's test predictions scored on an expert file written for its
+    test images from the store's labels, so each expert label's AUROC is known from the same arrays."""
+    import yaml
+
+    run = trained_run_copy
+    parts = pd.read_parquet(run / "split.parquet")
+    store = yaml.safe_load((run / "config.yaml").read_text())["store"]
+    index = pd.read_parquet(Path(store) / "index.parquet").set_index("image")
+    test = index.loc[parts.loc[parts["part"] == "test", "image"]]
+    yes = lambda *names: np.where(test[list(names)].max(axis=1) == 1, "YES", "NO")  # noqa: E731
+    expert = pd.DataFrame({
+        "Image Index": test.index, "Patient ID": test["patient_id"], "View Position": test["view"],
+        "Fracture": "NO", "Pneumothorax": yes("Pneumothorax"), "Nodule or mass": yes("Nodule", "Mass"),
+        "Airspace opacity": yes("Consolidation", "Pneumonia", "Infiltration"), "Set Id": "test",
+    })  # fmt: skip
+    labels_path = tmp_path / "google2019_nih-chest-xray-labels.csv"
+    expert.to_csv(labels_path, index=False)
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--labels", str(labels_path), "--resamples", "50",
+                                      "--json", str(tmp_path / "expert.json")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "expert.json").read_text())
+    assert metrics["label_set"] == "google2019" and metrics["n_images"] == len(test)
+    assert (run / "eval" / "test-google2019" / "report.md").is_file()
+    predictions = pd.read_csv(run / "eval" / "test" / "predictions.csv").set_index("Image Index").loc[test.index]
+    for label, outputs in RULES.items():
+        if label == "Fracture":
+            assert label in metrics["not_available"]
+            continue
+        expected = roc_auc_score(expert[label] == "YES", predictions[[f"prob_{o}" for o in outputs]].max(axis=1))
+        assert metrics["findings"][label]["auroc"] == pytest.approx(expected, abs=1e-12)
+    own = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["findings"]["Pneumothorax"]["auroc"] == own["findings"]["Pneumothorax"]["auroc"]
+    refused = CliRunner().invoke(app, ["evaluate", str(run), "--labels", str(store)])
+    assert isinstance(refused.exception, CxrError) and "expert labels file" in str(refused.exception)

@@ -45,7 +45,9 @@ def evaluate(
     run: Path | None = typer.Argument(None, help="Run folder (from `cxr train`); omit with --predictions."),
     predictions: Path | None = typer.Option(None, "--predictions", help="Score this predictions CSV instead."),
     labels: Path | None = typer.Option(
-        None, "--labels", help="NIH Data_Entry_2017[_v2020].csv[.gz], or google2019_nih-chest-xray-labels.csv[.gz]."
+        None,
+        "--labels",
+        help="NIH Data_Entry_2017[_v2020].csv[.gz], or google2019_nih-chest-xray-labels.csv[.gz] (also with a RUN).",
     ),
     images: Path | None = typer.Option(None, "--images", help="Restrict to a list, e.g. test_list.txt."),
     val_predictions: Path | None = typer.Option(
@@ -82,24 +84,38 @@ def evaluate(
         if split not in ("test", "val"):
             raise CxrError(f"--split must be test or val, not {split!r}")
         for name, value in (
-            ("--labels", labels),
             ("--images", images),
             ("--out", out),
             ("--val-predictions", val_predictions),
         ):
             if value is not None:
                 raise CxrError(f"{name} applies to --predictions mode; a run is scored into RUN/eval/<split>/")
+        if labels is not None:
+            from cxr.data.datasets.google import is_expert_file
+
+            if not (labels.is_file() and is_expert_file(labels)):
+                raise CxrError(f"--labels with a RUN takes Google's expert labels file; {labels} is not one "
+                               "(a run is scored on its store's labels)")  # fmt: skip
         metrics, folder = evaluate_run(run, split, tta, store, batch_size, resamples, seed, rule)
+        if labels is not None:  # the run's predictions, scored again against the expert labels
+            from cxr.evaluation.evaluate import evaluate_run_expert
+
+            _print_run_table(metrics, folder, to_stderr=True)
+            metrics, folder = evaluate_run_expert(run, split, labels, resamples, seed)
+    _print_run_table(metrics, folder, to_stderr=json_out == "-")
+    _emit_json(metrics, json_out)
+
+
+def _print_run_table(metrics: dict, folder: Path, to_stderr: bool) -> None:
     from cxr.evaluation.references import references_for
     from cxr.evaluation.report import label_table
 
     references = [] if metrics.get("label_set") else references_for(metrics["source"].get("preset"))
     header, rows = label_table(metrics, references)
     title = f"{metrics['n_images']} images, {metrics['n_patients']} patients; CI: patient bootstrap; report: {folder}"
-    _print_table(title, header, rows, to_stderr=json_out == "-")
+    _print_table(title, header, rows, to_stderr=to_stderr)
     for label, reason in metrics.get("not_available", {}).items():
-        typer.echo(f"{label}: not available ({reason})", err=json_out == "-")
-    _emit_json(metrics, json_out)
+        typer.echo(f"{label}: not available ({reason})", err=to_stderr)
 
 
 @app.command()

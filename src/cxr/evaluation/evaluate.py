@@ -252,3 +252,20 @@ def evaluate_predictions(
     references = [] if expert else references_for(preset)
     write_report(out, metrics, data, f"Evaluation of {predictions.name}", references, source=source)
     return metrics, out
+
+
+def evaluate_run_expert(
+    run: str | Path, split: str, labels_csv: str | Path, n_resamples: int = 1000, seed: int = 0
+) -> tuple[dict, Path]:
+    """``cxr evaluate RUN --labels google2019_…csv``: the run's ``RUN/eval/<split>/predictions.csv`` (written by
+    :func:`evaluate_run`) scored against the expert labels into ``RUN/eval/<split>-google2019/``."""
+    predictions = Path(run) / "eval" / split / "predictions.csv"
+    if not predictions.is_file():
+        raise CxrError(f"{predictions} is missing: `cxr evaluate {run}` writes it")
+    if not (Path(labels_csv).is_file() and is_expert_file(Path(labels_csv))):
+        raise CxrError(f"{labels_csv} is not Google's expert labels file (a RUN is scored on its store's labels)")
+    out = Path(run) / "eval" / f"{split}-{LABEL_SET}"
+    metrics, folder = evaluate_predictions(predictions, labels_csv, out=out, n_resamples=n_resamples, seed=seed)
+    metrics["source"] |= {"run": str(run), "split": split}
+    write_json(folder / "metrics.json", metrics)
+    return metrics, folder

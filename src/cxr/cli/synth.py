@@ -17,9 +17,12 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes byte-identical files."),
     prevalence: str = typer.Option("nih", "--prevalence", help="Label frequencies: 'nih' (NIH's) or 'flat'."),
     workers: int | None = typer.Option(None, "--workers", help="Rendering processes (default: all cores)."),
+    layout: str = typer.Option("nih", "--layout", help="File layout: 'nih' (ChestX-ray14's) or 'chexpert'."),
 ) -> None:
-    """Write a synthetic dataset in NIH ChestX-ray14's layout: PNGs, metadata CSV, split lists, blacklist, boxes."""
+    """Write a synthetic dataset in NIH ChestX-ray14's layout (PNGs, metadata CSV, split lists, blacklist, boxes), or
+    with --layout chexpert in CheXpert's (train.csv/valid.csv, JPEGs, uncertain and blank labels)."""
     from cxr.synth import generate
 
-    path = generate(out, images=images, size=size, seed=seed, prevalence=prevalence, workers=workers, progress=True)
-    typer.echo(f"wrote {images} images ({size} px, {prevalence} prevalence, seed {seed}) to {path}")
+    path = generate(out, images=images, size=size, seed=seed, prevalence=prevalence, workers=workers, progress=True,
+                    layout=layout)  # fmt: skip
+    typer.echo(f"wrote {images} images ({size} px, {prevalence} prevalence, seed {seed}, {layout} layout) to {path}")

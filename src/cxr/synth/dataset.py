@@ -22,6 +22,7 @@ import numpy as np
 from cxr.errors import CxrError
 from cxr.synth.anatomy import sample_pose
 from cxr.synth.cohort import ImageRecord, plan_cohort
+from cxr.synth.layouts import chexpert_path, chexpert_tables
 from cxr.synth.phantom import Box, Patient, render, sample_patient
 
 DATA_ENTRY = "Data_Entry_2017_v2020.csv"
@@ -34,6 +35,7 @@ BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 BBOX_SPELLING = {"Infiltration": "Infiltrate"}
 FIELDS_OF_VIEW_MM = (420.0, 427.856, 424.784, 392.7)  # NIH detectors: 2500×0.168, 2992×0.143, 3056×0.139 ...
 MIN_SIZE, MAX_SIZE = 32, 4096
+LAYOUTS = ("nih", "chexpert")
 CHUNK = 16
 
 
@@ -65,13 +67,25 @@ def _write_png(path: Path, image: np.ndarray, rgba: bool) -> None:
         Image.fromarray(image, "L").save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _render_chunk(out: str, size: int, seed: int, records: list[ImageRecord]) -> list[tuple[int, dict[str, Box]]]:
+def _render_chunk(
+    out: str, size: int, seed: int, records: list[ImageRecord], layout: str = "nih"
+) -> list[tuple[int, dict[str, Box]]]:
     results = []
     for record in records:
         image, boxes = render_record(record, size, seed)
-        _write_png(Path(out) / record.folder / "images" / record.name, image, record.rgba)
+        if layout == "chexpert":
+            _write_jpeg(Path(out) / chexpert_path(record), image)
+        else:
+            _write_png(Path(out) / record.folder / "images" / record.name, image, record.rgba)
         results.append((record.index, boxes))
     return results
+
+
+def _write_jpeg(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image, "L").save(path, format="JPEG", quality=95)
 
 
 def _worker_init() -> None:
@@ -80,17 +94,19 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core already; threads inside would oversubscribe
 
 
-def _render_all(out: Path, size: int, seed: int, records: list[ImageRecord], workers: int) -> Iterator[tuple]:
+def _render_all(
+    out: Path, size: int, seed: int, records: list[ImageRecord], workers: int, layout: str = "nih"
+) -> Iterator[tuple]:
     chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)]
     if workers == 1:
         for chunk in chunks:
-            yield from _render_chunk(str(out), size, seed, chunk)
+            yield from _render_chunk(str(out), size, seed, chunk, layout)
         return
     # Not fork: the caller may hold threads (torch, a progress bar) that a forked child would inherit mid-state.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = [pool.submit(_render_chunk, str(out), size, seed, chunk) for chunk in chunks]
+        futures = [pool.submit(_render_chunk, str(out), size, seed, chunk, layout) for chunk in chunks]
         for future in as_completed(futures):
             yield from future.result()
 
@@ -134,12 +150,14 @@ def generate(
     prevalence: str = "nih",
     workers: int | None = None,
     progress: bool = False,
+    layout: str = "nih",
 ) -> Path:
     """Write a synthetic NIH-format dataset of ``images`` radiographs (``size`` px square) to ``out``; return it.
 
     ``prevalence`` is ``"nih"`` (NIH's label frequencies, No Finding ~54%) or ``"flat"`` (every finding ~21%).
     ``workers`` processes render in parallel (default: all cores); the output is byte-identical for a seed
-    whatever the number of workers. Raises :class:`~cxr.errors.CxrError` for bad arguments or a non-empty ``out``.
+    whatever the number of workers. ``layout`` ``"chexpert"`` writes the same cohort as CheXpert ships its data
+    (:mod:`cxr.synth.layouts`). Raises :class:`~cxr.errors.CxrError` for bad arguments or a non-empty ``out``.
     """
     out = Path(out)
     if not MIN_SIZE <= size <= MAX_SIZE:
@@ -148,12 +166,16 @@ def generate(
         raise CxrError(f"--workers must be at least 1, got {workers}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CxrError(f"{out} already exists and is not an empty folder; choose another output or remove it")
+    if layout not in LAYOUTS:
+        raise CxrError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     records = plan_cohort(images, seed, prevalence)
-    for folder in sorted({record.folder for record in records}):
-        (out / folder / "images").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if layout == "nih":
+        for folder in sorted({record.folder for record in records}):
+            (out / folder / "images").mkdir(parents=True, exist_ok=True)
     workers = min(workers or os.cpu_count() or 1, max(1, len(records) // CHUNK))
     boxes: dict[int, dict[str, Box]] = {}
-    results = _render_all(out, size, seed, records, workers)
+    results = _render_all(out, size, seed, records, workers, layout)
     if progress:
         from rich.progress import Progress
 
@@ -164,5 +186,9 @@ def generate(
                 bar.advance(task)
     else:
         boxes.update(results)
-    write_metadata(out, records, boxes, size, seed)
+    if layout == "chexpert":
+        for name, content in chexpert_tables(records, seed).items():
+            (out / name).write_bytes(content)
+    else:
+        write_metadata(out, records, boxes, size, seed)
     return out

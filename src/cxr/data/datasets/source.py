@@ -23,9 +23,11 @@ from cxr.errors import CxrError
 from cxr.labels import COMMON_LABELS
 
 INDEX_COLUMNS: tuple[str, ...] = (
-    "image", "row", "patient_id", "split", "official_split", "view", "source_width", "source_height", *COMMON_LABELS,
+    "image", "row", "patient_id", "split", "official_split", "blacklisted", "view", "source_width", "source_height",
+    *COMMON_LABELS,
 )  # fmt: skip
-"""index.parquet of a store prepared from a non-NIH dataset (``image`` is the path relative to the folder)."""
+"""index.parquet of a store prepared from a non-NIH dataset (``image`` is the path relative to the folder;
+``blacklisted`` is False throughout, kept so that NIH's task filters apply unchanged)."""
 
 OFFICIAL = {"train": "train_val", "validate": "train_val", "valid": "test", "test": "test"}
 """Official split names -> the store's ``train_val`` / ``test``."""
@@ -72,7 +74,7 @@ def store_source(dataset: LabelledDataset, seed: int = 0, test_fraction: float =
     assert_patient_disjoint(patients[split == "train_val"], patients[split == "test"], names=["train_val", "test"])
     metadata = pd.DataFrame({
         "image": images["image"].astype(str), "patient_id": patients.astype(str), "split": split,
-        "official_split": official, "view": images["view"].astype(str),
+        "official_split": official, "blacklisted": False, "view": images["view"].astype(str),
     })  # fmt: skip
     metadata = pd.concat([metadata, dataset.harmonised.astype("float32")], axis=1)
     repeated = metadata["image"][metadata["image"].duplicated()]

@@ -76,3 +76,16 @@ def test_prepared_with_the_official_split(chexpert_synth, tmp_path):
     official = pd.Series(index["official_split"]).map({"train": "train_val", "valid": "test"})
     assert (index["split"] == official).all() and set(index["split"]) == {"train_val", "test"}
     assert index["Fibrosis"].isna().all() and set(index["Cardiomegaly"].dropna()) <= {0.0, 1.0}
+    # the uncertainty policy reaches the store: "ones" turns the uncertain cells' NaN into 1
+    ones = prepare_store(chexpert_synth, tmp_path / "ones", size=32, crop=1.0, workers=1, progress=False,
+                         uncertainty="ones")  # fmt: skip
+    assert ones["uncertainty"] == "ones"
+    flipped = Store(tmp_path / "ones").index
+    dataset = read_dataset(chexpert_synth)
+    uncertain = dataset.uncertain["Atelectasis"].to_numpy()
+    by_image = flipped.set_index("image").loc[dataset.images["image"], "Atelectasis"].to_numpy()
+    assert uncertain.any() and (by_image[uncertain] == 1.0).all()
+    ignored = index.set_index("image").loc[dataset.images["image"], "Atelectasis"].to_numpy()
+    assert np.isnan(ignored[uncertain]).all()  # the default, "ignore": missing, not negative
+    with pytest.raises(CxrError, match="--uncertainty must be"):
+        prepare_store(chexpert_synth, tmp_path / "bad", size=32, workers=1, progress=False, uncertainty="half")

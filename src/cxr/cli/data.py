@@ -120,6 +120,9 @@ def prepare(
     force: bool = typer.Option(False, "--force", help="Overwrite a store made with other arguments."),
     dataset: str | None = typer.Option(None, "--dataset", help="Force the reader (see `cxr inspect --help`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the patient-wise split, for datasets without an official one."),
+    uncertainty: str = typer.Option(
+        "ignore", "--uncertainty", help="CheXpert/MIMIC -1.0: ones, zeros, or ignore (missing, masked in the loss)."
+    ),
 ) -> None:
     """Decode every image once into a store: uint8 memmap + index.parquet + rejects.csv + manifest.json.
 
@@ -128,7 +131,7 @@ def prepare(
     from cxr.data.prepare import prepare_store
 
     manifest = prepare_store(data, out, size=size, crop=crop, workers=workers, progress=True, force=force,
-                             dataset=dataset, seed=seed)  # fmt: skip
+                             dataset=dataset, seed=seed, uncertainty=uncertainty)  # fmt: skip
     counts = manifest["counts"]
     typer.echo(f"{out}: {counts['images']} images ({counts['train_val']} train_val, {counts['test']} test), "
                f"{counts['rejected']} rejected (see rejects.csv), {size}x{size} px, crop {crop}")  # fmt: skip

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr import __version__
-from cxr.data.datasets import detect_dataset, read_dataset
+from cxr.data.datasets import READERS, Uncertainty, detect_dataset, read_dataset
 from cxr.data.datasets.source import store_source
 from cxr.data.nih import load_dataset
 from cxr.data.store import IN_PROGRESS as STATE
@@ -145,6 +145,7 @@ def prepare_store(
     chunk_size: int | None = None,
     dataset: str | None = None,
     seed: int = 0,
+    uncertainty: str = "ignore",
 ) -> dict:
     """Decode an NIH folder into a store at ``out_dir`` and return its manifest (see ``docs/architecture.md``).
 
@@ -156,7 +157,8 @@ def prepare_store(
 
     Any dataset :mod:`cxr.data.datasets` reads can be the source (recognised from its files, or ``dataset``); its
     store's index has the common vocabulary's labels, NaN where the dataset cannot provide them, and the official
-    split or a patient-wise split seeded with ``seed`` (:mod:`cxr.data.datasets.source`).
+    split or a patient-wise split seeded with ``seed`` (:mod:`cxr.data.datasets.source`); CheXpert's and MIMIC's
+    uncertain labels follow ``uncertainty`` (``ones``, ``zeros``, ``ignore`` = NaN).
     """
     crop_square(1, 1, crop)  # validates crop
     if int(size) != size or size < 8:
@@ -165,7 +167,9 @@ def prepare_store(
         raise CxrError(f"--workers must be at least 1, got {workers}")
     workers = workers or os.cpu_count() or 1
     name = dataset or detect_dataset(data_dir)
-    source = load_dataset(data_dir) if name == "nih" else store_source(read_dataset(data_dir, name), seed)
+    if uncertainty not in {policy.value for policy in Uncertainty}:
+        raise CxrError(f"--uncertainty must be ones, zeros or ignore, not {uncertainty!r}")
+    source = load_dataset(data_dir) if name == "nih" else store_source(read_dataset(data_dir, name, uncertainty), seed)
     dataset = source
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +178,8 @@ def prepare_store(
     params = {"size": int(size), "crop": float(crop), "source": str(dataset.root.resolve())}
     if name != "nih":
         params |= {"dataset": name, "seed": seed}
+        if READERS[name].uncertainty:
+            params["uncertainty"] = uncertainty
 
     with _writing(out):
         finished = _check_existing(out, params, force, log)

@@ -104,11 +104,10 @@ def _read_part(path: Path, split: str) -> pd.DataFrame:
     fail_at(path, frontal, ~frontal.isin(["Frontal", "Lateral"]), "Frontal/Lateral",
             lambda v: f"{v!r} is not Frontal or Lateral")  # fmt: skip
     view = table["AP/PA"].where(table["AP/PA"] != "", frontal.where(frontal == "Lateral", ""))
+    age = pd.to_numeric(table["Age"], errors="coerce") if "Age" in table else np.nan
     images = pd.DataFrame({
         "image": _strip_release(table["Path"]), "patient_id": patients, "view": view, "split": split,
-        "frontal": frontal == "Frontal", "sex": table.get("Sex", ""), "age": pd.to_numeric(table.get("Age"),
-                                                                                           errors="coerce"),
-        "line": table.index, "file": path.name,
+        "frontal": frontal == "Frontal", "sex": table.get("Sex", ""), "age": age, "line": table.index,
     })  # fmt: skip
     return pd.concat([images, parse_labels(path, table, LABELS)], axis=1)
 
@@ -128,6 +127,6 @@ def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> Lab
     for part in parts:
         check_unique(files[part["split"].iat[0]], part.set_index("line")["image"], "Path")
     raw = table[list(LABELS)]
-    images = table.drop(columns=[*LABELS, "line", "file"])
+    images = table.drop(columns=[*LABELS, "line"])
     labels = apply_policy(raw, uncertainty)
     return finish("chexpert", root, files, images, labels, MAPPING, uncertain=raw == -1.0)

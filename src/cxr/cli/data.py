@@ -121,7 +121,7 @@ def prepare(
     dataset: str | None = typer.Option(None, "--dataset", help="Force the reader (see `cxr inspect --help`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the patient-wise split, for datasets without an official one."),
     uncertainty: str = typer.Option(
-        "ignore", "--uncertainty", help="CheXpert/MIMIC -1.0: ones, zeros, or ignore (missing, masked in the loss)."
+        "ignore", "--uncertainty", help="CheXpert/MIMIC -1.0 becomes: ones, zeros, or ignore (missing: NaN, never 0)."
     ),
 ) -> None:
     """Decode every image once into a store: uint8 memmap + index.parquet + rejects.csv + manifest.json.

@@ -95,13 +95,15 @@ class DataConfig:
     shift: float = 0.15  # fraction of the side, Keras width/height_shift_range
     hflip: bool = True
     num_workers: int = 4
+    stores: list[str] = field(default_factory=list)  # train on several stores (cxr.data.tasks.build_multi_split)
+    store_weights: list[float] = field(default_factory=list)  # per store's share of the training draws; [] = by size
 
 
 @dataclass
 class TaskConfig:
     """Which outputs, which rows, which split, and how the training part is sampled (see ``cxr.data.tasks``)."""
 
-    target: str = "findings"  # "findings" (the 14) or one label: "Fibrosis", "Any Finding", ...
+    target: str = "findings"  # "findings" (NIH's 14), "common" (the common findings the stores give), or one label
     drop_blacklisted: bool = True
     drop_no_finding: bool = False
     split: SplitScheme = SplitScheme.OFFICIAL
@@ -303,6 +305,10 @@ def _coerce(value, hint, key: str, source: str):
         if value not in args:
             raise CxrError(f"{where} must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise CxrError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, args[0], key, source) for v in value]
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise CxrError(f"{where} must be a list of {len(args)} numbers, got {value!r}")

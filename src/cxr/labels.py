@@ -56,12 +56,17 @@ ALIASES: dict[str, str] = {"Infiltrate": "Infiltration", "Pleural Thickening": "
 """Other spellings found in NIH files: ``BBox_List_2017.csv`` writes ``Infiltrate``."""
 
 
-def canonical_name(name: str) -> str:
-    """Return the canonical spelling of a finding or "No Finding"; raise ``ValueError`` for an unknown one."""
+def canonical_name(name: str, vocabulary: Sequence[str] | None = None) -> str:
+    """Return the canonical spelling of a finding or "No Finding"; raise ``ValueError`` for an unknown one.
+
+    ``vocabulary`` defaults to NIH's labels (what NIH's own files may name); model outputs and predictions files
+    use :data:`COMMON_LABELS`, since a model trained on other datasets may output e.g. "Lung Opacity".
+    """
+    known = LABELS if vocabulary is None else tuple(vocabulary)
     name = name.strip()
     name = ALIASES.get(name, name)
-    if name not in LABELS and name != ANY_FINDING:
-        raise ValueError(f"unknown finding {name!r} (known: {', '.join(LABELS)})")
+    if name not in known and name != ANY_FINDING:
+        raise ValueError(f"unknown finding {name!r} (known: {', '.join(known)})")
     return name
 
 
@@ -91,7 +96,7 @@ def reorder(values: dict[str, float], order: Sequence[str] = FINDINGS) -> list[f
 
 def check_names(names: Iterable[str]) -> list[str]:
     """Canonicalise a list of label names (e.g. a model's outputs), rejecting unknown ones and duplicates."""
-    out = [canonical_name(n) for n in names]
+    out = [canonical_name(n, COMMON_LABELS) for n in names]
     if len(set(out)) != len(out):
         raise ValueError(f"duplicate label names in {out}")
     return out

@@ -19,7 +19,9 @@ def _devices(text: str) -> int | str:
 def train(
     overrides: list[str] = typer.Argument(None, help="Config overrides key=value with dotted keys, e.g. optim.lr=1e-3"),
     experiment: str = typer.Option(..., "--experiment", "-e", help="Preset name (e.g. chexnet) or a YAML path."),
-    store: Path = typer.Option(..., "--store", help="Store prepared by `cxr prepare`."),
+    store: list[Path] = typer.Option(
+        None, "--store", help="Store prepared by `cxr prepare`; repeat to train on several (else data.stores)."
+    ),
     out: Path = typer.Option(..., "--out", help="Run directory to create (or to continue with --resume)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (train.epochs)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step per device."),
@@ -36,7 +38,8 @@ def train(
 ) -> None:
     """Train a preset on a store into a run directory (config, split, checkpoints, metrics, validation predictions).
 
-    Several GPUs: --devices 4 --strategy ddp. Several nodes: start the same command on every node under torchrun
+    Several stores (e.g. NIH and CheXpert): --store A --store B, with task.target=common for every label they give;
+    a label one store lacks is masked on its rows. Several GPUs: --devices 4 --strategy ddp. Several nodes: start the same command on every node under torchrun
     (torchrun --nnodes 2 --nproc-per-node 4 --rdzv-endpoint HOST:29500 $(which cxr) train ... --devices 4
     --num-nodes 2 --strategy ddp) or srun (one task per GPU); the run directory must be on a shared filesystem.
     """
@@ -47,7 +50,7 @@ def train(
 
     result = fit(
         config,
-        store,
+        list(store or []),
         out,
         image_size=image_size,
         resume=resume,

@@ -53,6 +53,29 @@ class StoreImages(Dataset):
         return torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
 
 
+class MultiStoreImages(StoreImages):
+    """:class:`StoreImages` over several stores: item ``i`` is row ``rows[i]`` of store ``stores[store_of[i]]``.
+
+    Augmentation draws are keyed by (seed, epoch, store, row), so two stores' images with the same row number get
+    different draws.
+    """
+
+    def __init__(self, stores: Sequence[Store], store_of: np.ndarray, rows: np.ndarray, labels: np.ndarray | None,
+                 view: Callable, seed: int | None = None):  # fmt: skip
+        super().__init__(stores[0], rows, labels, view, seed)
+        self.stores, self.store_of = list(stores), np.asarray(store_of, dtype=np.int64)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, item = key if isinstance(key, tuple) else (0, key)
+        k, row = int(self.store_of[item]), int(self.rows[item])
+        pixels = self.stores[k].images[row]
+        if self.seed is None:
+            image = self.view(pixels)
+        else:
+            image = self.view(pixels, generator=item_generator(self.seed, epoch, row + (k << 40)))
+        return torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
+
+
 def item_generator(seed: int, epoch: int, row: int) -> torch.Generator:
     """A torch generator for one image in one epoch; SeedSequence mixes the three numbers into unrelated streams."""
     state = np.random.SeedSequence([seed, epoch, row]).generate_state(2, dtype=np.uint32)
@@ -97,13 +120,21 @@ def train_view_of(data: DataConfig) -> TrainView:
     )
 
 
-def part_dataset(store: Store, split: TaskSplit, part: str, data: DataConfig, seed: int = 0) -> StoreImages:
-    """The dataset of one part of a task split; the training part gets the random view, seeded by ``seed``."""
+def part_dataset(
+    store: Store | Sequence[Store], split: TaskSplit, part: str, data: DataConfig, seed: int = 0
+) -> StoreImages:
+    """The dataset of one part of a task split; the training part gets the random view, seeded by ``seed``.
+
+    With several stores (``split`` from :func:`cxr.data.tasks.build_multi_split`) the items come from each row's
+    store (its ``store`` column)."""
     labels = split.rows(part)
     table = split.table.loc[labels]
     training = part == "train"
     view = train_view_of(data) if training else Preprocessing.from_config(data).view
-    return StoreImages(store, table["row"].to_numpy(), targets(table, split.outputs), view, seed if training else None)
+    y, item_seed = targets(table, split.outputs), seed if training else None
+    if isinstance(store, Store):
+        return StoreImages(store, table["row"].to_numpy(), y, view, item_seed)
+    return MultiStoreImages(store, table["store"].to_numpy(), table["row"].to_numpy(), y, view, item_seed)
 
 
 class StoreDataModule(L.LightningDataModule):
@@ -114,7 +145,13 @@ class StoreDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, store: Store, split: TaskSplit, data: DataConfig, batch_size: int, pin_memory: bool, seed: int = 0
+        self,
+        store: Store | Sequence[Store],
+        split: TaskSplit,
+        data: DataConfig,
+        batch_size: int,
+        pin_memory: bool,
+        seed: int = 0,
     ):
         super().__init__()
         self.store, self.split, self.data, self.batch_size, self.pin_memory = store, split, data, batch_size, pin_memory

@@ -19,7 +19,7 @@ import pandas as pd
 from cxr.config import TaskConfig
 from cxr.data.splits import assert_patient_disjoint, carve_validation, ratio_split
 from cxr.errors import CxrError
-from cxr.labels import ANY_FINDING, FINDINGS, NO_FINDING, canonical_name
+from cxr.labels import ANY_FINDING, COMMON_FINDINGS, COMMON_LABELS, FINDINGS, NO_FINDING, canonical_name
 
 # The seed's resampling of multilabel-balanced (sklearn.utils.resample, random_state=123): per-class targets, drawn
 # with replacement, for the rare findings; pure "No Finding" drawn down without replacement; every other image once.
@@ -51,23 +51,44 @@ class TaskSplit:
         return self.train if part == "train" else self.table.index[self.table["part"] == part].to_numpy()
 
     def split_table(self) -> pd.DataFrame:
-        """``RUN/split.parquet``: image, patient_id, part — before resampling."""
-        return self.table[["image", "patient_id", "part"]].reset_index(drop=True)
+        """``RUN/split.parquet``: image, patient_id, part — before resampling (and store, dataset for several)."""
+        extra = [column for column in ("store", "dataset") if column in self.table]
+        return self.table[["image", "patient_id", "part", *extra]].reset_index(drop=True)
 
 
-def task_outputs(task: TaskConfig) -> list[str]:
-    """The output labels: the 14 findings, or one binary target ("Fibrosis", "Any Finding", ...)."""
+COMMON_TARGET = "common"
+"""``task.target: common``: every finding of the common vocabulary that at least one store provides."""
+
+
+def task_outputs(task: TaskConfig, provided: list[str] | None = None) -> list[str]:
+    """The output labels: NIH's 14 findings, the common findings in ``provided`` (``task.target: common``; the
+    labels the stores give, see :func:`provided_labels`), or one binary target ("Fibrosis", "Any Finding", ...)."""
     if task.target == "findings":
         return list(FINDINGS)
+    if task.target == COMMON_TARGET:
+        return [name for name in COMMON_FINDINGS if provided is None or name in provided]
     try:
-        return [canonical_name(task.target)]
+        return [canonical_name(task.target, COMMON_LABELS)]
     except ValueError as error:
-        raise CxrError(f"task.target: {error}; or 'findings' for the 14-label task") from None
+        raise CxrError(f"task.target: {error}; or 'findings' for NIH's 14 labels, 'common' for all given") from None
+
+
+def provided_labels(table: pd.DataFrame) -> list[str]:
+    """Common labels with at least one known (non-NaN) value in ``table``: those a store can teach."""
+    return [name for name in COMMON_LABELS if name in table and table[name].notna().any()]
+
+
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    """A label column as float; NaN where the table lacks the column (an NIH store has no "Lung Opacity")."""
+    if name not in table:
+        return np.full(len(table), np.nan)
+    return table[name].to_numpy(dtype=np.float64)
 
 
 def targets(table: pd.DataFrame, outputs: list[str]) -> np.ndarray:
-    """0/1 targets ``(n, K)`` float32; "Any Finding" is 1 − "No Finding"."""
-    columns = [1 - table[NO_FINDING].to_numpy() if name == ANY_FINDING else table[name].to_numpy() for name in outputs]
+    """Targets ``(n, K)`` float32: 0/1, NaN where the store does not give the label; "Any Finding" is 1 − "No
+    Finding"."""
+    columns = [1 - _column(table, NO_FINDING) if name == ANY_FINDING else _column(table, name) for name in outputs]
     return np.stack(columns, axis=1).astype(np.float32)
 
 
@@ -143,7 +164,7 @@ def balanced_sample(train: pd.DataFrame, outputs: list[str], seed: int = 123) ->
 
 def build_split(index: pd.DataFrame, task: TaskConfig) -> TaskSplit:
     """Apply a task to a store index: rows, patient-wise parts, then sampling of the training part only."""
-    outputs = task_outputs(task)
+    outputs = task_outputs(task, provided_labels(index))
     if task.sampling == "balanced" and len(outputs) != 1:
         raise CxrError("task.sampling=balanced needs a binary task (task.target=<one label>)")
     if task.sampling == "seed_balanced" and task.target != "findings":
@@ -161,3 +182,64 @@ def build_split(index: pd.DataFrame, task: TaskConfig) -> TaskSplit:
     else:
         sampled = train.index.to_numpy()
     return TaskSplit(outputs=outputs, table=table, train=sampled)
+
+
+def store_shares(sizes: list[int], weights: list[float]) -> np.ndarray:
+    """Each store's share of the training draws: ``weights`` normalised, or proportional to ``sizes`` when empty."""
+    if not weights:
+        return np.asarray(sizes, dtype=np.float64) / sum(sizes)
+    if len(weights) != len(sizes):
+        raise CxrError(f"data.store_weights has {len(weights)} values for {len(sizes)} stores: give one per store")
+    shares = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(shares).all() or (shares < 0).any() or shares.sum() <= 0:
+        raise CxrError(f"data.store_weights must be non-negative numbers, not all 0; got {list(weights)}")
+    return shares / shares.sum()
+
+
+def weighted_draw(parts: list[np.ndarray], shares: np.ndarray, seed: int) -> np.ndarray:
+    """The training rows drawn from each store in the ratio ``shares``, as many in all as the stores hold.
+
+    A store whose share asks for fewer rows than it has gives a random subset (without replacement); one that asks
+    for more gives all its rows plus a draw with replacement. Drawn once per run (seeded), like the other samplings.
+    """
+    rng = np.random.default_rng(seed)
+    total = sum(len(p) for p in parts)
+    drawn = []
+    for rows, share in zip(parts, shares, strict=True):
+        n = round(share * total)
+        if n and not len(rows):
+            raise CxrError("a store with a non-zero data.store_weights value has no training rows")
+        if n <= len(rows):
+            drawn.append(rng.choice(rows, size=n, replace=False))
+        else:
+            drawn.append(np.concatenate([rows, rng.choice(rows, size=n - len(rows), replace=True)]))
+    return np.concatenate(drawn)
+
+
+def build_multi_split(
+    indices: list[pd.DataFrame], names: list[str], task: TaskConfig, weights: list[float] | None = None
+) -> TaskSplit:
+    """A task over several stores: each store split patient-wise on its own (:func:`build_split`), then the union.
+
+    ``table`` gains ``store`` (the store's position) and ``dataset`` (``names``); patient ids are prefixed with the
+    store's position so that two stores' patients never merge. The outputs are the task's over the union of the
+    labels the stores provide; a label a store does not give is NaN on its rows (masked by the loss). The training
+    rows are drawn per store in the ratio of ``weights`` (``data.store_weights``; by size when empty).
+    """
+    if len(indices) != len(names):
+        raise ValueError("one name per store index")
+    provided = sorted({name for index in indices for name in provided_labels(index)}, key=COMMON_LABELS.index)
+    outputs = task_outputs(task, provided)
+    tables, trains, offset = [], [], 0
+    for k, index in enumerate(indices):
+        single = build_split(index, task)
+        table = single.table.assign(store=k, dataset=names[k], patient_id=f"{k}:" + single.table["patient_id"].astype(str))
+        position = pd.Index(table.index)
+        table.index = pd.RangeIndex(offset, offset + len(table))
+        trains.append(table.index.to_numpy()[position.get_indexer(single.train)])
+        tables.append(table)
+        offset += len(table)
+    table = pd.concat(tables)
+    shares = store_shares([len(t) for t in trains], list(weights or []))
+    train = np.concatenate(trains) if not weights else weighted_draw(trains, shares, task.sampling_seed)
+    return TaskSplit(outputs=outputs, table=table, train=train)

@@ -126,6 +126,100 @@ def operating_thresholds(thresholds: dict[str, dict[str, float]], rule: str) -> 
     return {label: 0.5 if label in fallback else value for label, value in chosen.items()}, fallback
 
 
+def validation_thresholds(val: ScoredSet) -> dict[str, dict[str, float]]:
+    """Thresholds per label chosen on the validation rows that give the label (NaN targets: a store that does not
+    provide it, in a run trained on several stores)."""
+    y = np.asarray(val.targets, dtype=np.float64)
+    chosen = {}
+    for k, label in enumerate(val.labels):
+        provided = ~np.isnan(y[:, k])
+        target = y[provided, k].astype(np.uint8)[:, None]
+        chosen |= choose_thresholds(target, val.probabilities[provided, k][:, None], [label])
+    return chosen
+
+
+def run_stores(config: dict) -> list[Path]:
+    """The stores a run was trained on, as recorded: ``data.stores`` (several) or ``store``."""
+    stores = (config.get("data") or {}).get("stores") or ([config["store"]] if config.get("store") else [])
+    return [Path(path) for path in stores]
+
+
+def is_external(config: dict, store: str | Path, split_images: list[str]) -> bool:
+    """Whether ``store`` is another dataset than the run's: not one of its recorded stores where those still exist;
+    where they are gone (moved), whether the store lacks the run's images."""
+    recorded = run_stores(config)
+    if any(path.exists() for path in recorded):
+        return Path(store).resolve() not in {path.resolve() for path in recorded}
+    return not pd.Index(split_images).isin(Store(store).index["image"]).all()
+
+
+def shared_labels(labels: list[str], table: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """The model outputs a store's rows give (some known value), and ``{output: reason}`` for the others."""
+    from cxr.data.tasks import targets  # numpy/pandas only; kept local as the one data.tasks use here
+
+    y = targets(table, labels)
+    shared = [label for k, label in enumerate(labels) if (~np.isnan(y[:, k])).any()]
+    return shared, {label: "not available: the store does not provide this label" for label in labels
+                    if label not in shared}  # fmt: skip
+
+
+def evaluate_on_store(
+    run: Path, artifact, val: ScoredSet, store: Store, split: str, tta: bool, batch_size: int, n_resamples: int,
+    seed: int, rows: pd.DataFrame | None = None,
+) -> tuple[dict, Path]:  # fmt: skip
+    """``cxr evaluate RUN --store STORE`` for one store's images, for the labels both the model and it have.
+
+    External validation (``rows`` None: ``STORE`` is not the run's): the store's test part. One of the stores of a
+    run trained on several: its ``rows`` of the run's split. Outputs the store cannot give are listed in
+    ``not_available`` (never scored as negatives); images whose label is unknown (NaN) for any shared output are
+    left out (``store_scored.left_out``), as the scorer needs every label of every scored image. Thresholds come
+    from the run's own validation predictions. Writes ``RUN/eval/<split>-<dataset>/``.
+    """
+    from cxr.data.tasks import targets
+
+    external = rows is None
+    if external:
+        if split != "test":
+            raise CxrError("an external store is scored on its test part: use --split test")
+        rows = store.index[store.index["split"] == "test"]
+        if rows.empty:
+            raise CxrError(f"{store.path} has no test images (its index has no split == 'test' rows)")
+    labels = list(artifact.labels)
+    shared, not_available = shared_labels(labels, rows)
+    if not shared:
+        raise CxrError(f"{store.path} provides none of the run's outputs ({', '.join(labels)})")
+    y = targets(rows, shared)
+    complete = ~np.isnan(y).any(axis=1)
+    rows, y = rows[complete], y[complete]
+    if rows.empty:
+        raise CxrError(f"no test image of {store.path} has all of {', '.join(shared)} known")
+    images = rows["image"].astype(str).tolist()
+    probabilities = predict_split(artifact, store.path, images, batch_size, tta)[:, [labels.index(x) for x in shared]]
+    data = ScoredSet(shared, np.asarray(images), rows["patient_id"].to_numpy(), y.astype(np.uint8), probabilities)
+    columns = [val.labels.index(label) for label in shared]
+    thresholds = validation_thresholds(ScoredSet(shared, val.images, val.patient_ids, val.targets[:, columns],
+                                                 val.probabilities[:, columns]))  # fmt: skip
+    metrics = score(data, thresholds, n_resamples, seed)
+    dataset = str(store.manifest.get("dataset", "nih"))
+    preset = artifact.config.get("experiment")
+    metrics["source"] = {"run": str(run), "split": split, "tta": tta, "store": str(store.path), "preset": preset}
+    metrics["store_scored"] = {"dataset": dataset, "store": str(store.path), "external": external, "trained_on":
+                               list(map(str, run_stores(artifact.config))), "left_out": int((~complete).sum())}  # fmt: skip
+    metrics["not_available"] = not_available
+    out = run / "eval" / f"{split}-{dataset}"
+    write_scored_set(data, out)
+    write_json(out / "metrics.json", metrics)
+    kind = "External validation" if external else "One of the run's stores"
+    source = (f"{kind}: run `{run}` (best checkpoint) on the {split} part of `{store.path}` "
+              f"({dataset}), thresholds from the run's validation predictions. Not available: "
+              + (", ".join(not_available) or "none") + f"; {int((~complete).sum())} images left out (a shared "
+              "label unknown).")  # fmt: skip
+    title = f"{preset or run.name}: {'external ' if external else ''}{split} on {dataset}"
+    write_report(out, metrics, data, title, [], artifact.config,
+                 None, run / "metrics.csv", source)  # fmt: skip
+    return metrics, out
+
+
 def evaluate_run(
     run: str | Path,
     split: str = "test",
@@ -160,12 +254,23 @@ def evaluate_run(
     images = parts.loc[parts["part"] == split, "image"].astype(str).tolist()
     if not images:
         raise CxrError(f"{run / 'split.parquet'} has no {split!r} images (parts: {sorted(parts['part'].unique())})")
+    if store is not None and is_external(config, store, images):
+        return evaluate_on_store(run, artifact, val, Store(store), split, tta, batch_size, n_resamples, seed)
+    if "store" in parts:
+        if store is None:
+            raise CxrError(f"{run} was trained on several stores: score one with `cxr evaluate {run} --store STORE` "
+                           "(another store than the run's is an external validation)")  # fmt: skip
+        k = [path.resolve() for path in run_stores(config)].index(Path(store).resolve())
+        mine = set(parts.loc[(parts["part"] == split) & (parts["store"] == k), "image"].astype(str))
+        store = Store(store)
+        rows = store.index[store.index["image"].isin(mine)]
+        return evaluate_on_store(run, artifact, val, store, split, tta, batch_size, n_resamples, seed, rows)
     store = store or config.get("store")
     if not store:
         raise CxrError(f"{run} does not record its store: pass --store STORE")
     store = Store(store)
 
-    thresholds = choose_thresholds(val.targets, val.probabilities, labels)
+    thresholds = validation_thresholds(val)
     operating, fallback = operating_thresholds(thresholds, rule)
     record = {"chosen_on": "validation", "rule": rule, "operating": operating, "fallback_0.5": fallback}
     write_json(run / "thresholds.json", record | {"thresholds": thresholds, "n_images": len(val.images)})

@@ -17,7 +17,7 @@ import pandas as pd
 
 from cxr.data.nih import read_image_list, read_metadata
 from cxr.errors import CxrError, InputFormatError
-from cxr.labels import ANY_FINDING, LABELS, NO_FINDING, canonical_name
+from cxr.labels import ANY_FINDING, COMMON_LABELS, NO_FINDING, canonical_name
 
 ID_COLUMN = "Image Index"
 PROB_PREFIX = "prob_"
@@ -46,7 +46,7 @@ def match_columns(columns: list[str], path: str | Path) -> tuple[str, dict[str, 
         if column == id_column:
             continue
         try:
-            label = canonical_name(column.removeprefix(PROB_PREFIX))
+            label = canonical_name(column.removeprefix(PROB_PREFIX), COMMON_LABELS)
         except ValueError as error:
             message = f"not an image id or a probability column <Finding> / prob_<Finding> ({error})"
             if column.startswith("Unnamed:") or not column:
@@ -57,7 +57,7 @@ def match_columns(columns: list[str], path: str | Path) -> tuple[str, dict[str, 
         matched[label] = column
     if not matched:
         raise InputFormatError(path, "no probability column (expected <Finding> or prob_<Finding>)", line=1)
-    return id_column, {label: matched[label] for label in (*LABELS, ANY_FINDING) if label in matched}
+    return id_column, {label: matched[label] for label in (*COMMON_LABELS, ANY_FINDING) if label in matched}
 
 
 def read_predictions(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -176,9 +176,15 @@ def read_val_predictions(path: str | Path, labels: list[str]) -> ScoredSet:
         labels=list(labels),
         images=table[ID_COLUMN].to_numpy(dtype=str),
         patient_ids=table["Patient ID"].to_numpy(),
-        targets=table[list(labels)].to_numpy(np.uint8),
+        targets=_val_targets(table[list(labels)]),
         probabilities=table[[PROB_PREFIX + label for label in labels]].to_numpy(np.float64),
     )
+
+
+def _val_targets(table: pd.DataFrame) -> np.ndarray:
+    """0/1 uint8; float with NaN where a run on several stores has rows that do not give a label."""
+    values = table.to_numpy(np.float64)
+    return values if np.isnan(values).any() else values.astype(np.uint8)
 
 
 def read_scored_set(folder: str | Path) -> ScoredSet:

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from cxr.config import Config, config_from_dict, save_config, to_dict
 from cxr.data.loaders import StoreDataModule, predict_store
 from cxr.data.store import Store
-from cxr.data.tasks import TaskSplit, build_split, targets
+from cxr.data.tasks import TaskSplit, build_multi_split, build_split, targets
 from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.imaging.preprocessing import Preprocessing
@@ -71,7 +71,7 @@ def fit_store(config: Config, store: Store, image_size: int | None = None) -> Co
     return config
 
 
-RUN_SETTINGS = ("store", "data.num_workers")
+RUN_SETTINGS = ("store", "data.stores", "data.num_workers")
 """Config keys that say where and how a run is executed, not what it learns: they may change on --resume (a moved
 store, another machine). Results do not depend on them (cxr.data.loaders.EpochSampler: not even on the number of
 workers)."""
@@ -198,9 +198,39 @@ def build_trainer(
     )
 
 
+def store_paths(config: Config, store_path: str | Path | list) -> list[Path]:
+    """The stores to train on: ``--store`` (one or several), else the config's ``data.stores``."""
+    paths = [store_path] if isinstance(store_path, str | Path) else list(store_path or [])
+    paths = paths or list(config.data.stores)
+    if not paths:
+        raise CxrError("no store to train on: pass --store STORE (repeat it for several) or set data.stores")
+    resolved = [Path(p).resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise CxrError(f"the same store is given twice: {', '.join(map(str, paths))}")
+    return [Path(p) for p in paths]
+
+
+def fit_stores(config: Config, stores: list[Store], image_size: int | None) -> tuple[Config, TaskSplit]:
+    """The config fitted to the stores (:func:`fit_store`: all must share size and crop) and the task's split; with
+    several stores the union (:func:`cxr.data.tasks.build_multi_split`), recorded in ``data.stores``."""
+    config = fit_store(config, stores[0], image_size)
+    if len(stores) == 1:
+        if config.data.store_weights:
+            raise CxrError("data.store_weights needs several stores (--store A --store B)")
+        return config, build_split(stores[0].index, config.task)
+    for other in stores[1:]:
+        if other.size != stores[0].size or abs(other.crop - stores[0].crop) > 1e-6:
+            raise CxrError(f"stores to train on together must share size and crop: {stores[0].path} is "
+                           f"{stores[0].size} px crop {stores[0].crop}, {other.path} is {other.size} px crop "
+                           f"{other.crop} (prepare them with the same --size and --crop)")  # fmt: skip
+    config.data.stores = [str(Path(store.path).resolve()) for store in stores]
+    names = [str(store.manifest.get("dataset", "nih")) for store in stores]
+    return config, build_multi_split([store.index for store in stores], names, config.task, config.data.store_weights)
+
+
 def fit(
     config: Config,
-    store_path: str | Path,
+    store_path: str | Path | list,
     run_dir: str | Path,
     *,
     image_size: int | None = None,
@@ -211,10 +241,11 @@ def fit(
     strategy: str = "auto",
     progress: bool = True,
 ) -> FitResult:
-    """Train ``config`` on a store into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``."""
-    store, run_dir = Store(store_path), Path(run_dir)
-    config = fit_store(config, store, image_size)
-    split = build_split(store.index, config.task)
+    """Train ``config`` on a store (or several: a list, or ``data.stores``) into ``run_dir``; ``resume`` continues
+    from ``checkpoints/last.ckpt``."""
+    stores, run_dir = [Store(path) for path in store_paths(config, store_path)], Path(run_dir)
+    config, split = fit_stores(config, stores, image_size)
+    store = stores[0] if len(stores) == 1 else stores
     for part in ("train", "val"):
         if not len(split.rows(part)):
             raise CxrError(f"the {part} part is empty for this store and task; a larger store is needed")
@@ -253,20 +284,29 @@ def fit(
         # best.ckpt is the model artifact: only last.ckpt needs the optimizer state (--resume), which for Adam is
         # twice the weights' size; every reader of the artifact (predict, export, serve, evaluate) pays for it.
         strip_training_state(run_dir / "checkpoints" / "best.ckpt")
-        write_val_predictions(run_dir, store, split, device="cuda" if on_gpu else "cpu")
+        write_val_predictions(run_dir, stores, split, device="cuda" if on_gpu else "cpu")
     return FitResult(run_dir=run_dir, trainer=trainer, module=module)
 
 
-def write_val_predictions(run_dir: Path, store: Store, split: TaskSplit, device: str = "cpu") -> Path:
+def write_val_predictions(run_dir: Path, store: Store | list[Store], split: TaskSplit, device: str = "cpu") -> Path:
     """``RUN/val_predictions.parquet`` of the best checkpoint: ``Image Index``, ``Patient ID``, then per output
-    ``<label>`` (0/1 target) and ``prob_<label>``; ``cxr evaluate`` chooses thresholds on it."""
+    ``<label>`` (0/1 target; float with NaN where a store does not give it) and ``prob_<label>``; ``cxr evaluate``
+    chooses thresholds on it. Several stores add a ``dataset`` column."""
     artifact = load_artifact(run_dir / "checkpoints" / "best.ckpt", device=device)
+    stores = [store] if isinstance(store, Store) else list(store)
     val = split.table[split.table["part"] == "val"]
-    probabilities = predict_store(artifact, store, val["image"].tolist(), batch_size=64)
+    probabilities = np.zeros((len(val), len(split.outputs)), dtype=np.float32)
+    for k, one in enumerate(stores):
+        mine = (val["store"] == k).to_numpy() if "store" in val else np.ones(len(val), dtype=bool)
+        if mine.any():
+            probabilities[mine] = predict_store(artifact, one, val.loc[mine, "image"].tolist(), batch_size=64)
     table = pd.DataFrame({"Image Index": val["image"].to_numpy(), "Patient ID": val["patient_id"].to_numpy()})
+    if "dataset" in val:
+        table["dataset"] = val["dataset"].to_numpy()
     y = targets(val, split.outputs)
+    missing = np.isnan(y).any()
     for k, label in enumerate(split.outputs):
-        table[label] = y[:, k].astype(np.uint8)
+        table[label] = y[:, k] if missing else y[:, k].astype(np.uint8)
         table[f"prob_{label}"] = probabilities[:, k]
     path = run_dir / "val_predictions.parquet"
     table.to_parquet(path, index=False)

@@ -163,9 +163,10 @@ def _expert_csv(store: Store, path: Path) -> Path:
     def yes(*labels: str) -> list[str]:
         return np.where(test[list(labels)].max(axis=1) == 1, "YES", "NO").tolist()
 
-    table = pd.DataFrame({"Image Index": test["image"], "Patient ID": test["patient_id"], "Fracture": "NO",
-                          "Pneumothorax": yes("Pneumothorax"), "Airspace opacity": yes("Consolidation", "Pneumonia",
-                          "Infiltration"), "Nodule or mass": yes("Nodule", "Mass"), "Set Id": "test"})  # fmt: skip
+    table = pd.DataFrame({"Image Index": test["image"], "Patient ID": test["patient_id"], "View Position": "PA",
+                          "Fracture": "NO", "Pneumothorax": yes("Pneumothorax"),
+                          "Airspace opacity": yes("Consolidation", "Pneumonia", "Infiltration"),
+                          "Nodule or mass": yes("Nodule", "Mass"), "Set Id": "test"})  # fmt: skip
     table.to_csv(path, index=False)
     return path
 
@@ -204,3 +205,30 @@ def test_internal_scores_per_store_and_errors(run, stores):
     metrics = json.loads((run / "eval" / "test-chexpert" / "metrics.json").read_text())
     assert not metrics["store_scored"]["external"]
     assert set(NIH_ONLY) <= set(metrics["not_available"]) and "Lung Opacity" in metrics["findings"]
+    # CheXpert's blank cells are unknown: each label is scored on the images that give it, never as negatives
+    split = pd.read_parquet(run / "split.parquet")
+    test = (
+        Store(stores["chexpert"])
+        .index.set_index("image")
+        .loc[split.loc[(split["dataset"] == "chexpert") & (split["part"] == "test"), "image"]]
+    )
+    assert "per_label" in metrics
+    for label in ("Lung Opacity", "Effusion"):
+        finding = metrics["findings"][label]
+        assert finding["n"] == test[label].notna().sum() < len(test)
+        assert finding["n_pos"] == (test[label] == 1).sum()
+
+
+def test_compare_puts_internal_and_external_side_by_side(run, stores, tmp_path):
+    for store, folder in ((stores["chexpert"], "test-chexpert"), (stores["other"], "test-nih")):
+        if not (run / "eval" / folder / "metrics.json").is_file():
+            _cli("evaluate", str(run), "--store", str(store), "--resamples", "100")
+    out = tmp_path / "side"
+    _cli("compare", str(run), "--external", "--out", str(out))
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["sets"] == ["run:test-chexpert", "run:test-nih"]
+    assert result["kind"] == {"run:test-chexpert": "internal (chexpert)", "run:test-nih": "external (nih)"}
+    external = json.loads((run / "eval" / "test-nih" / "metrics.json").read_text())
+    assert result["auroc"]["run:test-nih"]["Mass"]["auroc"] == external["findings"]["Mass"]["auroc"]
+    assert result["auroc"]["run:test-chexpert"]["Mass"] is None  # CheXpert gives no Mass: not scored
+    assert "| Mass | not available |" in (out / "comparison.md").read_text()

@@ -128,10 +128,26 @@ def compare(
     resamples: int = typer.Option(1000, "--resamples", min=1),
     seed: int = typer.Option(0, "--seed"),
     json_out: str | None = typer.Option(None, "--json", help="Also write the comparison JSON to FILE ('-': stdout)."),
+    external: bool = typer.Option(
+        False, "--external", help="Each run's internal and external evaluations side by side (not paired)."
+    ),
 ) -> None:
-    """Side-by-side AUROC with CIs and paired patient-level bootstrap differences vs the first run."""
+    """Side-by-side AUROC with CIs and paired patient-level bootstrap differences vs the first run.
+
+    With --external: every RUN/eval/<split>[-<dataset>]/ of the runs (own test part, other stores, expert labels)
+    side by side, each with its own CI; "not available" where a store lacks the label."""
     from cxr.evaluation.compare import compare_sets, comparison_tables, load_compared, write_comparison
 
+    if external:
+        from cxr.evaluation.compare import side_by_side, side_by_side_rows, write_side_by_side
+
+        result = side_by_side(items, split)
+        paths = write_side_by_side(result, out)
+        _print_table("", ["Finding", *result["sets"]], side_by_side_rows(result), to_stderr=json_out == "-")
+        if json_out != "-":
+            typer.echo(f"report: {paths['html']}")
+        _emit_json(result, json_out)
+        return
     if len(items) < 2:
         raise CxrError("compare needs at least two runs (or predictions CSVs)")
     short = [Path(item).name for item in items]

@@ -39,7 +39,9 @@ def train(
     """Train a preset on a store into a run directory (config, split, checkpoints, metrics, validation predictions).
 
     Several stores (e.g. NIH and CheXpert): --store A --store B, with task.target=common for every label they give;
-    a label one store lacks is masked on its rows. Several GPUs: --devices 4 --strategy ddp. Several nodes: start the same command on every node under torchrun
+    a label one store lacks is masked on its rows.
+
+    Several GPUs: --devices 4 --strategy ddp. Several nodes: start the same command on every node under torchrun
     (torchrun --nnodes 2 --nproc-per-node 4 --rdzv-endpoint HOST:29500 $(which cxr) train ... --devices 4
     --num-nodes 2 --strategy ddp) or srun (one task per GPU); the run directory must be on a shared filesystem.
     """

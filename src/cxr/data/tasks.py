@@ -233,7 +233,8 @@ def build_multi_split(
     tables, trains, offset = [], [], 0
     for k, index in enumerate(indices):
         single = build_split(index, task)
-        table = single.table.assign(store=k, dataset=names[k], patient_id=f"{k}:" + single.table["patient_id"].astype(str))
+        patients = f"{k}:" + single.table["patient_id"].astype(str)
+        table = single.table.assign(store=k, dataset=names[k], patient_id=patients)
         position = pd.Index(table.index)
         table.index = pd.RangeIndex(offset, offset + len(table))
         trains.append(table.index.to_numpy()[position.get_indexer(single.train)])

@@ -9,6 +9,7 @@ DeLong et al. (1988)'s test for correlated ROC curves. Differences are ``run - r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,86 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
     if len(result["runs"]) > 1:
         paths["forest"] = plot_forest(result, out_dir / "forest.png")
         blocks += [("h2", "Differences"), ("img", paths["forest"], "AUROC differences vs the first run")]
+    paths["markdown"] = out_dir / "comparison.md"
+    paths["markdown"].write_text(render_markdown(blocks))
+    paths["html"] = out_dir / "comparison.html"
+    paths["html"].write_text(render_html(blocks))
+    return paths
+
+
+def scored_folders(run: str | Path, split: str = "test") -> dict[str, Path]:
+    """A run's evaluations of ``split``: ``RUN/eval/<split>`` (its own test part) and every ``<split>-<name>``
+    (another store, one of its stores, expert labels), by folder name, those with a ``metrics.json``."""
+    root = Path(run) / "eval"
+    folders = [root / split, *sorted(root.glob(f"{split}-*"))]
+    found = {folder.name: folder for folder in folders if (folder / "metrics.json").is_file()}
+    if not found:
+        raise CxrError(f"{root} holds no evaluation of {split!r}: run `cxr evaluate {run}` (and --store OTHER) first")
+    return found
+
+
+def _kind(metrics: dict) -> str:
+    if metrics.get("label_set"):
+        return f"expert labels ({metrics['label_set']})"
+    scored = metrics.get("store_scored")
+    if scored is None:
+        return "internal"
+    return f"external ({scored['dataset']})" if scored["external"] else f"internal ({scored['dataset']})"
+
+
+def side_by_side(runs: list[str | Path], split: str = "test") -> dict:
+    """Internal and external results of runs side by side, from their ``metrics.json`` files (``cxr compare
+    --external``). The sets hold different images, so nothing is paired: each AUROC keeps its own patient-level CI,
+    and a label a set did not score is ``None`` with the reason where its metrics give one.
+
+    JSON-ready: ``{"split", "sets": [name], "kind", "n_images", "labels", "auroc": {set: {label | "macro": {"auroc",
+    "auroc_ci"} | None}}, "not_available": {set: {label: reason}}}``.
+    """
+    result: dict = {"split": split, "sets": [], "kind": {}, "n_images": {}, "labels": [], "auroc": {}}
+    result["not_available"] = {}
+    for run in runs:
+        for folder_name, folder in scored_folders(run, split).items():
+            metrics = json.loads((folder / "metrics.json").read_text())
+            name = f"{Path(run).name}:{folder_name}"
+            result["sets"].append(name)
+            result["kind"][name], result["n_images"][name] = _kind(metrics), metrics["n_images"]
+            findings = metrics["findings"]
+            entry = {label: {"auroc": v["auroc"], "auroc_ci": v["auroc_ci"]} for label, v in findings.items()}
+            entry["macro"] = {"auroc": metrics["macro_auroc"], "auroc_ci": metrics["macro_auroc_ci"]}
+            result["auroc"][name] = entry
+            result["not_available"][name] = metrics.get("not_available", {})
+            result["labels"] += [label for label in metrics["findings"] if label not in result["labels"]]
+    for name in result["sets"]:
+        result["auroc"][name] = {key: result["auroc"][name].get(key) for key in [*result["labels"], "macro"]}
+    return result
+
+
+def side_by_side_rows(result: dict) -> list[list[str]]:
+    """Rows ``[label, "AUROC [CI]" per set]`` of :func:`side_by_side`; "not available" where the set's store lacks
+    the label, "-" where the set did not score it for another reason."""
+
+    def cell(name: str, key: str) -> str:
+        value = result["auroc"][name][key]
+        if value is None:
+            return "not available" if key in result["not_available"][name] else "-"
+        return fmt_ci(value["auroc"], value["auroc_ci"])
+
+    return [[key, *(cell(name, key) for name in result["sets"])] for key in [*result["labels"], "macro"]]
+
+
+def write_side_by_side(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """``comparison.json``, ``.md`` and ``.html`` of :func:`side_by_side`: AUROC [95% CI] per set, "not available"
+    where a set's store could not give the label."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": write_json(out_dir / "comparison.json", result)}
+    names = result["sets"]
+    rows = side_by_side_rows(result)
+    sets = "; ".join(f"{name}: {result['kind'][name]}, {result['n_images'][name]} images" for name in names)
+    intro = (f"Sets: {sets}. Different images: each AUROC has its own patient-level bootstrap CI and no difference "
+             "is tested. Macro means are over each set's own labels.")  # fmt: skip
+    blocks = [("h1", "Internal and external results"), ("p", intro), ("h2", "AUROC [95% CI]"),
+              ("table", ["Finding", *names], rows)]  # fmt: skip
     paths["markdown"] = out_dir / "comparison.md"
     paths["markdown"].write_text(render_markdown(blocks))
     paths["html"] = out_dir / "comparison.html"

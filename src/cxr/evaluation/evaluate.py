@@ -171,9 +171,9 @@ def evaluate_on_store(
 
     External validation (``rows`` None: ``STORE`` is not the run's): the store's test part. One of the stores of a
     run trained on several: its ``rows`` of the run's split. Outputs the store cannot give are listed in
-    ``not_available`` (never scored as negatives); images whose label is unknown (NaN) for any shared output are
-    left out (``store_scored.left_out``), as the scorer needs every label of every scored image. Thresholds come
-    from the run's own validation predictions. Writes ``RUN/eval/<split>-<dataset>/``.
+    ``not_available`` (never scored as negatives). Where some images leave a shared label unknown (a CheXpert blank),
+    each label is scored on the images that give it (:func:`score_per_label`; no report plots then). Thresholds
+    come from the run's own validation predictions. Writes ``RUN/eval/<split>-<dataset>/``.
     """
     from cxr.data.tasks import targets
 
@@ -189,22 +189,26 @@ def evaluate_on_store(
     if not shared:
         raise CxrError(f"{store.path} provides none of the run's outputs ({', '.join(labels)})")
     y = targets(rows, shared)
-    complete = ~np.isnan(y).any(axis=1)
-    rows, y = rows[complete], y[complete]
-    if rows.empty:
-        raise CxrError(f"no test image of {store.path} has all of {', '.join(shared)} known")
+    some = ~np.isnan(y).all(axis=1)
+    rows, y = rows[some], y[some]
     images = rows["image"].astype(str).tolist()
     probabilities = predict_split(artifact, store.path, images, batch_size, tta)[:, [labels.index(x) for x in shared]]
-    data = ScoredSet(shared, np.asarray(images), rows["patient_id"].to_numpy(), y.astype(np.uint8), probabilities)
+    data = ScoredSet(shared, np.asarray(images), rows["patient_id"].to_numpy(), y, probabilities)
     columns = [val.labels.index(label) for label in shared]
     thresholds = validation_thresholds(ScoredSet(shared, val.images, val.patient_ids, val.targets[:, columns],
                                                  val.probabilities[:, columns]))  # fmt: skip
-    metrics = score(data, thresholds, n_resamples, seed)
+    complete = not np.isnan(y).any()
+    if complete:
+        data.targets = y.astype(np.uint8)
+        metrics = score(data, thresholds, n_resamples, seed)
+    else:
+        metrics = score_per_label(data, thresholds, n_resamples, seed)
     dataset = str(store.manifest.get("dataset", "nih"))
     preset = artifact.config.get("experiment")
     metrics["source"] = {"run": str(run), "split": split, "tta": tta, "store": str(store.path), "preset": preset}
-    metrics["store_scored"] = {"dataset": dataset, "store": str(store.path), "external": external, "trained_on":
-                               list(map(str, run_stores(artifact.config))), "left_out": int((~complete).sum())}  # fmt: skip
+    trained_on = [str(path) for path in run_stores(artifact.config)]
+    metrics["store_scored"] = {"dataset": dataset, "store": str(store.path), "external": external,
+                               "trained_on": trained_on, "unlabelled": int((~some).sum())}  # fmt: skip
     metrics["not_available"] = not_available
     out = run / "eval" / f"{split}-{dataset}"
     write_scored_set(data, out)
@@ -212,12 +216,47 @@ def evaluate_on_store(
     kind = "External validation" if external else "One of the run's stores"
     source = (f"{kind}: run `{run}` (best checkpoint) on the {split} part of `{store.path}` "
               f"({dataset}), thresholds from the run's validation predictions. Not available: "
-              + (", ".join(not_available) or "none") + f"; {int((~complete).sum())} images left out (a shared "
-              "label unknown).")  # fmt: skip
+              + (", ".join(not_available) or "none") + ".")  # fmt: skip
     title = f"{preset or run.name}: {'external ' if external else ''}{split} on {dataset}"
-    write_report(out, metrics, data, title, [], artifact.config,
-                 None, run / "metrics.csv", source)  # fmt: skip
+    if complete:  # the plots need every label of every image
+        write_report(out, metrics, data, title, [], artifact.config, None, run / "metrics.csv", source)
+    else:
+        write_json(out / "metrics.json", metrics | {"report": "not written: labels scored on different images"})
     return metrics, out
+
+
+def score_per_label(data: ScoredSet, thresholds: dict, n_resamples: int, seed: int) -> dict:
+    """:func:`score` for a set whose targets are unknown (NaN) on some rows: each label scored on the images that
+    give it (its own ``n`` and patient-level CI). The macro AUROC is the mean of the labels' points; its CI and the
+    micro AUROC would need one image set and are NaN (``per_label`` says so)."""
+    findings, first = {}, None
+    for k, label in enumerate(data.labels):
+        known = ~np.isnan(data.targets[:, k])
+        y, p = data.targets[known, k : k + 1].astype(np.uint8), data.probabilities[known, k : k + 1]
+        part = ScoredSet([label], data.images[known], data.patient_ids[known], y, p)
+        metrics = score(part, {label: thresholds[label]}, n_resamples, seed)
+        findings[label], first = metrics["findings"][label], first or metrics
+    summary = summary_labels(data.labels)
+    known = ~np.isnan(data.targets)
+    pooled_y, pooled_p = data.targets[known].astype(np.uint8), data.probabilities[known]
+    return first | {
+        "findings": findings,
+        "macro_auroc": macro_average(np.array([findings[label]["auroc"] for label in summary])),
+        "macro_auroc_ci": [math.nan, math.nan],
+        "micro_auroc": math.nan,
+        "micro_auroc_ci": [math.nan, math.nan],
+        "n_images": len(data.images),
+        "n_patients": int(len(np.unique(data.patient_ids))),
+        "labels": list(data.labels),
+        "macro_labels": summary,
+        "per_label": "labels scored on the images that give them (a blank or uncertain label is unknown, not negative)",
+        "calibration": first["calibration"]
+        | {
+            "ece": float(expected_calibration_error(pooled_y, pooled_p)[0]),
+            "brier": float(brier_score(pooled_y, pooled_p)[0]),
+            "reliability": reliability(pooled_y, pooled_p, first["calibration"]["bins"]),
+        },
+    }
 
 
 def evaluate_run(

@@ -232,3 +232,16 @@ def test_compare_puts_internal_and_external_side_by_side(run, stores, tmp_path):
     assert result["auroc"]["run:test-nih"]["Mass"]["auroc"] == external["findings"]["Mass"]["auroc"]
     assert result["auroc"]["run:test-chexpert"]["Mass"] is None  # CheXpert gives no Mass: not scored
     assert "| Mass | not available |" in (out / "comparison.md").read_text()
+
+
+def test_config_lists_of_stores_and_weights():
+    config = load_config("multilabel-adam", ["data.stores=[a, b]", "data.store_weights=[1, 2.5]"])
+    assert config.data.stores == ["a", "b"] and config.data.store_weights == [1.0, 2.5]
+    with pytest.raises(CxrError, match="data.store_weights must be a list"):
+        load_config("multilabel-adam", ["data.store_weights=3"])
+    with pytest.raises(CxrError, match="data.store_weights must be a number"):
+        load_config("multilabel-adam", ["data.store_weights=[x]"])
+    with pytest.raises(CxrError, match="no store to train on"):
+        from cxr.training.fit import store_paths
+
+        store_paths(config.__class__(), [])

@@ -130,7 +130,7 @@ class CxrModule(L.LightningModule):
         self.val_auroc.update(probabilities, torch.where(torch.isnan(target), MISSING, target).long())
 
     def on_validation_epoch_end(self) -> None:
-        auroc = self.val_auroc.compute()
+        auroc = self.val_auroc.compute().reshape(-1)  # torchmetrics squeezes a one-output (binary task) result to 0-d
         defined = ~torch.isnan(auroc)
         # torchmetrics already gathered all ranks: the values agree, sync_dist only tells Lightning so.
         for label, value in zip(self.outputs, auroc, strict=True):

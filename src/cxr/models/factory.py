@@ -279,8 +279,12 @@ def create_model(
 def _is_cxr_checkpoint(path: Path) -> bool:
     """Whether ``path`` is one of our checkpoints (``model.pretrained``/``init_from`` of an earlier run)."""
     if path.suffix == ".safetensors" or not path.is_file():
+        return False  # the loader of the architecture reports a missing file in its words
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a PyTorch file: the architecture's loader says so
         return False
-    return _read_weights(path)[0] == "cxr"
+    return isinstance(payload, dict) and isinstance(payload.get("cxr"), dict) and "state_dict" in payload
 
 
 def _architecture(name: str, head: str, dropout: float, num_outputs: int) -> dict:

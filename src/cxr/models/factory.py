@@ -68,7 +68,7 @@ class CxrNet(nn.Module):
     @property
     def feature_layer(self) -> nn.Module:
         """The Grad-CAM target for ``pytorch_grad_cam``: the last block (the map the head sees) from 224 px up, the
-        last stride-16 block below (see ``FINE_CAM_BELOW``)."""
+        last stride-16 block below (see ``FINE_CAM_BELOW``); a ViT's last ``norm1`` (tokens: see ``cam_reshape``)."""
         return self.backbone.get_submodule(self._feature_layer_name)
 
     @property

@@ -193,6 +193,12 @@ def test_grad_cam_targets_per_family(name, layer, cells):
     assert reshape(activations["x"]).shape[-2:] == (cells, cells)  # (B, C, h, w) at stride 16
 
 
+def test_from_224_px_a_cnns_target_is_its_last_stage():
+    assert create_model("convnext_atto", 2, input_size=224)._feature_layer_name == "stages.3"
+    assert create_model("efficientnet_b0", 2, input_size=224)._feature_layer_name == "blocks.6"
+    assert create_model("resnet18d", 2, input_size=128)._feature_layer_name == "layer3"  # stride 16 below 224
+
+
 def test_vit_maps_equal_the_grad_cam_package_with_its_reshape_transform():
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -81,8 +81,8 @@ def test_normalisation_is_inside_the_model():
 
 
 def test_bad_factory_arguments_are_user_errors():
-    with pytest.raises(CxrError, match="unknown model"):
-        create_model("vgg16", 2)
+    with pytest.raises(CxrError, match="unknown model 'densenet122'.*close matches: densenet121"):
+        create_model("densenet122", 2)  # vgg16, the former example, is a timm architecture now
     with pytest.raises(CxrError, match="unknown head"):
         create_model("resnet18", 2, head="attention")
     with pytest.raises(CxrError, match="not found"):

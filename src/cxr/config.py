@@ -97,11 +97,12 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "densenet169"  # a name of cxr.models.factory.BACKBONES, checked when the model is built
+    name: str = "densenet169"  # cxr.models.factory.BACKBONES (torchvision) or any timm architecture; checked when built
     head: Head = Head.SEED
     dropout: float = 0.2
     pretrained: str = "imagenet"  # "imagenet", "none", or a path to weights
     init_from: str | None = None  # a previous run's checkpoint (the seed chained Adam → SGD → balanced)
+    grad_checkpointing: bool = False  # recompute activations in the backward: less memory, more compute
 
 
 @dataclass

@@ -74,6 +74,7 @@ class CxrModule(L.LightningModule):
             pretrained="none" if resume else (spec.init_from or spec.pretrained),
             input_size=config.data.input_size,
             labels=outputs,
+            grad_checkpointing=spec.grad_checkpointing,
         )
         weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
         self.register_buffer("pos_weight", weight, persistent=False)

@@ -40,11 +40,23 @@ class Head(StrEnum):
 class Optimizer(StrEnum):
     ADAM = "adam"
     SGD = "sgd"
+    ADAMW = "adamw"  # decoupled weight decay (Loshchilov & Hutter, ICLR 2019); none on norms, biases and tokens
+
+
+class Fused(StrEnum):
+    """Which optimizer kernel: torch's default (a loop per parameter on CPU, ``foreach`` on CUDA), one fused kernel,
+    or one ``foreach`` call per group."""
+
+    AUTO = "auto"  # fused where the parameters are on CUDA, torch's default elsewhere
+    FUSED = "fused"
+    FOREACH = "foreach"
+    DEFAULT = "default"
 
 
 class Scheduler(StrEnum):
     NONE = "none"
     PLATEAU = "plateau"  # ReduceLROnPlateau on the validation loss
+    COSINE = "cosine"  # per step: linear warm-up over optim.warmup_epochs, then cosine down to optim.min_lr
 
 
 class SplitScheme(StrEnum):
@@ -117,6 +129,10 @@ class OptimConfig:
     scheduler: Scheduler = Scheduler.NONE
     plateau_factor: float = 0.1
     plateau_patience: int = 1
+    fused: Fused = Fused.AUTO
+    warmup_epochs: float = 0.0  # cosine: linear warm-up length in epochs (fractions allowed), applied per step
+    min_lr: float = 0.0  # cosine: the learning rate the schedule ends at (scaled per group with layer_decay)
+    layer_decay: float = 1.0  # ViTs: block i of L learns at lr * layer_decay ** (L + 1 - i); 1.0 = off
 
 
 @dataclass
@@ -128,6 +144,8 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     channels_last: bool = False  # on GPU; measured slower for DenseNet121 bf16 on an H200 (docs/benchmarks.md)
     seed: int = 0
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
+    accumulate: int = 1  # batches whose gradients are summed per optimizer step (effective batch = batch_size * this)
 
 
 @dataclass

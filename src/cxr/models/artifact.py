@@ -168,6 +168,7 @@ def strip_training_state(path: str | Path) -> None:
     """Drop what only ``--resume`` needs (optimizer and scheduler states, loop and callback states) from a model
     artifact, in place and atomically; weights, the ``cxr`` block and Lightning's version stay."""
     checkpoint = read_checkpoint(path)
-    for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
+    # current_model_state / averaging_state: the raw weights and step count beside train.ema's averaged weights.
+    for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks", "current_model_state", "averaging_state"):
         checkpoint.pop(key, None)
     _atomic_save(checkpoint, Path(path))

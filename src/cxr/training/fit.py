@@ -34,7 +34,8 @@ from cxr.imaging.preprocessing import Preprocessing
 from cxr.models.artifact import load_artifact, strip_training_state
 from cxr.provenance import environment
 from cxr.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
-from cxr.training.module import CxrModule, EpochMetricsCSV
+from cxr.training.module import CxrModule, EpochMetricsCSV, WeightEMA
+from cxr.training.optim import check_recipe, layer_depths
 from cxr.training.precision import auto_precision
 
 
@@ -136,9 +137,10 @@ def _gpu_count(devices: int | str) -> int:
 
 
 def _pos_weight(split: TaskSplit) -> list[float]:
+    """Negatives / positives per output, counted over the training rows that provide the output (NaN = missing)."""
     y = targets(split.table.loc[split.train], split.outputs)
-    positives = np.maximum(y.sum(axis=0), 1.0)
-    return ((len(y) - positives) / positives).tolist()
+    positives = np.maximum(np.nansum(y, axis=0), 1.0)
+    return ((np.sum(~np.isnan(y), axis=0) - positives) / positives).tolist()
 
 
 def build_trainer(
@@ -168,6 +170,10 @@ def build_trainer(
         EarlyStopping(monitor="val_loss", mode="min", patience=config.train.early_stopping_patience),
         EpochMetricsCSV(run_dir / "metrics.csv", outputs),
     ]
+    if config.train.ema > 0:
+        # After LastCheckpoint: at the end of training that one saves the raw weights before this one copies the
+        # EMA into the model (a finished run resumed again then still has both).
+        callbacks.append(WeightEMA(config.train.ema))
     if progress:
         callbacks.append(RichProgressBar())
     return L.Trainer(
@@ -178,6 +184,7 @@ def build_trainer(
         num_nodes=num_nodes,
         strategy=strategy,
         precision=_precision(config, on_gpu),
+        accumulate_grad_batches=config.train.accumulate,  # Lightning divides each batch's loss by it
         benchmark=on_gpu,  # cuDNN autotuning: the input size is fixed for a whole run
         sync_batchnorm=on_gpu and num_nodes * _gpu_count(devices) > 1,  # one BN statistic over all ranks
         use_distributed_sampler=False,  # cxr.data.loaders.EpochSampler shards the data itself (and seeds augmentation)
@@ -211,9 +218,7 @@ def fit(
     for part in ("train", "val"):
         if not len(split.rows(part)):
             raise CxrError(f"the {part} part is empty for this store and task; a larger store is needed")
-    if config.optim.decay > 0 and config.optim.scheduler == "plateau":
-        raise CxrError("optim.decay (Keras time decay, set per step) and optim.scheduler=plateau cannot be combined: "
-                       "the per-step decay would undo every plateau reduction")  # fmt: skip
+    check_recipe(config)
 
     L.seed_everything(config.train.seed, workers=True)
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
@@ -222,6 +227,8 @@ def fit(
     # Built before the run folder exists: a model that cannot be built (ImageNet weights offline, a wrong
     # model.init_from) must not leave a folder that can be neither restarted nor resumed.
     module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume)
+    if config.optim.layer_decay != 1.0:
+        layer_depths(module.model)  # a model without ViT blocks is refused here, not after the run folder exists
     if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)
         _prepare_run_dir(run_dir, config, split, resume)
         _record_environment(run_dir)

@@ -1,9 +1,11 @@
 """The LightningModule (model, loss, metrics, optimizer — nothing else) and the per-epoch metrics.csv writer.
 
 Lightning owns the loop (AMP, checkpoints, early stopping, DDP); this module stays thin: no data handling here.
-Loss: binary cross-entropy on logits, optionally weighted per output by negatives/positives (CheXNet's weighted BCE).
-Validation: loss, and per-output + macro AUROC (torchmetrics, exact, synchronised across DDP ranks); an output with
-one class in the validation part gets NaN and is left out of the macro mean.
+Loss: binary cross-entropy on logits, optionally weighted per output by negatives/positives (CheXNet's weighted BCE),
+over the provided targets only (NaN = the dataset does not give that label; ``cxr.training.losses``).
+Validation: loss, and per-output + macro AUROC (torchmetrics, exact, synchronised across DDP ranks) over the rows that
+provide the output; an output with one class (or none) among them gets NaN and is left out of the macro mean.
+Optimizer and schedules: ``cxr.training.optim``.
 """
 
 from __future__ import annotations
@@ -15,33 +17,50 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchmetrics import Metric
-from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
+from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.utilities import dim_zero_cat
 
 from cxr.config import Config, to_dict
 from cxr.files import replacing
 from cxr.imaging.preprocessing import Preprocessing, to_unit
 from cxr.models.artifact import artifact_metadata
 from cxr.models.factory import create_model
+from cxr.training.losses import masked_bce
+from cxr.training.optim import build_optimizer, cosine_schedule
+
+MISSING = -1
+"""A target the dataset does not provide, as the integer class torchmetrics' ``ignore_index`` skips."""
 
 
-class ClassCounts(Metric):
-    """Positives and images seen per output, to tell a one-class output (AUROC undefined) from a real 0."""
+class MaskedAUROC(Metric):
+    """Exact AUROC per output over the rows that provide it (target not :data:`MISSING`); NaN for an output with one
+    class, or none, among them. The probabilities and targets are kept (and gathered across DDP ranks) and scored at
+    the end, as torchmetrics' exact AUROC does; torchmetrics' own ``ignore_index`` fails on an output with no row left.
+    """
 
     full_state_update = False
 
-    def __init__(self, num_outputs: int):
+    def __init__(self):
         super().__init__()
-        self.add_state("positives", torch.zeros(num_outputs, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("probabilities", default=[], dist_reduce_fx="cat")
+        self.add_state("classes", default=[], dist_reduce_fx="cat")
 
-    def update(self, target: torch.Tensor) -> None:
-        self.positives += target.long().sum(dim=0)
-        self.total += target.shape[0]
+    def update(self, probabilities: torch.Tensor, classes: torch.Tensor) -> None:
+        self.probabilities.append(probabilities)
+        self.classes.append(classes)
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.positives, self.total
+    def compute(self) -> torch.Tensor:
+        probabilities, classes = dim_zero_cat(self.probabilities), dim_zero_cat(self.classes)
+        values = []
+        for k in range(classes.shape[1]):
+            kept = classes[:, k] != MISSING
+            target = classes[kept, k]
+            defined = bool((target == 1).any() and (target == 0).any())
+            values.append(binary_auroc(probabilities[kept, k], target) if defined else torch.tensor(float("nan")))
+        return torch.stack([value.float().to(probabilities.device) for value in values])
 
 
 def keras_time_decay(step: int, decay: float) -> float:
@@ -78,9 +97,7 @@ class CxrModule(L.LightningModule):
         )
         weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
         self.register_buffer("pos_weight", weight, persistent=False)
-        k = len(outputs)
-        self.val_auroc = BinaryAUROC() if k == 1 else MultilabelAUROC(num_labels=k, average=None)
-        self.val_counts = ClassCounts(k)
+        self.val_auroc = MaskedAUROC()
 
     def _images(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 batch → float in [0, 1] (the artifact's :class:`Preprocessing` scaling), NHWC with
@@ -91,7 +108,7 @@ class CxrModule(L.LightningModule):
         return images
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.pos_weight)
+        return masked_bce(logits, target, self.pos_weight)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         pixels, target = batch
@@ -104,36 +121,25 @@ class CxrModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         pixels, target = batch
         logits = self.model(self._images(pixels))
-        self.log("val_loss", self._loss(logits, target), on_epoch=True, sync_dist=True, batch_size=len(target))
+        # Weighted by the provided targets: the epoch's val_loss is then the mean over all of them, as one batch.
+        provided = max(1, int((~torch.isnan(target)).sum()))
+        self.log("val_loss", self._loss(logits, target), on_epoch=True, sync_dist=True, batch_size=provided)
         probabilities = torch.sigmoid(logits.float())
-        if len(self.outputs) == 1:
-            self.val_auroc.update(probabilities[:, 0], target[:, 0].long())
-        else:
-            self.val_auroc.update(probabilities, target.long())
-        self.val_counts.update(target)
+        self.val_auroc.update(probabilities, torch.where(torch.isnan(target), MISSING, target).long())
 
     def on_validation_epoch_end(self) -> None:
-        auroc = self.val_auroc.compute().reshape(-1).float()
-        positives, total = self.val_counts.compute()
-        defined = (positives > 0) & (positives < total)
-        auroc = torch.where(defined, auroc, torch.full_like(auroc, float("nan")))
+        auroc = self.val_auroc.compute()
+        defined = ~torch.isnan(auroc)
         # torchmetrics already gathered all ranks: the values agree, sync_dist only tells Lightning so.
         for label, value in zip(self.outputs, auroc, strict=True):
             self.log(f"val_auroc_{label}", value, sync_dist=True)
         macro = auroc.nanmean() if defined.any() else auroc.new_tensor(float("nan"))
         self.log("val_macro_auroc", macro, sync_dist=True)
         self.val_auroc.reset()
-        self.val_counts.reset()
 
     def configure_optimizers(self):
         spec = self.config.optim
-        params = self.model.parameters()
-        if spec.name == "adam":
-            optimizer = torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(
-                params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
-            )
+        optimizer = build_optimizer(self.model, spec)
         schedulers = []
         if spec.decay > 0:
             decay = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(keras_time_decay, decay=spec.decay))
@@ -143,6 +149,10 @@ class CxrModule(L.LightningModule):
                 optimizer, mode="min", factor=spec.plateau_factor, patience=spec.plateau_patience
             )
             schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": "val_loss"})
+        if spec.scheduler == "cosine":
+            total = int(self.trainer.estimated_stepping_batches)  # all epochs' optimizer steps, accumulation counted
+            cosine = cosine_schedule(optimizer, spec, total, self.trainer.max_epochs)
+            schedulers.append({"scheduler": cosine, "interval": "step"})
         return [optimizer], schedulers
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -150,6 +160,28 @@ class CxrModule(L.LightningModule):
         checkpoint["cxr"] = artifact_metadata(
             self.outputs, self.model.architecture, self.preprocessing, config=to_dict(self.config)
         )
+
+
+class WeightEMA(WeightAveraging):
+    """``train.ema``: an exponential moving average of the weights (and BN statistics), updated after every optimizer
+    step, ``ema ← decay · ema + (1 − decay) · w`` (the first update copies ``w``).
+
+    Lightning's :class:`WeightAveraging` does the rest: validation runs on the EMA weights, and every checkpoint's
+    ``state_dict`` holds them (so ``best.ckpt`` — the artifact predict, evaluate, export and serve read — is the EMA
+    model), with the raw weights and the EMA's step count beside them for ``--resume``. What this subclass adds: the
+    foreach update (one kernel per dtype instead of one per tensor) and the average kept on the training device
+    (Lightning's default takes the module's device at ``setup``, before the module moves to the GPU, which would
+    copy every weight to the CPU at every step).
+    """
+
+    def __init__(self, decay: float):
+        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.decay = decay
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._device is None:
+            self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
 
 
 class EpochMetricsCSV(L.Callback):

@@ -8,16 +8,19 @@ import math
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cxr.config import load_config
+from cxr.config import find_experiment, load_config, to_dict
 from cxr.errors import CxrError
 from cxr.imaging.preprocessing import Preprocessing
+from cxr.models.artifact import load_artifact
 from cxr.models.factory import CxrNet, create_model
 from cxr.training.checkpointing import LastCheckpoint
 from cxr.training.fit import build_trainer
@@ -432,8 +435,6 @@ def test_training_with_a_missing_label_learns_the_provided_ones():
 
 
 def test_pos_weight_counts_only_the_rows_that_provide_the_label():
-    import pandas as pd
-
     from cxr.data.tasks import TaskSplit
     from cxr.training.fit import _pos_weight
 
@@ -441,3 +442,47 @@ def test_pos_weight_counts_only_the_rows_that_provide_the_label():
     split = TaskSplit(outputs=["A", "B"], table=table, train=table.index.to_numpy())
     assert _pos_weight(split) == pytest.approx([2.0, 1.5])
     assert not np.isnan(_pos_weight(split)).any()
+
+
+# --- 8. The modern presets ----------------------------------------------------------------------------------------
+
+MODERN = {"modern-224": 224, "modern-512": 512}
+
+
+@pytest.mark.parametrize("preset", list(MODERN))
+def test_modern_presets_load_with_the_recipe_they_document(preset):
+    config = load_config(preset)
+    written = yaml.safe_load(find_experiment(preset).read_text())
+    merged = to_dict(config)
+    for section, values in written.items():
+        for key, value in values.items():
+            assert merged[section][key] == value, f"{section}.{key}"
+    size = MODERN[preset]
+    assert (config.data.store_size, config.data.input_size, config.data.crop) == (size, size, 1.0)
+    assert (config.model.name, config.optim.name, config.optim.scheduler) == ("convnext_small", "adamw", "cosine")
+    assert config.optim.warmup_epochs > 0 and 0 < config.train.ema < 1 and config.train.precision == "auto"
+    assert config.train.batch_size * config.train.accumulate == 64  # the same effective batch at both sizes
+    check_recipe(config)
+
+
+@pytest.mark.parametrize("preset", list(MODERN))
+def test_modern_presets_train_a_few_steps(preset, synth_store, tmp_path):
+    """The preset's AdamW, cosine + warm-up, EMA and accumulation on the synthetic store, with a small CNN at 32 px
+    (the preset's ConvNeXt needs timm's model registry and ImageNet weights)."""
+    from conftest import train_cli
+
+    out = tmp_path / "run"
+    train_cli(
+        "--experiment", preset, "--store", str(synth_store), "--out", str(out), "--image-size", "32", "--epochs", "2",
+        "--no-progress", "model.name=resnet18", "model.pretrained=none", "data.num_workers=0",
+        "optim.warmup_epochs=0.5", "train.batch_size=16",
+    )  # fmt: skip
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1] and metrics["val_loss"].notna().all()
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    assert "current_model_state" not in best and "optimizer_states" not in best  # the artifact: EMA weights only
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert "current_model_state" in last  # the raw weights, for --resume
+    [schedule] = last["lr_schedulers"]
+    assert schedule["lr_lambdas"][0]["warmup_steps"] > 0
+    assert load_artifact(out / "checkpoints" / "best.ckpt").labels

@@ -17,6 +17,8 @@ PRESETS = [
     "chexnet",
     "demo",
     "disease-only",
+    "modern-224",
+    "modern-512",
     "multilabel-adam",
     "multilabel-balanced",
     "multilabel-sgd",

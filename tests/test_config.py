@@ -120,7 +120,7 @@ def test_overrides_are_typed():
         ("optim.lr=fast", "optim.lr must be a number"),
         ("data.hflip=maybe", "data.hflip must be true or false"),
         ("model.head=mlp", "model.head must be one of gap, seed"),
-        ("optim.scheduler=cosine", "optim.scheduler must be one of none, plateau"),
+        ("optim.scheduler=step", "optim.scheduler must be one of none, plateau, cosine"),
         ("optim.betas=[0.9]", "optim.betas must be a list of 2"),
         ("optim=1", "'optim' is a section"),
         ("train.epochs.max=1", "train.epochs is a value"),

@@ -24,7 +24,7 @@ from cxr.models.artifact import load_artifact
 from cxr.models.factory import CxrNet, create_model
 from cxr.training.checkpointing import LastCheckpoint
 from cxr.training.fit import build_trainer
-from cxr.training.losses import masked_bce
+from cxr.training.losses import auc_margin, masked_bce
 from cxr.training.module import CxrModule, WeightEMA
 from cxr.training.optim import (
     WarmupCosine,
@@ -442,6 +442,43 @@ def test_pos_weight_counts_only_the_rows_that_provide_the_label():
     split = TaskSplit(outputs=["A", "B"], table=table, train=table.index.to_numpy())
     assert _pos_weight(split) == pytest.approx([2.0, 1.5])
     assert not np.isnan(_pos_weight(split)).any()
+
+
+# --- 7. AUC-margin loss -------------------------------------------------------------------------------------------
+
+
+def test_auc_margin_is_the_papers_objective_per_output_over_provided_entries():
+    logits = torch.tensor([[2.0, 0.0], [1.0, -1.0], [-1.0, 3.0], [0.0, 0.5], [0.3, 1.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, NAN], [NAN, 0.0]])
+    loss = auc_margin(logits, target, margin=0.8)
+    expected = []
+    for k in range(2):
+        kept = ~torch.isnan(target[:, k])
+        h, y = torch.sigmoid(logits[kept, k]), target[kept, k]
+        pos, neg = h[y == 1], h[y == 0]
+        hinge = max(0.0, 0.8 - pos.mean().item() + neg.mean().item()) ** 2
+        expected.append(pos.var(unbiased=False).item() + neg.var(unbiased=False).item() + hinge)
+    assert loss.item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+    loss.backward()
+    assert logits.grad[3, 1] == 0 and logits.grad[4, 0] == 0 and logits.grad[0, 0] != 0
+    # Perfectly separated scores a margin apart and equal within each class: zero loss.
+    separated = torch.tensor([[10.0], [10.0], [-10.0], [-10.0]])
+    assert auc_margin(separated, torch.tensor([[1.0], [1.0], [0.0], [0.0]]), margin=0.9).item() < 1e-6
+    assert auc_margin(separated, torch.tensor([[0.0], [0.0], [1.0], [1.0]]), margin=0.9).item() > 3.0  # reversed
+
+
+def test_auc_margin_loss_learns_to_rank():
+    config = _config("optim.name=adam", "optim.lr=3e-3", "train.loss=auc_margin")
+    torch.manual_seed(0)
+    module = _module(config, _linear_net())
+    pixels, target = _data(256)
+    val_pixels, val_target = _data(128, seed=9)
+    trainer = _trainer(3)
+    trainer.fit(module, _loader(pixels, target, 32), _loader(val_pixels, val_target, 128))
+    assert float(trainer.callback_metrics["val_auroc_Atelectasis"]) > 0.9
+    assert float(trainer.callback_metrics["val_auroc_Cardiomegaly"]) > 0.9
+    with pytest.raises(CxrError, match="pos_weight"):
+        check_recipe(_config("train.loss=auc_margin", "train.pos_weight=true"))
 
 
 # --- 8. The modern presets ----------------------------------------------------------------------------------------

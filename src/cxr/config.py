@@ -59,6 +59,11 @@ class Scheduler(StrEnum):
     COSINE = "cosine"  # per step: linear warm-up over optim.warmup_epochs, then cosine down to optim.min_lr
 
 
+class Loss(StrEnum):
+    BCE = "bce"  # binary cross-entropy per output (train.pos_weight: CheXNet's weighting)
+    AUC_MARGIN = "auc_margin"  # AUC-M, square-hinge AUC surrogate (Yuan et al., ICCV 2021; cxr.training.losses)
+
+
 class SplitScheme(StrEnum):
     OFFICIAL = "official"  # NIH's train_val / test lists
     RATIO = "ratio"  # a seeded patient-wise split by task.ratios
@@ -146,6 +151,8 @@ class TrainConfig:
     seed: int = 0
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     accumulate: int = 1  # batches whose gradients are summed per optimizer step (effective batch = batch_size * this)
+    loss: Loss = Loss.BCE  # NaN targets (a label the dataset does not give) are left out by both
+    auc_margin: float = 1.0  # train.loss=auc_margin: the margin m between mean positive and negative scores
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Lightning owns the loop (AMP, checkpoints, early stopping, DDP); this module stays thin: no data handling here.
 Loss: binary cross-entropy on logits, optionally weighted per output by negatives/positives (CheXNet's weighted BCE),
-over the provided targets only (NaN = the dataset does not give that label; ``cxr.training.losses``).
+over the provided targets only (NaN = the dataset does not give that label; ``cxr.training.losses``), or the
+AUC-margin loss (``train.loss=auc_margin``).
 Validation: loss, and per-output + macro AUROC (torchmetrics, exact, synchronised across DDP ranks) over the rows that
 provide the output; an output with one class (or none) among them gets NaN and is left out of the macro mean.
 Optimizer and schedules: ``cxr.training.optim``.
@@ -28,7 +29,7 @@ from cxr.files import replacing
 from cxr.imaging.preprocessing import Preprocessing, to_unit
 from cxr.models.artifact import artifact_metadata
 from cxr.models.factory import create_model
-from cxr.training.losses import masked_bce
+from cxr.training.losses import auc_margin, masked_bce
 from cxr.training.optim import build_optimizer, cosine_schedule
 
 MISSING = -1
@@ -108,6 +109,8 @@ class CxrModule(L.LightningModule):
         return images
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.config.train.loss == "auc_margin":
+            return auc_margin(logits, target, self.config.train.auc_margin)
         return masked_bce(logits, target, self.pos_weight)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -167,5 +167,9 @@ def check_recipe(config: Config) -> None:
         raise CxrError(f"optim.layer_decay={optim.layer_decay} must be in (0, 1]; 1.0 turns it off")
     if not 0 <= train.ema < 1:
         raise CxrError(f"train.ema={train.ema} must be in [0, 1): the EMA decay per step (e.g. 0.999), 0 = off")
+    if train.loss == "auc_margin" and train.pos_weight:
+        raise CxrError("train.pos_weight weights the BCE; train.loss=auc_margin compares class means and has none")
+    if train.auc_margin <= 0:
+        raise CxrError(f"train.auc_margin={train.auc_margin} must be above 0")
     if train.accumulate < 1:
         raise CxrError(f"train.accumulate={train.accumulate} must be 1 or more batches per optimizer step")

@@ -260,6 +260,16 @@ def test_layer_decay_refuses_models_without_one_block_sequence():
         parameter_groups(convnext, spec)
 
 
+def test_cxr_train_refuses_layer_decay_for_a_cnn_before_making_the_run(synth_store, tmp_path):
+    from conftest import train_cli
+
+    out = tmp_path / "run"
+    with pytest.raises(CxrError, match="optim.layer_decay needs"):
+        train_cli("--experiment", "demo", "--store", str(synth_store), "--out", str(out), "--image-size", "32",
+                  "--model", "resnet18", "data.num_workers=0", "optim.layer_decay=0.7")  # fmt: skip
+    assert not out.exists()
+
+
 def test_a_vit_with_layer_decay_trains():
     config = _config("optim.name=adamw", "optim.lr=1e-3", "optim.layer_decay=0.75", "data.input_size=64")
     module = _module(config, _vit_net(depth=2))

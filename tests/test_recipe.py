@@ -300,7 +300,7 @@ def _ema_of(trajectory: list[dict], decay: float) -> dict:
     return ema
 
 
-def test_ema_weights_follow_the_formula_and_validation_uses_them():
+def test_ema_weights_follow_the_formula_and_validation_and_checkpoints_use_them(tmp_path):
     config = _config("optim.name=sgd", "optim.lr=0.5", "optim.momentum=0", "optim.nesterov=false", "train.ema=0.6")
     torch.manual_seed(0)
     module, trajectory = _module(config, _linear_net()), Trajectory()
@@ -320,6 +320,10 @@ def test_ema_weights_follow_the_formula_and_validation_uses_them():
         raw_logits = torch.func.functional_call(module.model, raw, (val_pixels.float() / 255,))
     assert float(trainer.callback_metrics["val_loss"]) == pytest.approx(float(masked_bce(logits, val_target)), 1e-5)
     assert float(masked_bce(raw_logits, val_target)) != pytest.approx(float(masked_bce(logits, val_target)), 1e-3)
+    # The checkpoint's weights (what the artifact loads) are the EMA (raw ones beside them: the resume test below).
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+    torch.testing.assert_close(checkpoint["state_dict"]["model.head.weight"], expected["head.weight"])
 
 
 def test_ema_survives_a_resume_and_checkpoints_hold_it(tmp_path):
@@ -341,13 +345,17 @@ def test_ema_survives_a_resume_and_checkpoints_hold_it(tmp_path):
             if trainer.current_epoch == 2:
                 raise KeyboardInterrupt  # Lightning's own "stop now"
 
-    last = tmp_path / "last.ckpt"
+    last, trajectory = tmp_path / "last.ckpt", Trajectory()
     with pytest.raises(SystemExit):  # Lightning ends the process on an interrupt: the stopped job
-        run([LastCheckpoint(last), Stop()])
+        run([LastCheckpoint(last), Stop(), trajectory])
     checkpoint = torch.load(last, weights_only=False)
-    assert {"current_model_state", "averaging_state"} <= set(checkpoint)
-    assert not torch.equal(checkpoint["state_dict"]["model.head.weight"],
-                           checkpoint["current_model_state"]["model.head.weight"])  # fmt: skip
+    assert len(trajectory.weights) == 8  # two epochs of 4 steps, then stopped
+    # state_dict: the EMA (what a model artifact loads); current_model_state: the raw weights, for --resume.
+    torch.testing.assert_close(checkpoint["state_dict"]["model.head.weight"],
+                               _ema_of(trajectory.weights, 0.7)["head.weight"])  # fmt: skip
+    torch.testing.assert_close(checkpoint["current_model_state"]["model.head.weight"],
+                               trajectory.weights[-1]["head.weight"])  # fmt: skip
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == 8
     resumed = run([LastCheckpoint(last)], ckpt=last)
     for (name, a), b in zip(whole.model.named_parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)

@@ -33,7 +33,7 @@ from cxr.training.losses import auc_margin, masked_bce
 from cxr.training.optim import build_optimizer, cosine_schedule
 
 MISSING = -1
-"""A target the dataset does not provide, as the integer class torchmetrics' ``ignore_index`` skips."""
+"""A target the dataset does not provide, as the integer class :class:`MaskedAUROC` skips."""
 
 
 class MaskedAUROC(Metric):

@@ -528,12 +528,12 @@ def test_modern_presets_train_a_few_steps(preset, synth_store, tmp_path):
 
     out = tmp_path / "run"
     train_cli(
-        "--experiment", preset, "--store", str(synth_store), "--out", str(out), "--image-size", "32", "--epochs", "2",
+        "--experiment", preset, "--store", str(synth_store), "--out", str(out), "--image-size", "32", "--epochs", "1",
         "--no-progress", "model.name=resnet18", "model.pretrained=none", "data.num_workers=0",
         "optim.warmup_epochs=0.5", "train.batch_size=16",
     )  # fmt: skip
     metrics = pd.read_csv(out / "metrics.csv")
-    assert metrics["epoch"].tolist() == [0, 1] and metrics["val_loss"].notna().all()
+    assert metrics["epoch"].tolist() == [0] and metrics["val_loss"].notna().all()
     best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
     assert "current_model_state" not in best and "optimizer_states" not in best  # the artifact: EMA weights only
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)

@@ -327,8 +327,10 @@ def test_ema_weights_follow_the_formula_and_validation_and_checkpoints_use_them(
 
 
 def test_ema_survives_a_resume_and_checkpoints_hold_it(tmp_path):
-    """Killed at the start of epoch 2 and resumed from last.ckpt: the same EMA and raw weights as without the stop."""
-    config = _config("optim.name=sgd", "optim.lr=0.2", "optim.momentum=0.9", "train.ema=0.7")
+    """Killed at the start of epoch 2 and resumed from last.ckpt: the same EMA and raw weights as without the stop
+    (the cosine schedule's position comes back too: the weights would differ otherwise)."""
+    config = _config("optim.name=sgd", "optim.lr=0.2", "optim.momentum=0.9", "train.ema=0.7", "train.epochs=3",
+                     "optim.scheduler=cosine", "optim.warmup_epochs=1")  # fmt: skip
     pixels, target = _data(32)
 
     def run(callbacks, ckpt=None, module=None) -> CxrModule:

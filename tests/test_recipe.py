@@ -250,6 +250,18 @@ def test_layer_decay_scales_each_vit_block_by_its_depth():
             assert ours[id(p)] == pytest.approx(expected), names[id(p)]
 
 
+def test_layer_decay_groups_the_registrys_timm_vit():
+    """``model.name=vit_tiny_patch16_224`` as ``cxr train`` builds it (timm through the model registry)."""
+    model = create_model("vit_tiny_patch16_224", 3, head="gap", pretrained="none", input_size=64)
+    groups = parameter_groups(model, _config("optim.name=adamw", "optim.layer_decay=0.75").optim)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    blocks = 1 + max(int(n.split(".")[2]) for n in named if n.startswith("backbone.blocks."))
+    assert scale[id(named["backbone.cls_token"])] == pytest.approx(0.75 ** (blocks + 1))
+    assert scale[id(named["backbone.blocks.0.attn.qkv.weight"])] == pytest.approx(0.75**blocks)
+    assert [scale[id(p)] for n, p in named.items() if n.startswith("head.")] == [1.0] * 2
+
+
 def test_layer_decay_refuses_models_without_one_block_sequence():
     spec = _config("optim.layer_decay=0.75").optim
     with pytest.raises(CxrError, match=r"layer_decay needs .*no 'blocks.<i>.' parameters.*layer_decay=1.0"):

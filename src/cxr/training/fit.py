@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,7 +274,9 @@ def fit(
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
+        with warnings.catch_warnings():  # the DataModule's hook is Lightning's no-op; the module's augments (by design)
+            warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
     except SIGTERMException:  # a SystemExit with code None: without this, a terminated run would exit 0
         raise CxrError(
             f"training stopped by SIGTERM in epoch {trainer.current_epoch}; `cxr train ... --resume` continues it "

@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -190,7 +191,47 @@ def model_only(module: CxrModule, config: Config, datamodule: StoreDataModule, d
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer.fit(module, train_dataloaders=Repeat(batch, warmup + steps))
-    return timer.batches * len(batch[0]) / (timer.end - timer.start), _peak_gib(device)
+    return timer.batches * len(batch[0]) / (timer.end - timer.start), _peak_gib(device), batch
+
+
+class SyncCounter(L.Callback):
+    """Host synchronisations per step after the first, by CUDA's sync debug mode (a warning per synchronising call)."""
+
+    def __init__(self):
+        self.on, self.steps = False, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+        if batch_idx == 1:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+            self.on = True
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        self.steps += self.on
+
+    def on_train_end(self, trainer, module) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def host_syncs_per_step(module: CxrModule, config: Config, batch: tuple, device, steps: int = 5) -> dict | None:
+    """Synchronising calls per training step on device-resident batches, and where the first of them come from.
+
+    Catches a per-step ``.item()``/``isfinite`` check (there should be none: ``train.check_finite_every``); the
+    check every N batches itself shows as one sync per N steps. None on a CPU.
+    """
+    if device.type != "cuda":
+        return None
+    counter = SyncCounter()
+    trainer = _trainer(config, device, 1 + steps, counter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.fit(module, train_dataloaders=Repeat(batch, 1 + steps))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    return {"per_step": round(len(syncs) / max(counter.steps, 1), 2),
+            "where": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})[:10]}  # fmt: skip
 
 
 def end_to_end(module: CxrModule, config: Config, datamodule: StoreDataModule, device, steps: int, warmup: int):
@@ -267,7 +308,11 @@ def measure_row(args: argparse.Namespace, row: dict, store: Store, device: torch
         module.model.to(memory_format=torch.channels_last)
     compile_model(module.model, config.train.compile)
     loader = loader_only(datamodule, device, args.steps, args.warmup)
-    model, model_peak = model_only(module, config, datamodule, device, args.steps, args.warmup)
+    model, model_peak, batch = model_only(module, config, datamodule, device, args.steps, args.warmup)
+    try:  # a diagnostic: its failure must not cost the row
+        syncs = host_syncs_per_step(module, config, batch, device)
+    except Exception as error:
+        syncs = {"error": f"{type(error).__name__}: {error}"[:300]}
     e2e, utilisation, e2e_peak = end_to_end(module, config, datamodule, device, args.steps, args.warmup)
     return {
         **row,
@@ -280,6 +325,7 @@ def measure_row(args: argparse.Namespace, row: dict, store: Store, device: torch
         "gpu_utilisation_pct": utilisation,
         "peak_memory_gib": e2e_peak,
         "peak_memory_model_only_gib": model_peak,
+        "host_syncs": syncs,
     }
 
 

@@ -32,15 +32,18 @@ def _one_thread():
 
 
 def test_training_with_augmentation_on_the_device_learns(synth_store, tmp_path):
-    """``data.augment_on=device`` on the CPU device: the recipe of tests/conftest.py with flips and mild jitter."""
+    """``data.augment_on=device`` on the CPU device, with flips and mild jitter: tests/conftest.py's recipe at 48 px
+    (the store's 64 px resized: the loader resizes, the module jitters) and 3 epochs, to keep the suite short."""
     out = tmp_path / "run"
-    recipe = [*TRAIN_RECIPE, "data.augment_on=device", "data.hflip=true", "data.rotation=5", "data.shift=0.05"]
+    recipe = [arg for arg in TRAIN_RECIPE if arg not in ("data.rotation=0", "data.shift=0")]
+    recipe[recipe.index("--image-size") + 1], recipe[recipe.index("--epochs") + 1] = "48", "3"
+    recipe += ["data.augment_on=device", "data.hflip=true", "data.rotation=5", "data.shift=0.05"]
     train_cli("--experiment", "multilabel-adam", "--store", str(synth_store), "--out", str(out), *recipe)
     predictions = pd.read_parquet(out / "val_predictions.parquet")
     aurocs = [
         roc_auc_score(predictions[f], predictions[f"prob_{f}"]) for f in FINDINGS if predictions[f].nunique() == 2
     ]
-    assert np.mean(aurocs) >= 0.75, aurocs  # chance is 0.5; measured 0.8x on the development machine
+    assert np.mean(aurocs) >= 0.72, aurocs  # chance is 0.5; 0.798 on the development machine (0.694 after epoch 1)
 
 
 def test_finite_loss_check_remembers_the_first_bad_step_until_asked():

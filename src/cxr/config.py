@@ -147,7 +147,7 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     channels_last: bool = False  # on GPU; measured slower for DenseNet121 bf16 on an H200 (docs/benchmarks.md)
     compile: Compile = Compile.NONE  # torch.compile of the model; checkpoints keep the plain weight names
-    check_finite_every: int = 50  # steps between host checks of the loss (and at each epoch's end): no per-step sync
+    check_finite_every: int = 50  # batches between host checks of the loss (and at each epoch's end): no per-step sync
     seed: int = 0
 
 

@@ -4,7 +4,7 @@ Lightning owns the loop (AMP, checkpoints, early stopping, DDP); this module sta
 Loss: binary cross-entropy on logits, optionally weighted per output by negatives/positives (CheXNet's weighted BCE).
 Validation: loss, and per-output + macro AUROC (torchmetrics, exact, synchronised across DDP ranks); an output with
 one class in the validation part gets NaN and is left out of the macro mean.
-A non-finite training loss stops the run, checked on the host only every ``train.check_finite_every`` steps and at
+A non-finite training loss stops the run, checked on the host only every ``train.check_finite_every`` batches and at
 each epoch's end (:class:`FiniteLossCheck`): a check each step would wait for the GPU each step.
 """
 

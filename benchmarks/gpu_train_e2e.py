@@ -53,12 +53,12 @@ from cxr.training.module import CxrModule
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_train_e2e.json"
 LEVERS = {  # lever → (config key, parser); the first value given on the command line is the baseline
     "augment_on": ("data.augment_on", str),
-    "compile": ("train.compile", str),
     "fused": ("optim.fused", lambda text: text.lower() in ("1", "true", "yes", "on")),
     "batch_size": ("train.batch_size", int),
     "workers": ("data.num_workers", int),
     "prefetch": ("data.prefetch_factor", int),
     "channels_last": ("train.channels_last", lambda text: text.lower() in ("1", "true", "yes", "on")),
+    "compile": ("train.compile", str),  # last: compilation (minutes with max-autotune) is the slowest row
 }
 
 

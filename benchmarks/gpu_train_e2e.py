@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cxr.config import Config, OptimConfig, load_config, set_value
+from cxr.config import Config, load_config, set_value
 from cxr.data.loaders import StoreDataModule
 from cxr.data.store import Store
 from cxr.data.tasks import build_split
@@ -53,7 +52,7 @@ from cxr.training.module import CxrModule
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_train_e2e.json"
 LEVERS = {  # lever → (config key, parser); the first value given on the command line is the baseline
     "augment_on": ("data.augment_on", str),
-    "fused": ("optim.fused", lambda text: text.lower() in ("1", "true", "yes", "on")),
+    "fused": ("optim.fused", str),  # default (torch's foreach) | fused | foreach | auto
     "batch_size": ("train.batch_size", int),
     "workers": ("data.num_workers", int),
     "prefetch": ("data.prefetch_factor", int),
@@ -82,23 +81,9 @@ def row_config(args: argparse.Namespace, row: dict) -> Config:
     overrides += ["task.split=ratio", "task.ratios=[0.98,0.01,0.01]"]
     config = load_config(args.experiment, overrides)
     for lever, (key, _) in LEVERS.items():
-        if lever == "fused" and "fused" not in {f.name for f in dataclasses.fields(OptimConfig)}:
-            continue  # an older OptimConfig: fused Adam is set up by the benchmark itself (_fused_adam)
         set_value(config, key, row[lever])
     config.train.precision = args.precision
     return config
-
-
-def _fused_adam(module: CxrModule) -> None:
-    """Fused Adam/SGD (one kernel for all parameters) for configs that have no ``optim.fused`` key yet."""
-    configure = module.configure_optimizers
-
-    def fused():
-        optimizers, schedulers = configure()
-        optimizer = optimizers[0]
-        return [type(optimizer)(module.model.parameters(), **{**optimizer.defaults, "fused": True})], schedulers
-
-    module.configure_optimizers = fused
 
 
 # The three measurements.
@@ -310,8 +295,6 @@ def measure_row(args: argparse.Namespace, row: dict, store: Store, device: torch
     )  # fmt: skip
     torch.manual_seed(0)
     module = CxrModule(config, split.outputs, Preprocessing.from_config(config.data))
-    if row["fused"] and "fused" not in {f.name for f in dataclasses.fields(OptimConfig)}:
-        _fused_adam(module)
     if config.train.channels_last:
         module.model.to(memory_format=torch.channels_last)
     compile_model(module.model, config.train.compile)
@@ -447,7 +430,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     levers = parser.add_argument_group("levers (comma lists: the first value is the baseline, others vary alone)")
     levers.add_argument("--augment-on", default="device,cpu")
     levers.add_argument("--compile", default="none,default,max-autotune")
-    levers.add_argument("--fused", default="false,true")
+    levers.add_argument("--fused", default="default,fused")
     levers.add_argument("--batch-size", default="64,256")
     levers.add_argument("--workers", default="8,16")
     levers.add_argument("--prefetch", default="2")
@@ -455,7 +438,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:  # tiny everything; levers that need no compiler
         smoke = dict(device="cpu", model="resnet18", size=32, images=80, synth_workers=1, steps=2, warmup=1,
-                     budget_s=120, augment_on="cpu,device", compile="none", fused="false,true", batch_size="8",
+                     budget_s=120, augment_on="cpu,device", compile="none", fused="default,fused", batch_size="8",
                      workers="0,1", prefetch="2", channels_last="false")  # fmt: skip
         for key, value in smoke.items():
             if parser.get_default(key) == getattr(args, key):

@@ -23,7 +23,7 @@ def test_the_end_to_end_benchmark_smoke_run_records_every_measurement(tmp_path):
     threads = torch.get_num_threads()
     out = tmp_path / "e2e.json"
     try:  # two rows: the baseline (CPU augmentation) and the device augmentation lever
-        _benchmark().main(["--smoke", "--out", str(out), "--fused", "false", "--workers", "0"])
+        _benchmark().main(["--smoke", "--out", str(out), "--fused", "default", "--workers", "0"])
     finally:
         torch.set_num_threads(threads)
     record = json.loads(out.read_text())
@@ -46,9 +46,9 @@ def test_the_end_to_end_benchmark_smoke_run_records_every_measurement(tmp_path):
 def test_the_lever_plan_varies_one_lever_at_a_time():
     benchmark = _benchmark()
     args = benchmark.parse_args(["--augment-on", "device,cpu", "--compile", "none,default", "--batch-size", "64,256",
-                                 "--fused", "true", "--workers", "8", "--prefetch", "2,4"])  # fmt: skip
+                                 "--fused", "fused", "--workers", "8", "--prefetch", "2,4"])  # fmt: skip
     rows = benchmark.plan(args)
-    baseline = {"augment_on": "device", "compile": "none", "fused": True, "batch_size": 64, "workers": 8,
+    baseline = {"augment_on": "device", "compile": "none", "fused": "fused", "batch_size": 64, "workers": 8,
                 "prefetch": 2, "channels_last": False}  # fmt: skip
     assert rows[0] == {**baseline, "changed": None}
     assert rows[1:] == [

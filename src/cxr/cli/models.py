@@ -27,7 +27,7 @@ def import_torchxrayvision(
     ),
 ) -> None:
     """Import a torchxrayvision classifier from its cache folder (never downloads): its labels, input size,
-    normalisation and operating points; needs `pip install 'cxr[xrv]'`, the artifact does not."""
+    normalisation and operating points. Needs torchxrayvision (the xrv extra of cxr); the artifact does not."""
     from cxr.models.xrv import import_torchxrayvision as run_import
 
     record = run_import(name, out, cache_dir)

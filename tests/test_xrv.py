@@ -104,16 +104,21 @@ def imported(cache, tmp_path_factory) -> Path:
     return out
 
 
-def reference(net: torch.nn.Module, name: str, pixels: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+def reference(
+    net: torch.nn.Module, name: str, pixels: np.ndarray, op_norm: bool = True
+) -> tuple[dict[str, float], dict[str, float]]:
     """torchxrayvision's outputs of ``net`` on ``pixels`` ``(1, 1, S, S)`` in [0, 1], by label of ``name``:
-    ``sigmoid(logits)`` (its forward without ``op_threshs``) and its default forward (``op_norm`` of them)."""
+    ``sigmoid(logits)`` (its forward without ``op_threshs``) and, with ``op_norm``, its default forward (``op_norm``
+    of them; else ``{}``)."""
     labels = entry(name)["labels"]
+    normed = {}
     with torch.no_grad():
         net.op_threshs, net.apply_sigmoid = None, True
-        sigmoid = net(scaled(pixels))[0].tolist()
-        net.op_threshs = torch.tensor(entry(name)["op_threshs"])  # as its loader sets them
-        normed = net(scaled(pixels))[0].tolist()
-    return dict(zip(labels, sigmoid, strict=True)), dict(zip(labels, normed, strict=True))
+        sigmoid = dict(zip(labels, net(scaled(pixels))[0].tolist(), strict=True))
+        if op_norm:
+            net.op_threshs = torch.tensor(entry(name)["op_threshs"])  # as its loader sets them
+            normed = dict(zip(labels, net(scaled(pixels))[0].tolist(), strict=True))
+    return sigmoid, normed
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +134,23 @@ def no_xrv(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError):
         import torchxrayvision  # noqa: F401
+
+
+def test_every_classifier_keeps_its_nih_findings_in_its_order():
+    from cxr.models.xrv import kept_outputs, xrv_models
+
+    models = xrv_models()
+    for short in ("all", "nih", "pc", "chex", "rsna", "mimic_nb", "mimic_ch"):
+        full = models[f"densenet121-res224-{short}"]
+        assert models[short].url == full.url and full.architecture == "xrv-densenet121" and full.input_size == 224
+    assert models[RESNET].architecture == "xrv-resnet50" and models[RESNET].input_size == 512
+    for model in models.values():
+        rows, labels, dropped = kept_outputs(model.labels)
+        assert labels == [label for label in model.labels if label in FINDINGS]
+        assert [model.labels[row] for row in rows] == labels
+        assert sorted(labels + dropped) == sorted(label for label in model.labels if label)
+    assert kept_outputs(models["densenet121-res224-rsna"].labels)[1:] == (["Pneumonia"], ["Lung Opacity"])
+    assert len(kept_outputs(models["densenet121-res224-nih"].labels)[1]) == 14
 
 
 def test_missing_weights_and_unknown_names_are_clear_errors(tmp_path):
@@ -207,7 +229,7 @@ def test_resnet50_at_512_px_from_its_state_dict_file(tmp_path, sample_dir):
 
     predictor = TorchPredictor.from_path(out)
     assert predictor.input_size == 512 and predictor.architecture["name"] == "xrv-resnet50"
-    theirs = reference(xrv.models.get_model(RESNET, cache_dir=str(tmp_path)).eval(), RESNET, pixels)[0]
+    theirs = reference(xrv.models.get_model(RESNET, cache_dir=str(tmp_path)).eval(), RESNET, pixels, False)[0]
     ours = predictor.probabilities(pixels)[0]
     assert np.abs(ours - [theirs[label] for label in predictor.labels]).max() <= 1e-4 and ours.std() > 0.02
 

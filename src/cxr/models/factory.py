@@ -19,7 +19,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -57,8 +57,10 @@ class CxrNet(nn.Module):
         self.head = head
         # Not persistent: the statistics belong to the preprocessing contract (the architecture in the artifact),
         # not to the weights, and random-init models keep their family's so one artifact format fits every model.
-        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(tuple(std)).view(1, 3, 1, 1), persistent=False)
+        # One value per channel the backbone takes: the grey input is repeated to that many (torchxrayvision's: 1).
+        channels = len(tuple(mean))
+        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std)).view(1, channels, 1, 1), persistent=False)
         self._feature_layer_name = feature_layer_name
         self.cam_reshape = cam_reshape
         self.architecture = dict(architecture)
@@ -79,7 +81,7 @@ class CxrNet(nn.Module):
         """Logits ``(B, K)`` of grayscale images ``(B, 1, S, S)`` with values in ``[0, 1]``."""
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected input of shape (B, 1, S, S), got {tuple(x.shape)}")
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
         return self.head(self.backbone(x))
 
 
@@ -168,11 +170,21 @@ FINE_CAM_BELOW = 224
 @dataclass(frozen=True)
 class Backbone:
     """How a torchvision classifier becomes a feature extractor: ``cut`` returns (features, their channels);
-    ``last_block`` and ``fine_block`` (stride 16, Grad-CAM's target below ``FINE_CAM_BELOW`` px) name its modules."""
+    ``last_block`` and ``fine_block`` (stride 16, Grad-CAM's target below ``FINE_CAM_BELOW`` px) name its modules.
+
+    ``torchvision`` names the constructor when it is not the registry name; ``mean`` and ``std`` (one value per
+    input channel of the first convolution) are the normalisation the weights were trained with."""
 
     cut: Callable[[nn.Module], tuple[nn.Module, int]]
     last_block: str
     fine_block: str
+    torchvision: str | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.mean)
 
 
 def _densenet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
@@ -190,22 +202,45 @@ def _resnet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
 
 DENSENET = Backbone(_densenet_features, last_block="relu5", fine_block="denseblock3")
 RESNET = Backbone(_resnet_features, last_block="layer4", fine_block="layer3")
+
+# torchxrayvision's classifiers (Cohen et al., 2022, arXiv:2111.00595), imported by `cxr import torchxrayvision`
+# (cxr.models.xrv): torchvision's DenseNet-121 and ResNet-50 with a one-channel first convolution, trained on
+# pixels scaled to [-1024, 1024]. Our [0, 1] input maps there as (x - 0.5) / (1 / 2048) = 2048 x - 1024.
+XRV_MEAN, XRV_STD = (0.5,), (1 / 2048,)
+XRV_DENSENET = replace(DENSENET, torchvision="densenet121", mean=XRV_MEAN, std=XRV_STD)
+XRV_RESNET = replace(RESNET, torchvision="resnet50", mean=XRV_MEAN, std=XRV_STD)
+
 BACKBONES: dict[str, Backbone] = {
     "densenet121": DENSENET,
     "densenet169": DENSENET,
     "resnet18": RESNET,
     "resnet50": RESNET,
+    "xrv-densenet121": XRV_DENSENET,
+    "xrv-resnet50": XRV_RESNET,
 }
-"""The torchvision architectures (constructors of the same name); every other ``model.name`` is timm's."""
+"""The torchvision architectures (constructors of the same name; ``xrv-*``: the layout of torchxrayvision's
+classifiers, whose weights ``cxr import torchxrayvision`` brings); every other ``model.name`` is timm's."""
 ARCHITECTURES = tuple(BACKBONES)
 
 
-def _feature_shape(backbone: nn.Module, input_size: int) -> tuple[int, int, int]:
+def _set_in_chans(tv_model: nn.Module, in_chans: int) -> None:
+    """Give the first convolution ``in_chans`` input channels (freshly initialised), as torchxrayvision's nets do."""
+    if in_chans == 3:
+        return
+    name, conv = next((n, m) for n, m in tv_model.named_modules() if isinstance(m, nn.Conv2d))
+    parent, _, attribute = name.rpartition(".")
+    new = nn.Conv2d(
+        in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+    )
+    setattr(tv_model.get_submodule(parent) if parent else tv_model, attribute, new)
+
+
+def _feature_shape(backbone: nn.Module, input_size: int, in_chans: int = 3) -> tuple[int, int, int]:
     """(C, h, w) of the backbone's output at ``input_size``: the seed head's Flatten size depends on it."""
     was_training = backbone.training
     backbone.eval()  # batch-norm must not update its running statistics on the probe
     with torch.no_grad():
-        shape = backbone(torch.zeros(1, 3, input_size, input_size)).shape[1:]
+        shape = backbone(torch.zeros(1, in_chans, input_size, input_size)).shape[1:]
     backbone.train(was_training)
     return tuple(int(s) for s in shape)
 
@@ -307,16 +342,30 @@ def _torchvision_net(
     labels: Sequence[str] | None,
     is_cxr_file: bool,
 ) -> CxrNet:
-    tv_model = _imagenet_model(name) if pretrained == "imagenet" else _torchvision_model(name)
+    spec = BACKBONES[name]
+    constructor = spec.torchvision or name
+    if pretrained == "imagenet" and spec.in_chans != 3:
+        raise CxrError(
+            f"{name} has no ImageNet weights (its first convolution takes {spec.in_chans} channel); start from an "
+            "imported model with model.init_from=MODEL.ckpt, or model.pretrained=none"
+        )
+    tv_model = _imagenet_model(constructor) if pretrained == "imagenet" else _torchvision_model(constructor)
+    _set_in_chans(tv_model, spec.in_chans)
     if pretrained not in ("none", "imagenet") and not is_cxr_file:
         _load_torchvision_state(tv_model, _read_weights(Path(pretrained))[1], name, pretrained)
-    spec = BACKBONES[name]
     backbone, _ = spec.cut(tv_model)
     feature_layer_name = spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block
-    feature_shape = _feature_shape(backbone, input_size)
+    feature_shape = _feature_shape(backbone, input_size, spec.in_chans)
     architecture = _architecture(name, head, dropout, num_outputs)
     return CxrNet(
-        backbone, _head(head, feature_shape, num_outputs, dropout), feature_layer_name, architecture, input_size, labels
+        backbone,
+        _head(head, feature_shape, num_outputs, dropout),
+        feature_layer_name,
+        architecture,
+        input_size,
+        labels,
+        mean=spec.mean,
+        std=spec.std,
     )
 
 
@@ -378,7 +427,7 @@ def _set_grad_checkpointing(model: CxrNet) -> None:
         from cxr.models.timm_backbones import set_grad_checkpointing
 
         set_grad_checkpointing(backbone)
-    elif model.architecture["name"].startswith("densenet"):
+    elif "densenet" in model.architecture["name"]:  # torchxrayvision's xrv-densenet121 too
         for module in backbone.modules():
             if hasattr(module, "memory_efficient"):
                 module.memory_efficient = True

@@ -32,6 +32,23 @@ class EvalView(StrEnum):
     CENTER_CROP = "center_crop"  # an input_size square from the middle (CheXNet's 256 -> 224)
 
 
+class AugmentOn(StrEnum):
+    """Where the training augmentation runs (``cxr.data.device_augment``)."""
+
+    AUTO = "auto"  # on the device when training on a GPU, else in the loader workers
+    CPU = "cpu"  # in the loader workers (OpenCV), per image
+    DEVICE = "device"  # batched on the training device (grid_sample); the loader sends uint8 images and draws
+
+
+class Compile(StrEnum):
+    """``torch.compile`` of the model (its mode), or none."""
+
+    NONE = "none"
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"  # CUDA graphs: needs static shapes
+    MAX_AUTOTUNE = "max-autotune"
+
+
 class Head(StrEnum):
     GAP = "gap"  # global average pooling + linear (+ dropout)
     SEED = "seed"  # docs/experiments.md: flatten + dense layers, as the Keras original
@@ -97,6 +114,8 @@ class DataConfig:
     num_workers: int = 4
     stores: list[str] = field(default_factory=list)  # train on several stores (cxr.data.tasks.build_multi_split)
     store_weights: list[float] = field(default_factory=list)  # per store's share of the training draws; [] = by size
+    prefetch_factor: int = 2  # batches each loader worker keeps ready (torch's default)
+    augment_on: AugmentOn = AugmentOn.AUTO
 
 
 @dataclass
@@ -116,11 +135,12 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "densenet169"  # a name of cxr.models.factory.BACKBONES, checked when the model is built
+    name: str = "densenet169"  # cxr.models.factory.BACKBONES (torchvision) or any timm architecture; checked when built
     head: Head = Head.SEED
     dropout: float = 0.2
     pretrained: str = "imagenet"  # "imagenet", "none", or a path to weights
     init_from: str | None = None  # a previous run's checkpoint (the seed chained Adam → SGD → balanced)
+    grad_checkpointing: bool = False  # recompute activations in the backward: less memory, more compute
 
 
 @dataclass
@@ -149,6 +169,8 @@ class TrainConfig:
     pos_weight: bool = False  # weighted BCE: positives weighted by negatives/positives of the training part
     precision: Precision = Precision.AUTO
     channels_last: bool = False  # on GPU; measured slower for DenseNet121 bf16 on an H200 (docs/benchmarks.md)
+    compile: Compile = Compile.NONE  # torch.compile of the model; checkpoints keep the plain weight names
+    check_finite_every: int = 50  # batches between host checks of the loss (and at each epoch's end): no per-step sync
     seed: int = 0
     ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
     accumulate: int = 1  # batches whose gradients are summed per optimizer step (effective batch = batch_size * this)

@@ -1,8 +1,10 @@
 """Torch datasets and the Lightning DataModule over a store; batch prediction over store images.
 
 Training reads the uint8 memmap of a store (``cxr prepare``: decoded once, nanoGPT-style), takes a view per item
-(``cxr.data.transforms``) and hands uint8 tensors to the loader; conversion to float happens on the device. The
-memmap is opened lazily in each worker process (``cxr.data.store.Store`` pickles without its pixels).
+(``cxr.data.transforms``) and hands uint8 tensors to the loader; conversion to float happens on the device. With
+``data.augment_on=device`` the training items carry the view's draws instead of the augmented pixels
+(``cxr.data.device_augment`` applies them batched). The memmap is opened lazily in each worker process
+(``cxr.data.store.Store`` pickles without its pixels).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cxr.config import DataConfig
 from cxr.data.store import Store
 from cxr.data.tasks import TaskSplit, targets
-from cxr.data.transforms import TrainView
+from cxr.data.transforms import DeferredTrainView, TrainView
 from cxr.errors import CxrError
 from cxr.imaging.preprocessing import Preprocessing, to_unit
 
 
 class StoreImages(Dataset):
-    """Items ``(uint8 (1, S, S), float32 (K,))`` of store rows ``rows`` seen through ``view``.
+    """Items ``(uint8 (1, S, S), float32 (K,))`` of store rows ``rows`` seen through ``view``; a view that returns
+    ``(image, draws)`` (:class:`DeferredTrainView`) gives items ``(uint8 (1, R, R), float32 (K,), float64 (6,))``.
 
     With ``seed`` the view is random (training) and its draws come from a generator seeded by (seed, epoch, store
     row): items are then keyed ``(epoch, i)`` (:class:`EpochSampler`), so an image's augmentation in an epoch does not
@@ -42,15 +45,28 @@ class StoreImages(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pixels(self, item: int) -> np.ndarray:
+        return self.store.images[self.rows[item]]
+
+    def _draw_key(self, item: int) -> int:
+        """The number that, with seed and epoch, seeds the item's augmentation: its store row."""
+        return int(self.rows[item])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         epoch, item = key if isinstance(key, tuple) else (0, key)
-        pixels = self.store.images[self.rows[item]]
+        pixels = self._pixels(item)
         if self.seed is None:
             image = self.view(pixels)
         else:
-            image = self.view(pixels, generator=item_generator(self.seed, epoch, int(self.rows[item])))
+            image = self.view(pixels, generator=item_generator(self.seed, epoch, self._draw_key(item)))
+        draws = None
+        if isinstance(image, tuple):
+            image, draws = image
         # A copy (the memmap is read-only); np copy + from_numpy is ~100x faster than torch.tensor(ndarray).
-        return torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
+        item_pixels, labels = torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
+        if draws is None:
+            return item_pixels, labels
+        return item_pixels, labels, torch.tensor(draws, dtype=torch.float64)
 
 
 class MultiStoreImages(StoreImages):
@@ -65,15 +81,11 @@ class MultiStoreImages(StoreImages):
         super().__init__(stores[0], rows, labels, view, seed)
         self.stores, self.store_of = list(stores), np.asarray(store_of, dtype=np.int64)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, item = key if isinstance(key, tuple) else (0, key)
-        k, row = int(self.store_of[item]), int(self.rows[item])
-        pixels = self.stores[k].images[row]
-        if self.seed is None:
-            image = self.view(pixels)
-        else:
-            image = self.view(pixels, generator=item_generator(self.seed, epoch, row + (k << 40)))
-        return torch.from_numpy(image.copy())[None], torch.from_numpy(self.labels[item])
+    def _pixels(self, item: int) -> np.ndarray:
+        return self.stores[self.store_of[item]].images[self.rows[item]]
+
+    def _draw_key(self, item: int) -> int:
+        return int(self.rows[item]) + (int(self.store_of[item]) << 40)
 
 
 def item_generator(seed: int, epoch: int, row: int) -> torch.Generator:
@@ -121,16 +133,25 @@ def train_view_of(data: DataConfig) -> TrainView:
 
 
 def part_dataset(
-    store: Store | Sequence[Store], split: TaskSplit, part: str, data: DataConfig, seed: int = 0
+    store: Store | Sequence[Store],
+    split: TaskSplit,
+    part: str,
+    data: DataConfig,
+    seed: int = 0,
+    augment_on_device: bool = False,
 ) -> StoreImages:
-    """The dataset of one part of a task split; the training part gets the random view, seeded by ``seed``.
+    """The dataset of one part of a task split; the training part gets the random view, seeded by ``seed`` (with
+    ``augment_on_device`` only its deterministic part and its draws: :class:`DeferredTrainView`).
 
     With several stores (``split`` from :func:`cxr.data.tasks.build_multi_split`) the items come from each row's
     store (its ``store`` column)."""
     labels = split.rows(part)
     table = split.table.loc[labels]
     training = part == "train"
-    view = train_view_of(data) if training else Preprocessing.from_config(data).view
+    if training:
+        view = DeferredTrainView(train_view_of(data)) if augment_on_device else train_view_of(data)
+    else:
+        view = Preprocessing.from_config(data).view
     y, item_seed = targets(table, split.outputs), seed if training else None
     if isinstance(store, Store):
         return StoreImages(store, table["row"].to_numpy(), y, view, item_seed)
@@ -141,7 +162,8 @@ class StoreDataModule(L.LightningDataModule):
     """Train and validation loaders of a task split, sharded over DDP ranks by :class:`EpochSampler`.
 
     The Trainer must run with ``use_distributed_sampler=False``: Lightning's replacement sampler would not pass the
-    epoch on to the augmentation.
+    epoch on to the augmentation. ``pin_memory`` (on a GPU) lets Lightning's ``non_blocking`` copy overlap the step;
+    with ``augment_on_device`` the training batches carry draws for :func:`cxr.data.device_augment.augment_batch`.
     """
 
     def __init__(
@@ -152,14 +174,15 @@ class StoreDataModule(L.LightningDataModule):
         batch_size: int,
         pin_memory: bool,
         seed: int = 0,
+        augment_on_device: bool = False,
     ):
         super().__init__()
         self.store, self.split, self.data, self.batch_size, self.pin_memory = store, split, data, batch_size, pin_memory
-        self.seed = seed
+        self.seed, self.augment_on_device = seed, augment_on_device
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         workers = self.data.num_workers
-        dataset = part_dataset(self.store, self.split, part, self.data, self.seed)
+        dataset = part_dataset(self.store, self.split, part, self.data, self.seed, self.augment_on_device)
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DataLoader(
@@ -169,6 +192,7 @@ class StoreDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,  # workers keep their memmap and warm page cache between epochs
+            prefetch_factor=self.data.prefetch_factor if workers > 0 else None,  # batches ready per worker
             drop_last=False,
             # The loader's own generator seeds its workers; kept apart from the global one that dropout draws on.
             generator=torch.Generator().manual_seed(self.seed),

@@ -60,8 +60,9 @@ def grad_cam_batch(
 
 
 def _activations_and_gradients(model, batch, wanted: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """The target layer's activations ``(N, C, h, w)`` and, per round ``r``, the gradient of input ``i``'s logit
-    ``wanted[i][r]`` with respect to them, ``(R, N, C, h, w)`` (zero where input ``i`` has fewer labels).
+    """The target layer's activations ``(N, C, h, w)`` (after the model's ``cam_reshape``, if any) and, per round
+    ``r``, the gradient of input ``i``'s logit ``wanted[i][r]`` with respect to them, ``(R, N, C, h, w)`` (zero where
+    input ``i`` has fewer labels).
 
     The layers below the target run without autograd (the weights' ``requires_grad`` is off meanwhile, and the
     target's output re-enters the graph as a leaf), so only the layers above it keep activations for the backward.
@@ -93,7 +94,12 @@ def _activations_and_gradients(model, batch, wanted: list[list[int]]) -> tuple[n
         handle.remove()
         for parameter in parameters:
             parameter.requires_grad_(True)
-    return captured[0].detach().float().cpu().numpy(), torch.stack(gradients).float().cpu().numpy()
+    # Transformers' targets are tokens (B, N, C) or NHWC maps: the model's ``cam_reshape`` rearranges activations
+    # and gradients alike into (B, C, h, w) (a rearrangement, so the reshaped gradient is the reshaped map's).
+    reshape = getattr(model, "cam_reshape", None) or (lambda tensor: tensor)
+    activations = reshape(captured[0].detach())
+    gradients = torch.stack([reshape(gradient) for gradient in gradients])
+    return activations.float().cpu().numpy(), gradients.float().cpu().numpy()
 
 
 def _gradcam_maps(activations: np.ndarray, gradients: np.ndarray, size: int) -> np.ndarray:

@@ -128,7 +128,7 @@ class OnnxPredictor:
             import torch
             from onnx import numpy_helper
 
-            from cxr.models.factory import create_model
+            from cxr.models.factory import rebuild_model
         except ImportError as error:
             raise CxrError(
                 f"Grad-CAM needs torch and onnx, not installed here ({error.name}): pip install 'cxr[train]'"
@@ -140,15 +140,7 @@ class OnnxPredictor:
             for item in graph.initializer
             if item.name.startswith(WEIGHT_PREFIX)
         }
-        architecture = self.architecture
-        twin = create_model(
-            architecture["name"],
-            len(self.labels),
-            head=architecture.get("head", "gap"),
-            dropout=float(architecture.get("dropout", 0.0)),
-            input_size=self.input_size,
-            labels=self.labels,
-        )
+        twin = rebuild_model(self.architecture, self.labels, self.input_size)
         result = twin.load_state_dict(weights, strict=False)
         # BatchNorm's step counters are not part of the graph; everything else must be there.
         missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]

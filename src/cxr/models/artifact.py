@@ -19,7 +19,7 @@ from cxr.errors import CxrError
 from cxr.files import replacing
 from cxr.imaging.preprocessing import Preprocessing
 from cxr.labels import check_names
-from cxr.models.factory import CxrNet, create_model
+from cxr.models.factory import CxrNet, rebuild_model, recorded_architecture
 from cxr.provenance import environment
 
 FORMAT = "cxr-model"
@@ -61,7 +61,7 @@ def artifact_metadata(
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "labels": labels,
-        "architecture": {key: architecture[key] for key in ("name", "head", "dropout", "in_chans")},
+        "architecture": recorded_architecture(architecture),
         "preprocessing": preprocessing.to_dict(),
         "thresholds": thresholds,
         "config": dict(config or {}),
@@ -139,14 +139,7 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Model
     meta = checkpoint["cxr"]
     arch = meta["architecture"]
     preprocessing = Preprocessing.from_dict(meta["preprocessing"], f"{path}: preprocessing")
-    model = create_model(
-        arch["name"],
-        len(meta["labels"]),
-        head=arch["head"],
-        dropout=arch["dropout"],
-        input_size=preprocessing.input_size,
-        labels=meta["labels"],
-    )
+    model = rebuild_model(arch, meta["labels"], preprocessing.input_size)
     state = {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:
         model.load_state_dict(state)

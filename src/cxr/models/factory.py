@@ -1,8 +1,11 @@
-"""The model factory: torchvision backbones with the seed's or CheXNet's head, grayscale in, logits out.
+"""The model registry and factory: torchvision or timm backbones with the seed's or CheXNet's head, grayscale in,
+logits out.
 
-Every model takes ``float32 (B, 1, S, S)`` in ``[0, 1]`` (store pixels / 255), repeats the channel to 3 and
-normalises with the statistics of the ImageNet weights *inside* the model, so ONNX export and every caller share
-one input convention (``docs/architecture.md``, "Model input"). Heads:
+``model.name`` is one of the four torchvision names of :data:`BACKBONES` (their own implementation, so checkpoints of
+earlier versions load) or any timm architecture (:mod:`cxr.models.timm_backbones`). Every model takes
+``float32 (B, 1, S, S)`` in ``[0, 1]`` (store pixels / 255), repeats the channel to 3 and normalises with the
+statistics of its pretrained weights *inside* the model, so ONNX export and every caller share one input convention
+(``docs/architecture.md``, "Model input"). Heads:
 
 - ``seed``: Flatten → Dropout → Linear 256 + ReLU → Dropout → Linear 60 + ReLU → Dropout → Linear K, the head of
   the original NIH notebooks (Keras DenseNet169, ``include_top=False``, no pooling; ``docs/experiments.md``).
@@ -11,15 +14,17 @@ one input convention (``docs/architecture.md``, "Model input"). Heads:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from cxr.config import Head
@@ -32,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class CxrNet(nn.Module):
-    """Backbone + head with the input convention of the project; ``.feature_layer`` is the Grad-CAM target."""
+    """Backbone + head with the input convention of the project; ``.feature_layer`` is the Grad-CAM target and
+    ``.cam_reshape`` (None for CNNs) turns its output into ``(B, C, h, w)``."""
 
     def __init__(
         self,
@@ -42,23 +48,29 @@ class CxrNet(nn.Module):
         architecture: dict,
         input_size: int,
         labels: Sequence[str] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        cam_reshape: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        # Not persistent: the statistics belong to the preprocessing contract (stored in the artifact), not to the
-        # weights, and random-init models keep ImageNet's so one artifact format fits every model.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Not persistent: the statistics belong to the preprocessing contract (the architecture in the artifact),
+        # not to the weights, and random-init models keep their family's so one artifact format fits every model.
+        # One value per channel the backbone takes: the grey input is repeated to that many (torchxrayvision's: 1).
+        channels = len(tuple(mean))
+        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std)).view(1, channels, 1, 1), persistent=False)
         self._feature_layer_name = feature_layer_name
+        self.cam_reshape = cam_reshape
         self.architecture = dict(architecture)
-        self.input_config = {"input_size": int(input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        self.input_config = {"input_size": int(input_size), "mean": list(mean), "std": list(std)}
         self.labels = list(labels) if labels is not None else None
 
     @property
     def feature_layer(self) -> nn.Module:
         """The Grad-CAM target for ``pytorch_grad_cam``: the last block (the map the head sees) from 224 px up, the
-        last stride-16 block below (see ``FINE_CAM_BELOW``)."""
+        last stride-16 block below (see ``FINE_CAM_BELOW``); a ViT's last ``norm1`` (tokens: see ``cam_reshape``)."""
         return self.backbone.get_submodule(self._feature_layer_name)
 
     @property
@@ -69,7 +81,7 @@ class CxrNet(nn.Module):
         """Logits ``(B, K)`` of grayscale images ``(B, 1, S, S)`` with values in ``[0, 1]``."""
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected input of shape (B, 1, S, S), got {tuple(x.shape)}")
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
         return self.head(self.backbone(x))
 
 
@@ -158,11 +170,21 @@ FINE_CAM_BELOW = 224
 @dataclass(frozen=True)
 class Backbone:
     """How a torchvision classifier becomes a feature extractor: ``cut`` returns (features, their channels);
-    ``last_block`` and ``fine_block`` (stride 16, Grad-CAM's target below ``FINE_CAM_BELOW`` px) name its modules."""
+    ``last_block`` and ``fine_block`` (stride 16, Grad-CAM's target below ``FINE_CAM_BELOW`` px) name its modules.
+
+    ``torchvision`` names the constructor when it is not the registry name; ``mean`` and ``std`` (one value per
+    input channel of the first convolution) are the normalisation the weights were trained with."""
 
     cut: Callable[[nn.Module], tuple[nn.Module, int]]
     last_block: str
     fine_block: str
+    torchvision: str | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.mean)
 
 
 def _densenet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
@@ -180,22 +202,45 @@ def _resnet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
 
 DENSENET = Backbone(_densenet_features, last_block="relu5", fine_block="denseblock3")
 RESNET = Backbone(_resnet_features, last_block="layer4", fine_block="layer3")
+
+# torchxrayvision's classifiers (Cohen et al., 2022, arXiv:2111.00595), imported by `cxr import torchxrayvision`
+# (cxr.models.xrv): torchvision's DenseNet-121 and ResNet-50 with a one-channel first convolution, trained on
+# pixels scaled to [-1024, 1024]. Our [0, 1] input maps there as (x - 0.5) / (1 / 2048) = 2048 x - 1024.
+XRV_MEAN, XRV_STD = (0.5,), (1 / 2048,)
+XRV_DENSENET = replace(DENSENET, torchvision="densenet121", mean=XRV_MEAN, std=XRV_STD)
+XRV_RESNET = replace(RESNET, torchvision="resnet50", mean=XRV_MEAN, std=XRV_STD)
+
 BACKBONES: dict[str, Backbone] = {
     "densenet121": DENSENET,
     "densenet169": DENSENET,
     "resnet18": RESNET,
     "resnet50": RESNET,
+    "xrv-densenet121": XRV_DENSENET,
+    "xrv-resnet50": XRV_RESNET,
 }
-"""The architectures ``model.name`` may name (torchvision's constructors of the same name): one entry each."""
+"""The torchvision architectures (constructors of the same name; ``xrv-*``: the layout of torchxrayvision's
+classifiers, whose weights ``cxr import torchxrayvision`` brings); every other ``model.name`` is timm's."""
 ARCHITECTURES = tuple(BACKBONES)
 
 
-def _feature_shape(backbone: nn.Module, input_size: int) -> tuple[int, int, int]:
+def _set_in_chans(tv_model: nn.Module, in_chans: int) -> None:
+    """Give the first convolution ``in_chans`` input channels (freshly initialised), as torchxrayvision's nets do."""
+    if in_chans == 3:
+        return
+    name, conv = next((n, m) for n, m in tv_model.named_modules() if isinstance(m, nn.Conv2d))
+    parent, _, attribute = name.rpartition(".")
+    new = nn.Conv2d(
+        in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+    )
+    setattr(tv_model.get_submodule(parent) if parent else tv_model, attribute, new)
+
+
+def _feature_shape(backbone: nn.Module, input_size: int, in_chans: int = 3) -> tuple[int, int, int]:
     """(C, h, w) of the backbone's output at ``input_size``: the seed head's Flatten size depends on it."""
     was_training = backbone.training
     backbone.eval()  # batch-norm must not update its running statistics on the probe
     with torch.no_grad():
-        shape = backbone(torch.zeros(1, 3, input_size, input_size)).shape[1:]
+        shape = backbone(torch.zeros(1, in_chans, input_size, input_size)).shape[1:]
     backbone.train(was_training)
     return tuple(int(s) for s in shape)
 
@@ -229,16 +274,20 @@ def create_model(
     pretrained: str | Path = "none",
     input_size: int = 224,
     labels: Sequence[str] | None = None,
+    grad_checkpointing: bool = False,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> CxrNet:
     """Build a classifier for ``(B, 1, input_size, input_size)`` inputs returning ``(B, num_outputs)`` logits.
 
-    ``pretrained``: ``"none"`` (random init), ``"imagenet"`` (torchvision's weights, from the torch hub cache or
-    downloaded; a :class:`CxrError` says how to provide them offline) or a path to a torchvision state dict or to
-    one of our checkpoints (whose head is reused when its shape matches, e.g. the seed's SGD run started from the
-    Adam run's weights).
+    ``name``: a torchvision name of :data:`BACKBONES` or any timm architecture. ``pretrained``: ``"none"`` (random
+    init), ``"imagenet"`` (torchvision's weights from the torch hub cache or downloaded; timm's from the local Hugging
+    Face cache only; a :class:`CxrError` says how to provide them offline) or a path to a state dict (torchvision or
+    timm layout; ``.safetensors`` for timm too) or to one of our checkpoints (whose head is reused when its shape
+    matches, e.g. the seed's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
+    activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
+    recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
+    with.
     """
-    if name not in ARCHITECTURES:
-        raise CxrError(f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
     if head not in HEADS:
         raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     if num_outputs < 1:
@@ -248,27 +297,178 @@ def create_model(
     if not 0.0 <= dropout < 1.0:
         raise CxrError(f"dropout must be in [0, 1), got {dropout}")
     pretrained = str(pretrained)
-    tv_model = _imagenet_model(name) if pretrained == "imagenet" else _torchvision_model(name)
-    kind, state = ("none", {}) if pretrained in ("none", "imagenet") else _read_weights(Path(pretrained))
-    if kind == "torchvision":
-        _load_torchvision_state(tv_model, state, name, pretrained)
-    spec = BACKBONES[name]
-    backbone, _ = spec.cut(tv_model)
-    feature_layer_name = spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block
-    feature_shape = _feature_shape(backbone, input_size)
-    architecture = {
+    is_cxr_file = pretrained not in ("none", "imagenet") and _is_cxr_checkpoint(Path(pretrained))
+    if name in ARCHITECTURES:
+        model = _torchvision_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+    else:
+        model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+    if normalization is not None:
+        _check_normalization(model, normalization)
+    if is_cxr_file:
+        _load_cxr_state(model, _read_weights(Path(pretrained))[1], pretrained)
+    if grad_checkpointing:
+        _set_grad_checkpointing(model)
+    return model
+
+
+def _is_cxr_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is one of our checkpoints (``model.pretrained``/``init_from`` of an earlier run)."""
+    if path.suffix == ".safetensors" or not path.is_file():
+        return False  # the loader of the architecture reports a missing file in its words
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a PyTorch file: the architecture's loader says so
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("cxr"), dict) and "state_dict" in payload
+
+
+def _architecture(name: str, head: str, dropout: float, num_outputs: int) -> dict:
+    return {
         "name": str(name),
         "head": Head(head).value,
         "dropout": float(dropout),
         "in_chans": 1,
         "num_outputs": num_outputs,
     }
-    model = CxrNet(
-        backbone, _head(head, feature_shape, num_outputs, dropout), feature_layer_name, architecture, input_size, labels
+
+
+def _torchvision_net(
+    name: str,
+    num_outputs: int,
+    head: str,
+    dropout: float,
+    pretrained: str,
+    input_size: int,
+    labels: Sequence[str] | None,
+    is_cxr_file: bool,
+) -> CxrNet:
+    spec = BACKBONES[name]
+    constructor = spec.torchvision or name
+    if pretrained == "imagenet" and spec.in_chans != 3:
+        raise CxrError(
+            f"{name} has no ImageNet weights (its first convolution takes {spec.in_chans} channel); start from an "
+            "imported model with model.init_from=MODEL.ckpt, or model.pretrained=none"
+        )
+    tv_model = _imagenet_model(constructor) if pretrained == "imagenet" else _torchvision_model(constructor)
+    _set_in_chans(tv_model, spec.in_chans)
+    if pretrained not in ("none", "imagenet") and not is_cxr_file:
+        _load_torchvision_state(tv_model, _read_weights(Path(pretrained))[1], name, pretrained)
+    backbone, _ = spec.cut(tv_model)
+    feature_layer_name = spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block
+    feature_shape = _feature_shape(backbone, input_size, spec.in_chans)
+    architecture = _architecture(name, head, dropout, num_outputs)
+    return CxrNet(
+        backbone,
+        _head(head, feature_shape, num_outputs, dropout),
+        feature_layer_name,
+        architecture,
+        input_size,
+        labels,
+        mean=spec.mean,
+        std=spec.std,
     )
-    if kind == "cxr":
-        _load_cxr_state(model, state, pretrained)
-    return model
+
+
+def _timm_net(
+    name: str,
+    num_outputs: int,
+    head: str,
+    dropout: float,
+    pretrained: str,
+    input_size: int,
+    labels: Sequence[str] | None,
+    is_cxr_file: bool,
+) -> CxrNet:
+    from cxr.models import timm_backbones
+
+    if not timm_backbones.is_timm_name(name):
+        raise timm_backbones.unknown_model_error(name, ARCHITECTURES)
+    spec = timm_backbones.build_timm_backbone(
+        name, Head(head).value, input_size, "none" if is_cxr_file else pretrained, FINE_CAM_BELOW
+    )
+    if head == Head.GAP:  # timm's own pooling (and whatever its family puts after it) gives (B, num_features)
+        layers = [nn.Dropout(dropout)] if dropout > 0 else []
+        head_module = nn.Sequential(*layers, nn.Linear(spec.model.num_features, num_outputs))
+    else:
+        head_module = _head(head, _feature_shape(spec.model, input_size), num_outputs, dropout)
+    architecture = _architecture(name, head, dropout, num_outputs)
+    architecture.update(source="timm", mean=list(spec.mean), std=list(spec.std), img_size=spec.img_size)
+    return CxrNet(
+        spec.model,
+        head_module,
+        spec.feature_layer,
+        architecture,
+        input_size,
+        labels,
+        mean=spec.mean,
+        std=spec.std,
+        cam_reshape=spec.cam_reshape,
+    )
+
+
+def _check_normalization(model: CxrNet, normalization: tuple[Sequence[float], Sequence[float]]) -> None:
+    mean, std = ([float(v) for v in values] for values in normalization)
+    if not (
+        torch.allclose(model.mean.flatten(), torch.tensor(mean))
+        and torch.allclose(model.std.flatten(), torch.tensor(std))
+    ):
+        raise CxrError(
+            f"{model.architecture['name']} normalises with mean {model.input_config['mean']}, std "
+            f"{model.input_config['std']} here, the checkpoint recorded mean {mean}, std {std}: was it written by "
+            "another timm version? Use the versions it names (its 'environment' block)"
+        )
+
+
+def _set_grad_checkpointing(model: CxrNet) -> None:
+    """Activation checkpointing: timm's own switch; DenseNet's ``memory_efficient`` dense layers; per ResNet block
+    ``torch.utils.checkpoint`` (the module tree and so the checkpoint keys stay as they are)."""
+    backbone = model.backbone
+    if model.architecture.get("source") == "timm":
+        from cxr.models.timm_backbones import set_grad_checkpointing
+
+        set_grad_checkpointing(backbone)
+    elif "densenet" in model.architecture["name"]:  # torchxrayvision's xrv-densenet121 too
+        for module in backbone.modules():
+            if hasattr(module, "memory_efficient"):
+                module.memory_efficient = True
+    else:
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for block in backbone.get_submodule(stage):
+                block.forward = functools.partial(_checkpointed, type(block).forward, block)
+
+
+def _checkpointed(forward: Callable, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``forward(module, x)`` with its activations recomputed in the backward pass while training."""
+    if module.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, module, x, use_reentrant=False)
+    return forward(module, x)
+
+
+RECORDED_KEYS = ("name", "head", "dropout", "in_chans")
+"""What every artifact records of the architecture; timm models add :data:`TIMM_KEYS`."""
+TIMM_KEYS = ("source", "mean", "std", "img_size")
+
+
+def recorded_architecture(architecture: dict) -> dict:
+    """The part of ``CxrNet.architecture`` an artifact stores: enough for :func:`rebuild_model`."""
+    keys = RECORDED_KEYS + (TIMM_KEYS if architecture.get("source") == "timm" else ())
+    return {key: architecture[key] for key in keys}
+
+
+def rebuild_model(architecture: dict, labels: Sequence[str], input_size: int) -> CxrNet:
+    """The randomly initialised twin of a recorded architecture (its weights come from the artifact or graph)."""
+    if architecture.get("img_size") not in (None, input_size):
+        raise CxrError(f"architecture built for {architecture['img_size']} px, preprocessing gives {input_size} px")
+    normalization = (architecture["mean"], architecture["std"]) if "mean" in architecture else None
+    return create_model(
+        architecture["name"],
+        len(labels),
+        head=architecture.get("head", "gap"),
+        dropout=float(architecture.get("dropout", 0.0)),
+        input_size=input_size,
+        labels=list(labels),
+        normalization=normalization,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cxr.config import Config, config_from_dict, save_config, to_dict
+from cxr.config import AugmentOn, Compile, Config, config_from_dict, save_config, to_dict
 from cxr.data.loaders import StoreDataModule, predict_store
 from cxr.data.store import Store
 from cxr.data.tasks import TaskSplit, build_multi_split, build_split, targets
@@ -71,10 +72,19 @@ def fit_store(config: Config, store: Store, image_size: int | None = None) -> Co
     return config
 
 
-RUN_SETTINGS = ("store", "data.stores", "data.num_workers")
+RUN_SETTINGS = (
+    "store",
+    "data.stores",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.augment_on",
+    "train.compile",
+    "train.check_finite_every",
+)
 """Config keys that say where and how a run is executed, not what it learns: they may change on --resume (a moved
 store, another machine). Results do not depend on them (cxr.data.loaders.EpochSampler: not even on the number of
-workers)."""
+workers), up to rounding: ``data.augment_on=device`` interpolates within a grey level of the CPU path
+(cxr.data.device_augment), a compiled model sums in another order."""
 
 
 def _changed_keys(previous: dict, current: dict) -> list[str]:
@@ -134,6 +144,27 @@ def _gpu_count(devices: int | str) -> int:
     if devices in ("auto", "-1"):
         return torch.cuda.device_count()
     return len([d for d in str(devices).split(",") if d.strip()])
+
+
+def augment_on_device(config: Config, on_gpu: bool) -> bool:
+    """``data.augment_on``: ``auto`` augments on the device when training on a GPU, where the loader workers are
+    the bottleneck and the GPU has time to spare; on a CPU the "device" is the same cores, so the workers do it."""
+    mode = config.data.augment_on
+    return mode == AugmentOn.DEVICE or (mode == AugmentOn.AUTO and on_gpu)
+
+
+def compile_model(model: torch.nn.Module, mode: Compile | str) -> None:
+    """``train.compile``: compile the model's forward in place (``nn.Module.compile``), so its parameters keep
+    their names: checkpoints hold ``model.*`` keys, not ``torch.compile``'s wrapper's ``model._orig_mod.*``."""
+    if Compile(mode) != Compile.NONE:
+        model.compile(mode=Compile(mode).value)
+
+
+def _check_loop_settings(config: Config) -> None:
+    for key, value in (("train.check_finite_every", config.train.check_finite_every),
+                       ("data.prefetch_factor", config.data.prefetch_factor)):  # fmt: skip
+        if value < 1:
+            raise CxrError(f"{key} must be at least 1, got {value}")
 
 
 def _pos_weight(split: TaskSplit) -> list[float]:
@@ -250,6 +281,7 @@ def fit(
         if not len(split.rows(part)):
             raise CxrError(f"the {part} part is empty for this store and task; a larger store is needed")
     check_recipe(config)
+    _check_loop_settings(config)
 
     L.seed_everything(config.train.seed, workers=True)
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
@@ -269,12 +301,21 @@ def fit(
     )
     if config.train.channels_last:  # GPU or CPU: NHWC pays with bf16 on AMX CPUs (benchmarks/cpu_precision.py)
         module.model.to(memory_format=torch.channels_last)
+    compile_model(module.model, config.train.compile)
     datamodule = StoreDataModule(
-        store, split, config.data, config.train.batch_size, pin_memory=on_gpu, seed=config.train.seed
+        store,
+        split,
+        config.data,
+        config.train.batch_size,
+        pin_memory=on_gpu,
+        seed=config.train.seed,
+        augment_on_device=augment_on_device(config, on_gpu),
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
+        with warnings.catch_warnings():  # the DataModule's hook is Lightning's no-op; the module's augments (by design)
+            warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
     except SIGTERMException:  # a SystemExit with code None: without this, a terminated run would exit 0
         raise CxrError(
             f"training stopped by SIGTERM in epoch {trainer.current_epoch}; `cxr train ... --resume` continues it "

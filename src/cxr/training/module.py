@@ -7,6 +7,8 @@ AUC-margin loss (``train.loss=auc_margin``).
 Validation: loss, and per-output + macro AUROC (torchmetrics, exact, synchronised across DDP ranks) over the rows that
 provide the output; an output with one class (or none) among them gets NaN and is left out of the macro mean.
 Optimizer and schedules: ``cxr.training.optim``.
+A non-finite training loss stops the run, checked on the host only every ``train.check_finite_every`` batches and at
+each epoch's end (:class:`FiniteLossCheck`): a check each step would wait for the GPU each step.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
 from cxr.config import Config, to_dict
+from cxr.data.device_augment import augment_batch
+from cxr.data.loaders import train_view_of
 from cxr.files import replacing
 from cxr.imaging.preprocessing import Preprocessing, to_unit
 from cxr.models.artifact import artifact_metadata
@@ -69,6 +73,39 @@ def keras_time_decay(step: int, decay: float) -> float:
     return 1.0 / (1.0 + decay * step)
 
 
+class FiniteLossCheck:
+    """Remembers, on the device, the first step whose loss was not finite; :meth:`raise_if_seen` reads it back.
+
+    ``torch.isfinite(loss)`` in an ``if`` copies a boolean to the host and so waits for the step to finish, every
+    step; here each step only updates two device scalars, and the host looks at them when it chooses. The error
+    names the first bad step and its loss, as the per-step check did, and the step the check ran at.
+    """
+
+    def __init__(self):
+        self.first_step: torch.Tensor | None = None  # -1 while every loss was finite
+        self.first_loss: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().float()
+        if self.first_step is None or self.first_step.device != loss.device:
+            self.first_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self.first_loss = torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss) & (self.first_step < 0)
+        self.first_step = torch.where(first, torch.full_like(self.first_step, step), self.first_step)
+        self.first_loss = torch.where(first, loss, self.first_loss)
+
+    def raise_if_seen(self, checked_at: int) -> None:
+        """``FloatingPointError`` if a loss since the start was not finite; ``checked_at`` is the current step."""
+        if self.first_step is None:
+            return
+        step = int(self.first_step)  # the one host sync
+        if step >= 0:
+            raise FloatingPointError(
+                f"training loss is {float(self.first_loss)} at step {step} (seen after step {checked_at}: the host "
+                f"checks every train.check_finite_every batches and at the epoch's end): lower optim.lr"
+            )
+
+
 class CxrModule(L.LightningModule):
     """A :class:`cxr.models.factory.CxrNet` (attribute ``model``: the checkpoint's ``model.*`` weights) and its
     training."""
@@ -94,10 +131,20 @@ class CxrModule(L.LightningModule):
             pretrained="none" if resume else (spec.init_from or spec.pretrained),
             input_size=config.data.input_size,
             labels=outputs,
+            grad_checkpointing=spec.grad_checkpointing,
         )
         weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
         self.register_buffer("pos_weight", weight, persistent=False)
         self.val_auroc = MaskedAUROC()
+        self.train_view = train_view_of(config.data)
+        self.finite_loss = FiniteLossCheck()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """A training batch with draws (``data.augment_on=device``) is augmented here, on the device, batched."""
+        if len(batch) == 3:
+            pixels, target, draws = batch
+            return augment_batch(pixels, draws, self.train_view), target
+        return batch
 
     def _images(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 batch → float in [0, 1] (the artifact's :class:`Preprocessing` scaling), NHWC with
@@ -115,10 +162,14 @@ class CxrModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         pixels, target = batch
         loss = self._loss(self.model(self._images(pixels)), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr")
+        self.finite_loss.update(loss, self.global_step)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(target))
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Counted in batches, not optimizer steps: with gradient accumulation global_step stands still.
+        if (batch_idx + 1) % self.config.train.check_finite_every == 0 or self.trainer.is_last_batch:
+            self.finite_loss.raise_if_seen(self.global_step)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         pixels, target = batch

@@ -25,11 +25,13 @@ from cxr.models.factory import count_parameters, create_model
 MODELS = ["densenet121", "resnet50", "convnext_atto", "convnext_tiny", "efficientnet_b0", "vit_small_patch16_224"]
 
 
-def images_per_s(name: str, size: int, batch_size: int, steps: int) -> tuple[float, float, int]:
+def images_per_s(
+    name: str, size: int, batch_size: int, steps: int, optimizer_class: type = torch.optim.AdamW
+) -> tuple[float, float, int]:
     """(training images per wall second, per CPU second, trainable parameters) of ``name`` at ``size`` px."""
     torch.manual_seed(0)
     model = create_model(name, 14, head="gap", input_size=size).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = optimizer_class(model.parameters(), lr=1e-4)
     images, target = torch.rand(batch_size, 1, size, size), torch.randint(0, 2, (batch_size, 14)).float()
 
     def step() -> None:

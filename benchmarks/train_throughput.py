@@ -17,30 +17,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from cxr.models.factory import create_model
+from model_throughput import images_per_s  # this folder: scripts run as `python benchmarks/NAME.py`
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-sample"
 
 
 def train_images_per_s(name: str, size: int, batch_size: int, steps: int) -> float:
-    torch.manual_seed(0)
-    model = create_model(name, 14, head="gap", input_size=size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images, target = torch.rand(batch_size, 1, size, size), torch.randint(0, 2, (batch_size, 14)).float()
-
-    def step() -> None:
-        loss = F.binary_cross_entropy_with_logits(model(images), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up: allocator, oneDNN kernels
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - start)
+    """Training images per wall second (Adam), measured by ``model_throughput.images_per_s``."""
+    return images_per_s(name, size, batch_size, steps, optimizer_class=torch.optim.Adam)[0]
 
 
 def loader_images_per_s(sample: Path, images: int) -> tuple[float, float]:

@@ -86,16 +86,22 @@ TRAIN_RECIPE = [
 ]  # fmt: skip
 
 
-def train_cli(*args: str) -> None:
-    """Run ``cxr train ARGS`` in-process; re-raise the command's exception, if any."""
+def cli(*args: str) -> str:
+    """Run ``cxr ARGS`` in-process and return its output; re-raise the command's exception, if any."""
     from typer.testing import CliRunner
 
     from cxr.cli import app
 
-    result = CliRunner().invoke(app, ["train", *args], catch_exceptions=True)
+    result = CliRunner().invoke(app, list(args), catch_exceptions=True)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == 0, result.output
+    return result.output
+
+
+def train_cli(*args: str) -> None:
+    """Run ``cxr train ARGS`` in-process; re-raise the command's exception, if any."""
+    cli("train", *args)
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from typer.testing import CliRunner
 
-from cxr.cli import app
+from conftest import cli
 from cxr.config import load_config
 from cxr.data.store import Store
 from cxr.data.tasks import build_multi_split
@@ -31,14 +30,6 @@ RECIPE = [
     "data.num_workers=0", "model.head=gap", "optim.lr=3e-4", "data.rotation=0", "data.shift=0",
     "task.val_fraction=0.2", "task.target=common",
 ]  # fmt: skip
-
-
-def _cli(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args), catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def _prepare(data: Path, out: Path) -> Path:
@@ -68,7 +59,7 @@ def run(stores, tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _cli("train", "--experiment", "multilabel-adam", "--store", str(stores["nih"]), "--store",
+        cli("train", "--experiment", "multilabel-adam", "--store", str(stores["nih"]), "--store",
              str(stores["chexpert"]), "--out", str(out), *RECIPE)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
@@ -172,7 +163,7 @@ def _expert_csv(store: Store, path: Path) -> Path:
 
 
 def test_external_validation_and_expert_labels(run, stores, tmp_path):
-    _cli("evaluate", str(run), "--store", str(stores["other"]), "--resamples", "200")
+    cli("evaluate", str(run), "--store", str(stores["other"]), "--resamples", "200")
     folder = run / "eval" / "test-nih"
     metrics = json.loads((folder / "metrics.json").read_text())
     other = Store(stores["other"])
@@ -189,7 +180,7 @@ def test_external_validation_and_expert_labels(run, stores, tmp_path):
 
     expert = _expert_csv(other, tmp_path / "google2019_nih-chest-xray-labels.csv")
     out = tmp_path / "expert"
-    _cli("evaluate", "--predictions", str(folder / "predictions.csv"), "--labels", str(expert), "--out", str(out),
+    cli("evaluate", "--predictions", str(folder / "predictions.csv"), "--labels", str(expert), "--out", str(out),
          "--resamples", "200")  # fmt: skip
     scored = json.loads((out / "metrics.json").read_text())
     assert scored["n_images"] == len(test_images) and scored["label_set"] == "google2019"
@@ -200,8 +191,8 @@ def test_external_validation_and_expert_labels(run, stores, tmp_path):
 
 def test_internal_scores_per_store_and_errors(run, stores):
     with pytest.raises(CxrError, match="several stores"):
-        _cli("evaluate", str(run))
-    _cli("evaluate", str(run), "--store", str(stores["chexpert"]), "--resamples", "100")
+        cli("evaluate", str(run))
+    cli("evaluate", str(run), "--store", str(stores["chexpert"]), "--resamples", "100")
     metrics = json.loads((run / "eval" / "test-chexpert" / "metrics.json").read_text())
     assert not metrics["store_scored"]["external"]
     assert set(NIH_ONLY) <= set(metrics["not_available"]) and "Lung Opacity" in metrics["findings"]
@@ -222,9 +213,9 @@ def test_internal_scores_per_store_and_errors(run, stores):
 def test_compare_puts_internal_and_external_side_by_side(run, stores, tmp_path):
     for store, folder in ((stores["chexpert"], "test-chexpert"), (stores["other"], "test-nih")):
         if not (run / "eval" / folder / "metrics.json").is_file():
-            _cli("evaluate", str(run), "--store", str(store), "--resamples", "100")
+            cli("evaluate", str(run), "--store", str(store), "--resamples", "100")
     out = tmp_path / "side"
-    _cli("compare", str(run), "--external", "--out", str(out))
+    cli("compare", str(run), "--external", "--out", str(out))
     result = json.loads((out / "comparison.json").read_text())
     assert result["sets"] == ["run:test-chexpert", "run:test-nih"]
     assert result["kind"] == {"run:test-chexpert": "internal (chexpert)", "run:test-nih": "external (nih)"}

@@ -8,19 +8,10 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from cxr.cli import app
+from conftest import cli
 from cxr.labels import FINDINGS
 from cxr.models.artifact import load_artifact
-
-
-def _cli(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args), catch_exceptions=True)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_the_run_records_its_store(trained_run, synth_store):
@@ -30,7 +21,7 @@ def test_the_run_records_its_store(trained_run, synth_store):
 
 def test_evaluate_a_trained_run_on_its_test_split(trained_run_copy):
     run = trained_run_copy
-    _cli("evaluate", str(run), "--split", "test")
+    cli("evaluate", str(run), "--split", "test")
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     split = pd.read_parquet(run / "split.parquet")
     test_images = set(split.loc[split["part"] == "test", "image"])
@@ -54,10 +45,10 @@ def test_evaluate_a_trained_run_on_its_test_split(trained_run_copy):
 
 def test_compare_a_run_with_itself_finds_no_difference(trained_run_copy, tmp_path):
     run = trained_run_copy
-    _cli("evaluate", str(run), "--split", "test")
+    cli("evaluate", str(run), "--split", "test")
     twin = shutil.copytree(run, tmp_path / "twin")  # a second run with the very same predictions
     out = tmp_path / "comparison"
-    _cli("compare", str(run), str(twin), "--out", str(out))
+    cli("compare", str(run), str(twin), "--out", str(out))
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["bootstrap"]["unit"] == "patient" and comparison["bootstrap"]["paired"]
     (other,) = comparison["differences"].values()

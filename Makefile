@@ -18,7 +18,7 @@ ifneq ($(LOCK),)
 	$(PY) -m pip install --quiet -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps -e .
 else
-	$(PY) -m pip install --quiet -e '.[train,dev]'
+	$(PY) -m pip install --quiet -e '.[train,dev,foundation,pacs]'
 endif
 # The complete NIH metadata table ships in this wheel; tests/test_nih.py reads it (and skips without it).
 # Downloaded, not installed; the leading '-' keeps an offline machine going.
@@ -29,7 +29,7 @@ endif
 lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet 'pip-tools>=7.4'
-	.venv-lock/bin/pip-compile --quiet --upgrade --allow-unsafe --strip-extras --extra train --extra dev --no-emit-index-url --no-emit-find-links \
+	.venv-lock/bin/pip-compile --quiet --upgrade --allow-unsafe --strip-extras --extra train --extra dev --extra foundation --extra pacs --no-emit-index-url --no-emit-find-links \
 		--output-file $(LOCK) pyproject.toml
 
 venv: $(STAMP)

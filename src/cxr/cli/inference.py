@@ -7,6 +7,7 @@ inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -15,21 +16,35 @@ import typer
 from cxr.cli._app import app
 from cxr.errors import CxrError
 
+TABLE_LIMIT = 1000
+"""Above this many images written to a file, ``cxr predict`` prints a summary instead of the table (memory)."""
+
 
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="A checkpoint (.ckpt), a run directory, or an exported model.onnx."),
     images: list[Path] = typer.Argument(..., help="PNG, JPEG or DICOM files, or folders (searched recursively)."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout: one object for one image, else a list."),
-    csv: Path | None = typer.Option(None, "--csv", help="Also write Image Index + prob_<finding> columns here."),
+    csv: Path | None = typer.Option(None, "--csv", help="Write Image Index + prob_<finding> rows here as they come."),
+    jsonl: Path | None = typer.Option(None, "--jsonl", help="Write one JSON record per line here as they come."),
+    resume: bool = typer.Option(False, "--resume", help="Skip images the --csv/--jsonl output already holds; append."),
     cam: Path | None = typer.Option(None, "--cam", help="Write Grad-CAM overlays (.png) and maps (.npy) here."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Decoding processes (default: every core; 1 decodes in this process)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="Where a checkpoint runs: cpu, cuda, cuda:1, mps."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally mirrored image."),
 ) -> None:
-    """Probability of each finding per image; unreadable files are reported on stderr and skipped (exit 1)."""
+    """Probability of each finding per image; unreadable files are reported on stderr and skipped (exit 1).
+
+    Files are decoded in a pool of processes while the model runs; records are written to --csv/--jsonl in input
+    order as each batch completes, so a killed run continues with --resume.
+    """
     from rich.console import Console
 
-    from cxr.inference.predict import predict_images
+    from cxr.inference.outputs import image_keys, open_sinks
+    from cxr.inference.predict import find_images, iter_predictions, load_predictor
 
     errors: list[tuple[str, str]] = []
     stderr = Console(stderr=True)
@@ -38,33 +53,81 @@ def predict(
         errors.append((image, message))
         stderr.print(f"[yellow]skipped[/] {image}: {message}", highlight=False, soft_wrap=True)
 
-    records = predict_images(model, images, batch_size=batch_size, cam_dir=cam, on_error=report, tta=tta)
-    if not records:
+    if batch_size < 1:
+        raise CxrError(f"batch size must be at least 1, got {batch_size}")
+    predictor = load_predictor(model, device=device)
+    found, missing = find_images(images)
+    for error in missing:
+        report(error["image"], error["error"])
+    sinks = open_sinks(predictor.labels, csv, jsonl, resume)
+    keys = dict(zip(map(str, found), image_keys(found), strict=True))
+    todo = [path for path in found if not sinks or not all(s.holds(str(path), keys[str(path)]) for s in sinks)]
+    if resume and len(todo) < len(found):
+        stderr.print(f"resuming: {len(found) - len(todo)} of {len(found)} images already in the output")
+    single = as_json and len(images) == 1 and images[0].is_file()
+    table = [] if not as_json and (not sinks or len(todo) <= TABLE_LIMIT) else None
+    count = 0
+    try:
+        with _progress(stderr, len(todo)) as advance:
+            records = iter_predictions(
+                predictor, todo, batch_size=batch_size, workers=workers, cam_dir=cam, on_error=report, tta=tta,
+                stems=None,
+            )  # fmt: skip
+            for record in records:
+                for sink in sinks:
+                    if not sink.holds(record["image"], keys[record["image"]]):
+                        sink.write(record, keys[record["image"]])
+                if as_json:
+                    _echo_json(record, count, single)
+                elif table is not None:
+                    table.append(record)
+                count += 1
+                advance()
+    finally:
+        for sink in sinks:
+            sink.close()
+    if as_json and not single:
+        typer.echo("[]" if count == 0 else "\n]")
+    if count == 0 and len(todo) == len(found):
         raise CxrError(f"no image could be predicted ({len(errors)} skipped)")
-    if csv is not None:
-        _write_csv(records, csv)
-    if as_json:
-        typer.echo(json.dumps(records[0] if len(images) == 1 and images[0].is_file() else records, indent=2))
-    else:
-        _print_predictions(records)
+    if table:
+        _print_predictions(table)
+    elif not as_json:
+        where = ", ".join(str(sink.path) for sink in sinks)
+        typer.echo(f"{count} images predicted ({len(found) - len(todo)} already there) -> {where}")
     if errors:
         raise typer.Exit(1)
 
 
-def _write_csv(records: list[dict], path: Path) -> None:
-    """The predictions CSV ``cxr evaluate --predictions`` reads: ``Image Index`` (the file name, or the path where
-    two files share a name), ``prob_<label>``."""
-    import pandas as pd
+def _echo_json(record: dict, index: int, single: bool) -> None:
+    """One record of the JSON answer, streamed: the object alone for one file, else an element of a list."""
+    text = json.dumps(record, indent=2)
+    if single:
+        typer.echo(text)
+        return
+    indented = "\n".join("  " + line for line in text.splitlines())
+    typer.echo(("[\n" if index == 0 else ",\n") + indented, nl=False)
 
-    labels = list(records[0]["probabilities"])
-    table = pd.DataFrame([[r["probabilities"][label] for label in labels] for r in records], columns=labels)
-    table = table.add_prefix("prob_")
-    names = [Path(r["image"]).name for r in records]
-    if len(set(names)) < len(names):  # same file name in two folders (common in DICOM exports): keep the paths
-        names = [str(r["image"]) for r in records]
-    table.insert(0, "Image Index", names)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False, float_format="%.9g")
+
+@contextlib.contextmanager
+def _progress(console, total: int):
+    """A progress bar with images/s on a terminal (nothing otherwise); yields the function that advances it."""
+    if not console.is_terminal or total < 2:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+    speed = "[cyan]{task.fields[rate]} images/s"
+    with Progress("predict", BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), speed, TimeRemainingColumn(),
+                  console=console, transient=False) as progress:  # fmt: skip
+        task = progress.add_task("predict", total=total, rate="-")
+
+        def advance() -> None:
+            progress.advance(task)
+            rate = progress.tasks[task].speed
+            progress.update(task, rate=f"{rate:,.0f}" if rate else "-")
+
+        yield advance
 
 
 def _print_predictions(records: list[dict]) -> None:

@@ -4,19 +4,22 @@ Both backends share one interface (:class:`cxr.inference.predictor.Predictor`). 
 preprocessing path of ``cxr prepare`` (:func:`cxr.imaging.decode.decode_grayscale`, then the model's
 :class:`~cxr.imaging.preprocessing.Preprocessing`), so a radiograph is seen exactly as in training. Torch is imported
 only for a checkpoint or Grad-CAM. A file that cannot be read is reported and skipped; the others are still predicted.
+Many files are decoded in a pool of processes while the model runs (:mod:`cxr.inference.pipeline`), and records come
+out in input order as their batch completes (:func:`iter_predictions`), for outputs that stream
+(:mod:`cxr.inference.outputs`).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cxr.errors import CxrError
-from cxr.imaging.decode import decode_grayscale
 from cxr.inference.cam import unique_stems, write_heatmaps
+from cxr.inference.pipeline import predicted_images, resolve_workers
 from cxr.inference.predictor import Predictor, probabilities, resolve_model_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -82,6 +85,38 @@ def _report_to_stderr(image: str, message: str) -> None:
     print(f"skipped {image}: {message}", file=sys.stderr)
 
 
+def iter_predictions(
+    predictor: Predictor,
+    images: Sequence[Path],
+    *,
+    batch_size: int = 16,
+    workers: int | None = None,
+    cam_dir: str | Path | None = None,
+    stems: dict[str, str] | None = None,
+    on_error: Callable[[str, str], None] | None = None,
+    tta: bool = False,
+) -> Iterator[dict]:
+    """One :func:`prediction_record` per readable file of ``images``, in input order, as each batch completes.
+
+    Decoding runs in ``workers`` processes (default: every core when there are enough files; see
+    :mod:`cxr.inference.pipeline`), overlapped with the model. With ``cam_dir``, each record also has
+    ``"heatmaps"`` (files named by ``stems``, default :func:`~cxr.inference.cam.unique_stems` of ``images``).
+    """
+    report = on_error or _report_to_stderr
+    workers = resolve_workers(workers, len(images))
+    if cam_dir is not None and stems is None:
+        stems = dict(zip(map(str, images), unique_stems([str(path) for path in images]), strict=True))
+    for item in predicted_images(
+        predictor, images, batch_size=batch_size, workers=workers, tta=tta, keep_source=cam_dir is not None,
+        on_error=report,
+    ):  # fmt: skip
+        record = prediction_record(str(item.path), item.probabilities, predictor.labels, predictor.thresholds)
+        if cam_dir is not None:
+            stem = stems[record["image"]]
+            record["heatmaps"] = write_heatmaps(predictor, item.source, record["positive"], Path(cam_dir), stem)
+        yield record
+
+
 def predict_images(
     model: str | Path | Predictor,
     paths: Iterable[str | Path],
@@ -89,6 +124,7 @@ def predict_images(
     cam_dir: str | Path | None = None,
     on_error: Callable[[str, str], None] | None = None,
     tta: bool = False,
+    workers: int | None = None,
 ) -> list[dict]:
     """Predict every image of ``paths`` (files, or directories searched recursively) with ``model``.
 
@@ -96,7 +132,7 @@ def predict_images(
     has ``"heatmaps"``: ``{finding: {"overlay": png, "map": npy}}`` for its positive findings (with an ONNX
     model, Grad-CAM runs on the torch twin rebuilt from the file). Unreadable files are passed to
     ``on_error(image, message)`` (default: printed to stderr) and skipped. ``tta``: each probability is the mean
-    of the image's and its horizontal mirror's.
+    of the image's and its horizontal mirror's. For a dataset, :func:`iter_predictions` streams the same records.
     """
     if batch_size < 1:
         raise CxrError(f"batch size must be at least 1, got {batch_size}")
@@ -105,27 +141,8 @@ def predict_images(
     images, missing = find_images(paths)
     for error in missing:
         report(error["image"], error["error"])
-    if cam_dir is not None:
-        stems = dict(zip(map(str, images), unique_stems([str(path) for path in images]), strict=True))
-    records = []
-    for start in range(0, len(images), batch_size):
-        names, grays = [], []
-        for path in images[start : start + batch_size]:
-            try:
-                grays.append(decode_grayscale(path))
-                names.append(str(path))
-            except CxrError as error:
-                report(str(path), str(error).removeprefix(f"{path}: "))
-        if not grays:
-            continue
-        rows = predict_arrays(predictor, grays, batch_size, tta)
-        batch_records = [
-            prediction_record(name, row, predictor.labels, predictor.thresholds)
-            for name, row in zip(names, rows, strict=True)
-        ]
-        if cam_dir is not None:
-            for record, gray in zip(batch_records, grays, strict=True):
-                stem = stems[record["image"]]
-                record["heatmaps"] = write_heatmaps(predictor, gray, record["positive"], Path(cam_dir), stem)
-        records.extend(batch_records)
-    return records
+    return list(
+        iter_predictions(
+            predictor, images, batch_size=batch_size, workers=workers, cam_dir=cam_dir, on_error=report, tta=tta
+        )
+    )

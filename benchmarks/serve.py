@@ -1,12 +1,15 @@
-"""Benchmark: ``cxr serve`` throughput with 1 and 8 concurrent clients, and the memory of one worker.
+"""Benchmark: ``cxr serve`` throughput with 1 and 8 concurrent clients, with and without micro-batching, and memory.
 
 Writes a ResNet-18 artifact (random init, GAP head, 224 px, 14 findings; ``--onnx`` also exports it and serves the
 ``.onnx``), starts ``cxr serve`` on it as a subprocess on 127.0.0.1, and posts a real 1024x1024 NIH radiograph (PNG,
 ``tests/data/nih-sample``) to ``/api/predict``: ``--requests`` requests from one client, then the same number from 8
-clients at once (threads, one keep-alive connection each). Prints requests/s for both, their ratio, and the
-memory (RSS and its private part) of the server process(es) after loading and after the run. Loopback only. Not a test.
+clients at once (threads, one keep-alive connection each). It does so twice in one run: with ``--batch-max 1`` (no
+micro-batching) and with the server's default batching (or ``--batch-max``/``--batch-wait-ms``). Prints requests/s,
+the median latency of one client, the ratios batched / unbatched (issue 24: 8 clients >= 1.5x, one client's p50
+within +10 %), the load average, and the memory (RSS and its private part) of the server process(es) after loading
+and after the run. Loopback only. Not a test.
 
-    .venv/bin/python benchmarks/serve.py [--requests 80] [--workers 1] [--onnx]
+    .venv/bin/python benchmarks/serve.py [--requests 80] [--workers 1] [--onnx] [--batch-max 8] [--batch-wait-ms 10]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,15 +64,18 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def run_clients(url: str, data: bytes, clients: int, requests: int) -> float:
-    """``requests`` predictions shared among ``clients`` threads; requests per second."""
+def run_clients(url: str, data: bytes, clients: int, requests: int) -> tuple[float, float]:
+    """``requests`` predictions shared among ``clients`` threads; requests per second and the median latency (s)."""
     counts = [requests // clients + (1 if k < requests % clients else 0) for k in range(clients)]
     failures: list[str] = []
+    latencies: list[float] = []
 
     def client(count: int) -> None:
         with httpx.Client(base_url=url, timeout=300) as http:
             for _ in range(count):
+                start = time.perf_counter()
                 answer = http.post("/api/predict", files={"file": ("x.png", data, "image/png")})
+                latencies.append(time.perf_counter() - start)
                 if answer.status_code != 200:
                     failures.append(f"{answer.status_code} {answer.text[:200]}")
 
@@ -81,7 +88,38 @@ def run_clients(url: str, data: bytes, clients: int, requests: int) -> float:
     elapsed = time.perf_counter() - start
     if failures:
         raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
-    return requests / elapsed
+    return requests / elapsed, statistics.median(latencies)
+
+
+def measure(model: Path, args, batching: list[str]) -> dict:
+    """Start ``cxr serve MODEL`` with ``batching`` options, measure 1 and 8 clients, stop it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "cxr.cli", "serve", str(model), "--port", str(port)]
+    command += ["--workers", str(args.workers), *batching]
+    env = {k: v for k, v in os.environ.items() if k not in ("CXR_API_KEY", "CXR_API_KEY_FILE")}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if server.poll() is not None:
+                    raise SystemExit(f"cxr serve exited with status {server.returncode}") from None
+                time.sleep(0.1)
+        pids = children(server.pid) if args.workers > 1 else [server.pid]
+        idle = [memory_mib(pid) for pid in pids]
+        run_clients(url, IMAGE.read_bytes(), 4, 8)  # warm-up: the first calls allocate the model's buffers
+        one, p50 = run_clients(url, IMAGE.read_bytes(), 1, args.requests)
+        eight, _ = run_clients(url, IMAGE.read_bytes(), 8, args.requests)
+        busy = [memory_mib(pid) for pid in pids]
+    finally:
+        server.terminate()
+        server.wait(60)
+    return {"one": one, "p50": p50, "eight": eight, "pids": pids, "idle": idle, "busy": busy}
 
 
 def main() -> None:
@@ -90,47 +128,30 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--size", type=int, default=224, help="Model input size.")
     parser.add_argument("--onnx", action="store_true", help="Serve the ONNX export instead of the checkpoint.")
+    parser.add_argument("--batch-max", type=int, default=None, help="Batched run's --batch-max (default: serve's).")
+    parser.add_argument("--batch-wait-ms", type=float, default=None, help="Batched run's --batch-wait-ms.")
     args = parser.parse_args()
 
-    data = IMAGE.read_bytes()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    batched = [*(["--batch-max", str(args.batch_max)] if args.batch_max else []),
+               *(["--batch-wait-ms", str(args.batch_wait_ms)] if args.batch_wait_ms is not None else [])]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         model = build(Path(tmp), args.size, args.onnx)
-        command = [sys.executable, "-m", "cxr.cli", "serve", str(model), "--port", str(port)]
-        command += ["--workers", str(args.workers)]
-        env = {k: v for k, v in os.environ.items() if k not in ("CXR_API_KEY", "CXR_API_KEY_FILE")}
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(1200):
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    if server.poll() is not None:
-                        raise SystemExit(f"cxr serve exited with status {server.returncode}") from None
-                    time.sleep(0.1)
-            pids = children(server.pid) if args.workers > 1 else [server.pid]
-            idle = [memory_mib(pid) for pid in pids]
-            run_clients(url, data, 4, 8)  # warm-up: the first calls allocate the model's buffers
-            one = run_clients(url, data, 1, args.requests)
-            eight = run_clients(url, data, 8, args.requests)
-            busy = [memory_mib(pid) for pid in pids]
-        finally:
-            server.terminate()
-            server.wait(60)
-
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; cxr serve --workers {args.workers}, "
-          f"resnet18 {args.size} px ({'onnx' if args.onnx else 'torch'}), {len(data) // 1024} kB 1024x1024 PNG, "
-          f"{args.requests} requests per measurement")  # fmt: skip
-    print(f"1 client:  {one:6.2f} req/s")
-    print(f"8 clients: {eight:6.2f} req/s")
-    print(f"8 / 1:     {eight / one:6.2f}")
-    for pid, before, after in zip(pids, idle, busy, strict=True):
-        print(f"process {pid}: RSS {before['rss']:.0f} MiB (private {before['private']:.0f}) after loading, "
-              f"{after['rss']:.0f} MiB (private {after['private']:.0f}) after the run")  # fmt: skip
+        runs = {"unbatched": measure(model, args, ["--batch-max", "1"]), "batched": measure(model, args, batched)}
+    load = os.getloadavg()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.2f} "
+          f"{load[1]:.2f} {load[2]:.2f}; cxr serve --workers {args.workers}, resnet18 {args.size} px "
+          f"({'onnx' if args.onnx else 'torch'}), {IMAGE.stat().st_size // 1024} kB 1024x1024 PNG, {args.requests} "
+          f"requests per measurement; batched: {' '.join(batched) or 'the defaults'}")  # fmt: skip
+    for name, run in runs.items():
+        print(f"{name:10} 1 client {run['one']:6.2f} req/s (p50 {1000 * run['p50']:.1f} ms), 8 clients "
+              f"{run['eight']:6.2f} req/s, 8 / 1 = {run['eight'] / run['one']:.2f}")  # fmt: skip
+    off, on = runs["unbatched"], runs["batched"]
+    print(f"batched / unbatched, 8 clients: {on['eight'] / off['eight']:.2f} (goal >= 1.5)")
+    print(f"batched / unbatched, p50 of 1 client: {on['p50'] / off['p50']:.2f} (goal <= 1.10)")
+    for name, run in runs.items():
+        for pid, before, after in zip(run["pids"], run["idle"], run["busy"], strict=True):
+            print(f"{name} process {pid}: RSS {before['rss']:.0f} MiB (private {before['private']:.0f}) after "
+                  f"loading, {after['rss']:.0f} MiB (private {after['private']:.0f}) after the run")  # fmt: skip
 
 
 if __name__ == "__main__":

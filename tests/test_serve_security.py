@@ -20,8 +20,8 @@ from PIL import Image
 
 from conftest import running_server, tiny_checkpoint
 from cxr.errors import CxrError
-from cxr.inference import serve
-from cxr.inference.serve import create_app
+from cxr.inference.serve import app as serve_app
+from cxr.inference.serve import create_app, service
 
 SAMPLE = "00000013_003.png"
 KEYS = ("first-client-key-0123456789", "second-client-key-abcdefghij")
@@ -110,7 +110,7 @@ def test_keys_are_compared_in_constant_time_with_every_key(monkeypatch):
 
 
 def test_key_file_and_environment(tmp_path):
-    from cxr.inference.security import api_keys, keys_from_environment
+    from cxr.inference.serve.security import api_keys, keys_from_environment
 
     key_file = tmp_path / "keys"
     key_file.write_text(f"# clients of the ward\n\n{KEYS[0]}\n  {KEYS[1]}  \n# retired: old-key\n")
@@ -130,7 +130,7 @@ def test_key_file_and_environment(tmp_path):
 
 def test_listening_beyond_loopback_needs_a_key(monkeypatch, checkpoint, capsys):
     from cxr.cli import main
-    from cxr.inference.security import check_listen_address, is_loopback
+    from cxr.inference.serve.security import check_listen_address, is_loopback
 
     for host in ("127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost"):
         assert is_loopback(host) and check_listen_address(host, (), insecure=False) is None
@@ -264,7 +264,7 @@ def test_uploads_never_touch_the_disk(checkpoint):
 
 
 def test_multipart_parsing_in_memory():
-    from cxr.inference.uploads import HTTPProblem, anonymous_name, multipart_file
+    from cxr.inference.serve.uploads import HTTPProblem, anonymous_name, multipart_file
 
     body = (
         b'--XyZ\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
@@ -300,7 +300,7 @@ def test_a_slow_decode_is_answered_422_without_blocking_the_server(checkpoint, p
         release.wait(120)
         raise AssertionError("released")
 
-    monkeypatch.setattr(serve, "decode_grayscale", stuck)
+    monkeypatch.setattr(service, "decode_grayscale", stuck)
     app = create_app(checkpoint, decode_timeout=1.0, decode_threads=1)
     try:
         with running_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
@@ -383,7 +383,7 @@ def test_readiness_while_the_model_loads_in_the_background(checkpoint, png_bytes
         release.wait(120)
         return load_predictor(path)
 
-    monkeypatch.setattr(serve, "load_predictor", slow_load)
+    monkeypatch.setattr(serve_app, "load_predictor", slow_load)
     client = TestClient(create_app(checkpoint, load_in_background=True))
     try:
         assert client.get("/healthz").json() == {"status": "ok", "model": checkpoint.name}
@@ -434,30 +434,45 @@ def test_audit_trail(checkpoint, png_bytes, tmp_path):
 
 
 def test_settings_from_environment(tmp_path):
-    from cxr.inference.serve import settings_from_environment
+    from cxr.inference.serve import ServeSettings
 
     key_file = tmp_path / "keys"
     key_file.write_text(KEYS[1] + "\n")
-    settings = settings_from_environment(
-        {
-            "CXR_SERVE_MAX_UPLOAD_MB": "5",
-            "CXR_API_KEY": KEYS[0],
-            "CXR_API_KEY_FILE": str(key_file),
-            "CXR_SERVE_DECODE_TIMEOUT": "2.5",
-            "CXR_SERVE_AUDIT": str(tmp_path / "audit.jsonl"),
-            "CXR_SERVE_BACKGROUND_LOAD": "1",
-        }
-    )
-    assert settings == {
-        "max_upload_mb": 5.0,
-        "api_keys": KEYS,
-        "decode_timeout": 2.5,
-        "audit": str(tmp_path / "audit.jsonl"),
-        "load_in_background": True,
+    environ = {
+        "CXR_SERVE_MODEL": "model.onnx",
+        "CXR_SERVE_MAX_UPLOAD_MB": "5",
+        "CXR_API_KEY": KEYS[0],
+        "CXR_API_KEY_FILE": str(key_file),
+        "CXR_SERVE_DECODE_TIMEOUT": "2.5",
+        "CXR_SERVE_AUDIT": str(tmp_path / "audit.jsonl"),
+        "CXR_SERVE_BACKGROUND_LOAD": "1",
+        "CXR_SERVE_BATCH_MAX": "4",
+        "CXR_SERVE_BATCH_WAIT_MS": "2.5",
     }
-    assert settings_from_environment({})["api_keys"] == () and not settings_from_environment({})["load_in_background"]
-    with pytest.raises(CxrError, match="not a number"):
-        settings_from_environment({"CXR_SERVE_DECODE_TIMEOUT": "soon"})
+    settings = ServeSettings.from_environment(environ)
+    assert settings == ServeSettings(
+        model=Path("model.onnx"), max_upload_mb=5.0, api_keys=KEYS, decode_timeout=2.5,
+        audit=tmp_path / "audit.jsonl", load_in_background=True, batch_max=4, batch_wait_ms=2.5,
+    )  # fmt: skip
+    # What cxr serve --workers hands its workers reads back as the same settings (keys through their file).
+    assert ServeSettings.from_environment({**settings.to_environment(key_file), "CXR_API_KEY": KEYS[0]}) == (
+        settings.model_copy(update={"model": Path("model.onnx").resolve(), "audit": settings.audit.resolve()})
+    )
+    defaults = ServeSettings.from_environment({"CXR_SERVE_MODEL": "m.ckpt"})
+    assert defaults.api_keys == () and not defaults.load_in_background and defaults.batch_max > 1
+    with pytest.raises(CxrError, match="decode_timeout"):
+        ServeSettings.from_environment({**environ, "CXR_SERVE_DECODE_TIMEOUT": "soon"})
+    with pytest.raises(CxrError, match="batch_max"):
+        ServeSettings.from_environment({**environ, "CXR_SERVE_BATCH_MAX": "0"})
+    with pytest.raises(CxrError, match="CXR_SERVE_MODEL"):
+        ServeSettings.from_environment({})
+
+
+def test_cli_defaults_are_the_servers():
+    from cxr.cli import inference
+    from cxr.inference.serve import batching
+
+    assert (inference.BATCH_MAX, inference.BATCH_WAIT_MS) == (batching.BATCH_MAX, batching.BATCH_WAIT_MS)
 
 
 SLOW_SERVER = """
@@ -507,7 +522,7 @@ def test_sigterm_lets_the_request_in_flight_finish(checkpoint, png_bytes, tmp_pa
     script.write_text(SLOW_SERVER)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(serve.__file__).parents[2]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(service.__file__).parents[3]),
                                                                       os.environ.get("PYTHONPATH")]))}  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, str(script), str(checkpoint), str(port), str(entered), str(go)],

@@ -16,6 +16,8 @@ import typer
 from cxr.cli._app import app
 from cxr.errors import CxrError
 
+# The serving defaults, without importing the server (FastAPI) for every command's --help.
+BATCH_MAX, BATCH_WAIT_MS = 8, 10.0
 TABLE_LIMIT = 1000
 """Above this many images written to a file, ``cxr predict`` prints a summary instead of the table (memory)."""
 
@@ -240,21 +242,21 @@ def serve(
     limit_concurrency: int | None = typer.Option(
         None, "--limit-concurrency", help="Connections at once; more are answered 503 (default: no limit)."
     ),
+    batch_max: int = typer.Option(
+        BATCH_MAX, "--batch-max", help="Predictions that may share one model call (1: no micro-batching)."
+    ),
+    batch_wait_ms: float = typer.Option(
+        BATCH_WAIT_MS, "--batch-wait-ms", help="How long a batch waits for requests still decoding (ms; alone: 0)."
+    ),
 ) -> None:
     """Web page (GET /) and REST API (POST /api/predict, GET /api/model, /healthz, /readyz, /metrics, /docs)."""
-    from cxr.inference.serve import run_server
+    from cxr.inference.serve import run_server, settings_for_cli
 
+    settings = settings_for_cli(
+        model, api_key_file, max_upload_mb=max_upload_mb, decode_timeout=decode_timeout, audit=audit,
+        load_in_background=load_in_background, batch_max=batch_max, batch_wait_ms=batch_wait_ms,
+    )  # fmt: skip
     run_server(
-        model,
-        host=host,
-        port=port,
-        workers=workers,
-        max_upload_mb=max_upload_mb,
-        api_key_file=api_key_file,
-        insecure=insecure,
-        decode_timeout=decode_timeout,
-        audit=audit,
-        graceful_timeout=graceful_timeout,
-        load_in_background=load_in_background,
-        limit_concurrency=limit_concurrency,
-    )
+        settings, host=host, port=port, workers=workers, api_key_file=api_key_file, insecure=insecure,
+        graceful_timeout=graceful_timeout, limit_concurrency=limit_concurrency,
+    )  # fmt: skip

@@ -4,9 +4,11 @@ A convolutional network costs far less per image in a batch of 8 than in 8 calls
 the matrix products are larger), so a server whose requests arrive together answers more of them per second by
 batching them — the dynamic batching of NVIDIA Triton and TorchServe (``max_batch_delay``). Each request thread
 announces itself when its upload arrives (:meth:`MicroBatcher.request`), decodes, then hands its model input to
-the batcher and waits. One thread runs the model: it takes what is queued and, while other announced requests are
-still decoding, waits for them up to ``wait_ms`` after the first one queued or until ``batch_max`` are there. A
-request alone never waits: with nothing else announced the batch runs at once, so a single client sees no delay.
+the batcher. A request that finds no batch being formed or run leads: it takes what is queued and, while other
+announced requests are still decoding, waits for them up to ``wait_ms`` or until ``batch_max`` are there, then runs
+the model in its own thread. A request alone never waits and never changes thread: with nothing else announced the
+batch runs at once, so a single client sees no delay (a first version ran batches in a thread of its own, and the
+two hand-overs per request doubled one client's median latency on a loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -40,14 +42,17 @@ class Slot:
     def submit(self, model_input: np.ndarray, tta: bool = False) -> np.ndarray:
         """Probabilities ``(K,)`` for one model input ``(1, S, S)``, computed in a batch with its neighbours."""
         self.submitted = True
-        return self.batcher._enqueue(model_input, tta).result()
+        return self.batcher._submit(model_input, tta)
 
 
 class MicroBatcher:
     """Runs ``run(batch, tta)`` (``(B, 1, S, S)`` → ``(B, K)``) on batches of at most ``batch_max`` queued inputs.
 
-    ``lock`` is held during each model call (the server shares it with Grad-CAM, whose hooks are not thread-safe);
-    ``on_batch(size)`` is told each batch's size (the metrics' histogram).
+    No thread of its own: a request that queues its input while no batch is being formed or run becomes the leader,
+    forms the batch and runs it in its own thread, then hands the answers out (leader/followers). A lone request so
+    runs in its own thread at once, exactly as without batching; the others wait for a leader's answer or take the
+    lead for what queued meanwhile. ``lock`` is held during each model call (the server shares it with Grad-CAM,
+    whose hooks are not thread-safe); ``on_batch(size)`` is told each call's size (the metrics' histogram).
     """
 
     def __init__(
@@ -66,9 +71,8 @@ class MicroBatcher:
         self.changed = threading.Condition()
         self.queue: list[_Queued] = []
         self.announced = 0  # requests that arrived and have not queued their input yet (decoding)
+        self.leading = False  # a request is forming or running a batch
         self.closed = False
-        self.thread = threading.Thread(target=self._serve, name="cxr-batcher", daemon=True)
-        self.thread.start()
 
     @contextlib.contextmanager
     def request(self) -> Iterator[Slot]:
@@ -84,45 +88,53 @@ class MicroBatcher:
                     self.announced -= 1
                     self.changed.notify_all()
 
-    def _enqueue(self, model_input: np.ndarray, tta: bool) -> Future:
+    def _submit(self, model_input: np.ndarray, tta: bool) -> np.ndarray:
         item = _Queued(model_input, tta)
         with self.changed:
+            self.announced -= 1
             if self.closed:
                 raise RuntimeError("the server is shutting down")
-            self.announced -= 1
             self.queue.append(item)
             self.changed.notify_all()
-        return item.result
-
-    def _next_batch(self) -> list[_Queued]:
-        """Wait for a first input, then for announced ones up to the deadline; at most ``batch_max``."""
-        with self.changed:
-            while not self.queue and not self.closed:
-                self.changed.wait()
-            deadline = time.monotonic() + self.wait
-            while not self.closed and len(self.queue) < self.batch_max and self.announced > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
+        while not item.result.done():
+            with self.changed:
+                while self.leading and not item.result.done():
+                    self.changed.wait()
+                if item.result.done():
                     break
-                self.changed.wait(left)
-            batch, self.queue = self.queue[: self.batch_max], self.queue[self.batch_max :]
-            return batch
+                self.leading = True
+                batch = self._form_batch()
+            try:
+                self._run(batch)
+            finally:
+                with self.changed:
+                    self.leading = False
+                    self.changed.notify_all()
+        return item.result.result()
 
-    def _serve(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if not batch:
-                return  # closed and drained
-            for tta in (False, True):  # mirrored inputs need their own call
-                group = [item for item in batch if item.tta == tta]
-                if group:
-                    self._run_group(group, tta)
+    def _form_batch(self) -> list[_Queued]:
+        """(Holding ``changed``.) Wait for announced inputs up to ``wait_ms``, or until ``batch_max`` are queued;
+        take at most ``batch_max``, oldest first."""
+        deadline = time.monotonic() + self.wait
+        while len(self.queue) < self.batch_max and self.announced > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.changed.wait(left)
+        batch, self.queue = self.queue[: self.batch_max], self.queue[self.batch_max :]
+        return batch
+
+    def _run(self, batch: list[_Queued]) -> None:
+        for tta in (False, True):  # mirrored inputs need their own call
+            group = [item for item in batch if item.tta == tta]
+            if group:
+                self._run_group(group, tta)
 
     def _run_group(self, group: list[_Queued], tta: bool) -> None:
         try:
             with self.lock:
                 rows = self.run(np.concatenate([item.model_input[None] for item in group]), tta)
-        except BaseException as error:  # every waiting request hears of it; the batcher goes on
+        except BaseException as error:  # every request of the call hears of it; the batcher goes on
             for item in group:
                 item.result.set_exception(error)
             return
@@ -132,8 +144,7 @@ class MicroBatcher:
             item.result.set_result(row)
 
     def close(self) -> None:
-        """Answer what is queued, then stop the thread."""
+        """Refuse new inputs (what is queued is still answered by its leaders)."""
         with self.changed:
             self.closed = True
             self.changed.notify_all()
-        self.thread.join(timeout=30)

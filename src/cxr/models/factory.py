@@ -276,6 +276,7 @@ def create_model(
     labels: Sequence[str] | None = None,
     grad_checkpointing: bool = False,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    backbone_config: dict | None = None,
 ) -> CxrNet:
     """Build a classifier for ``(B, 1, input_size, input_size)`` inputs returning ``(B, num_outputs)`` logits.
 
@@ -286,7 +287,7 @@ def create_model(
     matches, e.g. the seed's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
-    with.
+    with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
     """
     if head not in HEADS:
         raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
@@ -300,6 +301,9 @@ def create_model(
     is_cxr_file = pretrained not in ("none", "imagenet") and _is_cxr_checkpoint(Path(pretrained))
     if name in ARCHITECTURES:
         model = _torchvision_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+    elif _is_foundation_name(name):
+        spec = _foundation_spec(name, head, input_size, "none" if is_cxr_file else pretrained, backbone_config)
+        model = _foundation_net(name, spec, num_outputs, head, dropout, input_size, labels)
     else:
         model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
     if normalization is not None:
@@ -406,6 +410,31 @@ def _timm_net(
     )
 
 
+def _is_foundation_name(name: str) -> bool:
+    from cxr.models.foundation import is_foundation_name
+
+    return is_foundation_name(name)
+
+
+def _foundation_spec(name: str, head: str, input_size: int, pretrained: str, recorded: dict | None):
+    from cxr.models.foundation import build_foundation_backbone
+
+    return build_foundation_backbone(name, Head(head).value, input_size, pretrained, recorded)
+
+
+def _foundation_net(name, spec, num_outputs: int, head: str, dropout: float, input_size: int, labels) -> CxrNet:
+    """A registered foundation backbone (pooled features) + dropout + linear: head ``gap`` only."""
+    layers = [nn.Dropout(dropout)] if dropout > 0 else []
+    architecture = _architecture(name, head, dropout, num_outputs)
+    statistics = {"mean": list(spec.mean), "std": list(spec.std)}
+    architecture.update(source="foundation", **statistics, img_size=spec.img_size, backbone_config=spec.config)
+    head_module = nn.Sequential(*layers, nn.Linear(spec.num_features, num_outputs))
+    return CxrNet(
+        spec.model, head_module, spec.feature_layer, architecture, input_size, labels,
+        mean=spec.mean, std=spec.std, cam_reshape=spec.cam_reshape,
+    )  # fmt: skip
+
+
 def _check_normalization(model: CxrNet, normalization: tuple[Sequence[float], Sequence[float]]) -> None:
     mean, std = ([float(v) for v in values] for values in normalization)
     if not (
@@ -427,6 +456,10 @@ def _set_grad_checkpointing(model: CxrNet) -> None:
         from cxr.models.timm_backbones import set_grad_checkpointing
 
         set_grad_checkpointing(backbone)
+    elif model.architecture.get("source") == "foundation":
+        from cxr.models.foundation import set_grad_checkpointing as set_foundation_checkpointing
+
+        set_foundation_checkpointing(backbone)
     elif "densenet" in model.architecture["name"]:  # torchxrayvision's xrv-densenet121 too
         for module in backbone.modules():
             if hasattr(module, "memory_efficient"):
@@ -447,11 +480,14 @@ def _checkpointed(forward: Callable, module: nn.Module, x: torch.Tensor) -> torc
 RECORDED_KEYS = ("name", "head", "dropout", "in_chans")
 """What every artifact records of the architecture; timm models add :data:`TIMM_KEYS`."""
 TIMM_KEYS = ("source", "mean", "std", "img_size")
+FOUNDATION_KEYS = (*TIMM_KEYS, "backbone_config")
+"""Foundation backbones (:mod:`cxr.models.foundation`) also record their own config: rebuilt without the network."""
 
 
 def recorded_architecture(architecture: dict) -> dict:
     """The part of ``CxrNet.architecture`` an artifact stores: enough for :func:`rebuild_model`."""
-    keys = RECORDED_KEYS + (TIMM_KEYS if architecture.get("source") == "timm" else ())
+    extra = {"timm": TIMM_KEYS, "foundation": FOUNDATION_KEYS}.get(architecture.get("source"), ())
+    keys = RECORDED_KEYS + extra
     return {key: architecture[key] for key in keys}
 
 
@@ -468,6 +504,7 @@ def rebuild_model(architecture: dict, labels: Sequence[str], input_size: int) ->
         input_size=input_size,
         labels=list(labels),
         normalization=normalization,
+        backbone_config=architecture.get("backbone_config"),
     )
 
 

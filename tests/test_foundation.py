@@ -140,6 +140,8 @@ def test_artifact_rebuilds_offline_and_exports_to_onnx(name, rad_dino, clip, nih
     assert artifact.architecture["source"] == "foundation"
     with torch.no_grad():
         torch.testing.assert_close(artifact.model(nih_input), model(nih_input), atol=1e-6, rtol=0)
+    again = create_model(name, 2, head="gap", pretrained=str(path), input_size=SIZE).eval()  # model.init_from=ckpt
+    torch.testing.assert_close(features(again, nih_input), features(model, nih_input), atol=1e-6, rtol=0)
     result = export_onnx(path, tmp_path / "model.onnx")
     assert result["max_abs_diff"] <= 1e-4
     onnx = load_predictor(tmp_path / "model.onnx")
@@ -204,3 +206,18 @@ def test_registry_documents_every_entry():
     table = model_table()
     assert all(f"`{name}`" in table for name in FOUNDATION_MODELS)
     json.dumps(table)
+
+
+@pytest.mark.slow
+def test_cxr_train_fine_tunes_rad_dino_and_evaluate_scores_it(rad_dino, synth_store, tmp_path):
+    """The whole pipeline with a foundation backbone: train (weights from the publisher's folder, position grid
+    interpolated to 64 px), validation predictions from the rebuilt artifact, evaluate."""
+    from conftest import cli
+
+    run = tmp_path / "run"
+    cli("train", "--experiment", "multilabel-adam", "--store", str(synth_store), "--out", str(run),
+        "--model", "rad-dino", "--image-size", "64", "--epochs", "1", "--no-progress", f"model.pretrained={rad_dino}",
+        "model.head=gap", "model.dropout=0", "data.num_workers=0", "task.val_fraction=0.2")  # fmt: skip
+    cli("evaluate", str(run))
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["n_images"] > 50 and np.isfinite(metrics["macro_auroc"])

@@ -302,6 +302,8 @@ def create_model(
     if name in ARCHITECTURES:
         model = _torchvision_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
     elif _is_foundation_name(name):
+        if is_cxr_file and backbone_config is None:  # an earlier run's checkpoint: its backbone as it recorded it
+            backbone_config = _read_checkpoint_meta(Path(pretrained))["architecture"].get("backbone_config")
         spec = _foundation_spec(name, head, input_size, "none" if is_cxr_file else pretrained, backbone_config)
         model = _foundation_net(name, spec, num_outputs, head, dropout, input_size, labels)
     else:
@@ -313,6 +315,11 @@ def create_model(
     if grad_checkpointing:
         _set_grad_checkpointing(model)
     return model
+
+
+def _read_checkpoint_meta(path: Path) -> dict:
+    """The ``"cxr"`` block of one of our checkpoints."""
+    return torch.load(path, map_location="cpu", weights_only=True)["cxr"]
 
 
 def _is_cxr_checkpoint(path: Path) -> bool:

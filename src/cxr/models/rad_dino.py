@@ -93,7 +93,7 @@ def load_pretrained(folder: Path, given: Path):
     if any(bad.values()):
         listed = ", ".join(f"{key.replace('_', ' ')} {len(keys)} {keys[:4]}" for key, keys in bad.items() if keys)
         raise CxrError(f"{folder / 'model.safetensors'}: weights do not fit RAD-DINO (Dinov2Model): {listed}")
-    return dino
+    return dino.train()  # from_pretrained returns eval mode; a built model starts in training mode like any other
 
 
 def _json_safe(config) -> dict:

@@ -177,8 +177,8 @@ ENTRIES = (
         input_size=NATIVE_SIZE,
         normalisation="open_clip_config.json preprocess_cfg: OpenAI CLIP mean/std, pixels / 255",
         pooling="ViT-B/16 CLS token → linear projection → L2-normalised 512-d embedding",
-        published="published (arXiv:2303.00915): zero-shot and linear-probe results on PCam, LC25000, TCGA-TIL, "
-        "RSNA pneumonia; figures in the paper, none reproduced here",
+        published="published (the authors' figures, not this tool's): zero-shot, linear-probe and retrieval results "
+        "on biomedical benchmarks in arXiv:2303.00915; none quoted or reproduced here",
         paper="Zhang et al., arXiv:2303.00915 (NEJM AI 2025)",
     ),
 )

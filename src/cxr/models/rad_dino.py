@@ -32,7 +32,8 @@ REPO_ID = "microsoft/rad-dino"
 FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
 NATIVE_SIZE = 518
 # The published architecture (a DINOv2 ViT-B/14 at 518 px) and processor, used for model.pretrained=none; with
-# weights, the folder's own config.json and preprocessor_config.json are read instead.
+# weights, the folder's own config.json and preprocessor_config.json are read instead. These values are the hub
+# files' as written here from the model card; they were not re-read from the hub on this offline build machine.
 DEFAULT_CONFIG = {
     "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "patch_size": 14,
     "image_size": NATIVE_SIZE, "mlp_ratio": 4, "layerscale_value": 1.0, "layer_norm_eps": 1e-6,
@@ -156,8 +157,8 @@ _DOC = dict(
     input_size=NATIVE_SIZE,
     normalisation="its preprocessor_config.json: mean 0.5307, std 0.2583 (all channels), pixels / 255",
     paper="Pérez-García et al., Nature Machine Intelligence 2025, arXiv:2401.10815",
-    published="published (arXiv:2401.10815): linear probes on frozen CLS features competitive with or above "
-    "text-supervised encoders on VinDr-CXR/RSNA classification; figures per dataset in the paper",
+    published="published (the authors' figures, not this tool's): linear probes on frozen features, segmentation "
+    "and report generation on several chest X-ray datasets in arXiv:2401.10815; none quoted or reproduced here",
 )
 ENTRIES = (
     FoundationEntry(name="rad-dino", build=partial(build, "cls"), pooling="CLS token (768)", **_DOC),

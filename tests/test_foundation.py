@@ -65,7 +65,7 @@ def test_rad_dino_equals_transformers(rad_dino, nih_input):
     tokens = output.last_hidden_state
     expected = torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
     torch.testing.assert_close(features(both, nih_input), expected, atol=1e-4, rtol=0)
-    assert model.architecture["mean"] == pytest.approx([0.5307] * 3)  # read from preprocessor_config.json
+    assert model.architecture.mean == pytest.approx([0.5307] * 3)  # read from preprocessor_config.json
 
 
 def test_biomedclip_image_tower_equals_open_clip(clip, nih_input):
@@ -138,7 +138,8 @@ def test_artifact_rebuilds_offline_and_exports_to_onnx(name, rad_dino, clip, nih
 
     monkeypatch.setattr(weights, "hf_snapshot", lambda *a, **k: pytest.fail("the artifact must not fetch weights"))
     artifact = load_artifact(path)
-    assert artifact.architecture["source"] == "foundation"
+    assert artifact.spec.architecture.source == "foundation"
+    assert "/" not in json.dumps(artifact.spec.architecture.backbone_config)  # no paths leave the run
     with torch.no_grad():
         torch.testing.assert_close(artifact.model(nih_input), model(nih_input), atol=1e-6, rtol=0)
     again = create_model(name, 2, head="gap", pretrained=str(path), input_size=SIZE).eval()  # model.init_from=ckpt

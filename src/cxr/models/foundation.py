@@ -11,7 +11,7 @@ builder, source, licence, input size, normalisation, pooling, published figures)
 ``model.pretrained``: ``imagenet`` (the default of every preset) means the family's *published* weights, fetched on
 first use through :mod:`cxr.models.weights` into the Hugging Face cache; ``none`` builds the published architecture
 with random weights; a folder (the hub's layout) or a weights file always works offline. The artifact records the
-backbone's own config (``architecture["backbone_config"]``), so a checkpoint rebuilds without the network.
+backbone's own config (``ArchitectureSpec.backbone_config``), so a checkpoint rebuilds without the network.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def build_foundation_backbone(
 def set_grad_checkpointing(encoder) -> None:
     """Activation checkpointing of the wrapped transformer (``transformers``' or timm's own switch)."""
     inner = getattr(encoder, "dino", None)
-    if inner is not None:
-        inner.gradient_checkpointing_enable()
+    if inner is not None:  # transformers 5 renamed the switch; older releases have only the first name
+        enable = getattr(inner, "activation_checkpointing_enable", None) or inner.gradient_checkpointing_enable
+        enable()
         return
     encoder.visual.set_grad_checkpointing(True)
 

@@ -20,7 +20,7 @@ CamReshape = Callable[[torch.Tensor], torch.Tensor]
 class FoundationBackbone:
     """A built foundation encoder: ``model`` maps normalised ``(B, 3, S, S)`` to pooled features ``(B, num_features)``.
 
-    ``config`` is what the artifact records (``architecture["backbone_config"]``) so a checkpoint rebuilds the same
+    ``config`` is what the artifact records (``ArchitectureSpec.backbone_config``) so a checkpoint rebuilds the same
     network with nothing downloaded; ``img_size`` is the input size the weights' shapes fix (None: any size)."""
 
     model: nn.Module

@@ -98,7 +98,10 @@ def load_pretrained(folder: Path, given: Path):
 
 
 def _json_safe(config) -> dict:
-    return json.loads(config.to_json_string(use_diff=False))
+    """The config as plain JSON types, without ``_name_or_path`` (the folder it came from: no paths in artifacts)."""
+    values = json.loads(config.to_json_string(use_diff=False))
+    values.pop("_name_or_path", None)
+    return values
 
 
 def build(pooling: str, pretrained: str, input_size: int, recorded: dict | None) -> FoundationBackbone:

@@ -148,7 +148,13 @@ def zeroshot_run(
         raise CxrError("the validation part is empty for this store and task: thresholds are chosen there")
     prompts = load_prompts(prompts_file)
     net, record = zero_shot_model(name, pretrained, split.outputs, prompts, config.data.input_size)
-    record |= {"model": model, "prompts_file": str(prompts_file) if prompts_file else "default"}
+    weights = "published (Hugging Face hub)" if pretrained == "imagenet" else f"folder {Path(pretrained).name}"
+    # Names, not paths: this record travels inside the artifact and its ONNX exports.
+    record |= {
+        "model": name,
+        "weights": weights,
+        "prompts_file": Path(prompts_file).name if prompts_file else "default",
+    }
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     split.split_table().to_parquet(run_dir / "split.parquet", index=False)

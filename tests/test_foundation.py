@@ -224,3 +224,27 @@ def test_cxr_train_fine_tunes_rad_dino_and_evaluate_scores_it(rad_dino, synth_st
     cli("evaluate", str(run))
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     assert metrics["n_images"] > 50 and np.isfinite(metrics["macro_auroc"])
+
+
+@pytest.mark.parametrize("name", ["rad-dino", "biomedclip"])
+def test_pretrained_imagenet_means_the_published_weights_from_the_hub(name, rad_dino, clip, monkeypatch):
+    """``model.pretrained=imagenet`` asks :mod:`cxr.models.weights` for the publisher's repository and files (here
+    answered by the local folder, as a filled cache would) and loads them."""
+    from cxr.models import biomedclip as biomedclip_module
+    from cxr.models import rad_dino as rad_dino_module
+    from cxr.models import weights
+
+    module = rad_dino_module if name == "rad-dino" else biomedclip_module
+    folder = rad_dino if name == "rad-dino" else clip[0]
+    asked = []
+
+    def snapshot(repo_id, allow_patterns=None, revision=None, *, command=""):
+        asked.append((repo_id, allow_patterns))
+        return folder
+
+    monkeypatch.setattr(weights, "hf_snapshot", snapshot)
+    hub = create_model(name, 2, head="gap", pretrained="imagenet", input_size=SIZE).eval()
+    local = create_model(name, 2, head="gap", pretrained=str(folder), input_size=SIZE).eval()
+    assert asked and asked[0][0] == module.REPO_ID
+    x = torch.rand(1, 1, SIZE, SIZE)
+    torch.testing.assert_close(features(hub, x), features(local, x))

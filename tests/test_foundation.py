@@ -248,3 +248,18 @@ def test_pretrained_imagenet_means_the_published_weights_from_the_hub(name, rad_
     assert asked and asked[0][0] == module.REPO_ID
     x = torch.rand(1, 1, SIZE, SIZE)
     torch.testing.assert_close(features(hub, x), features(local, x))
+
+
+@pytest.mark.slow  # two 86 M-parameter random inits: ~25 s on the shared 2-core machine
+def test_none_builds_the_published_architectures():
+    """``model.pretrained=none``: the published ViT-B/14 at 518 px (RAD-DINO) and ViT-B/16 + 512-d projection
+    (BiomedCLIP) with random weights, their published normalisation."""
+    dino = create_model("rad-dino", 1, head="gap", pretrained="none", input_size=SIZE)
+    inner = dino.backbone.dino
+    assert (inner.config.hidden_size, inner.config.num_hidden_layers, inner.config.patch_size) == (768, 12, 14)
+    assert inner.embeddings.position_embeddings.shape == (1, 1 + 37 * 37, 768)
+    assert dino.architecture.mean == pytest.approx((0.5307,) * 3) and dino.architecture.img_size is None
+    clip_model = create_model("biomedclip", 1, head="gap", pretrained="none", input_size=SIZE)
+    trunk = clip_model.backbone.visual.trunk
+    assert (trunk.embed_dim, len(trunk.blocks), tuple(trunk.patch_embed.grid_size)) == (768, 12, (14, 14))
+    assert clip_model.head[-1].in_features == 512 and clip_model.architecture.img_size == SIZE

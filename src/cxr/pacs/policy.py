@@ -29,7 +29,7 @@ CHEST_PARTS = frozenset({"CHEST", "THORAX", "LUNG"})
 MAX_AE_TITLE = 16
 
 
-def _ae_title(value: str, where: str) -> str:
+def parse_ae_title(value: str, where: str) -> str:
     title = value.strip()
     if not title or len(title) > MAX_AE_TITLE or "\\" in title or not title.isascii():
         raise CxrError(f"{where}: {value!r} is not an AE title (1-16 ASCII characters, no backslash)")
@@ -57,7 +57,7 @@ class Destination:
         parts = text.rsplit(":", 2)
         if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not 0 < int(parts[1]) < 65536:
             raise CxrError(f"--send-to {text!r}: expected HOST:PORT:AET, e.g. pacs.example.org:4242:ORTHANC")
-        return cls(parts[0], int(parts[1]), _ae_title(parts[2], "--send-to"))
+        return cls(parts[0], int(parts[1]), parse_ae_title(parts[2], "--send-to"))
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -75,7 +75,7 @@ class Peer:
         title, at, host = text.rpartition("@")
         if not at or not host:
             raise CxrError(f"--allow {text!r}: expected AET@HOST, e.g. ORTHANC@10.0.0.5 (or ORTHANC@* for any host)")
-        return cls(_ae_title(title, "--allow"), "*" if host == "*" else _address(host, "--allow"))
+        return cls(parse_ae_title(title, "--allow"), "*" if host == "*" else _address(host, "--allow"))
 
 
 class AssociationPolicy:

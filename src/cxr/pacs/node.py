@@ -192,6 +192,7 @@ class DicomNode:
             self._count("associations_refused")
             log.warning("association refused calling_ae=%s address=%s (not in --allow)", calling, requestor.address)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE not known
+            event.assoc.kill()  # as pynetdicom's own rejections: waits until the A-ASSOCIATE-RJ has left
 
     def _on_store(self, event):
         started = time.perf_counter()

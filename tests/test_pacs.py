@@ -5,6 +5,7 @@ The same against a real PACS (Orthanc) and dcmtk is ``tests/test_pacs_orthanc.py
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -291,3 +292,57 @@ def test_policy_words():
     assert skip_reason(header) == "body part examined is not the chest"
     header.BodyPartExamined, header.Manufacturer, header.BurnedInAnnotation = "CHEST", "cxr", "YES"
     assert skip_reason(header) == "a cxr result (loop guard)"
+
+
+@pytest.mark.slow
+def test_cli_node_with_metrics_and_audit(checkpoint, predictor, sink, gray, tmp_path):
+    """``cxr dicom-node`` as a process: echo, a store whose SR reaches the PACS, ``/metrics``, the audit line, and on
+    SIGTERM a drained queue and the final counts on stdout."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    node_port, metrics_port = ports
+    audit = tmp_path / "audit.jsonl"
+    command = [
+        sys.executable, "-m", "cxr", "dicom-node", str(checkpoint), "--port", str(node_port),
+        "--send-to", f"127.0.0.1:{sink.port}:PACS", "--allow", "MODALITY@127.0.0.1",
+        "--metrics-port", str(metrics_port), "--audit", str(audit),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    try:
+        from pynetdicom import AE
+
+        client = AE(ae_title="MODALITY")
+        client.add_requested_context(CR)
+        deadline = time.monotonic() + 180
+        while not (assoc := client.associate("127.0.0.1", node_port, ae_title="CXR")).is_established:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.5)
+        ds = cr_dataset(gray)
+        assert int(assoc.send_c_store(ds).Status) == 0
+        assoc.release()
+        assert sink.wait_for(1)[0].SOPClassUID == SR_CLASS
+        deadline = time.monotonic() + 30
+        while "cxr_dicom_results_sent_total 1.0" not in (
+            metrics := urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        ):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.1)
+        assert "cxr_dicom_received_total 1.0" in metrics and "cxr_dicom_queue_size 8.0" in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    assert "received=1 predicted=1" in out and "results_sent=1 results_failed=0" in out
+    line = json.loads(audit.read_text())
+    assert line["instance_bytes"] > gray.size and set(line["probabilities"]) == set(predictor.labels)
+    assert_no_marker(out + err + audit.read_text(), "process output and audit trail")

@@ -31,6 +31,9 @@ def dicom_node(
     ),
     max_instance_mb: float = typer.Option(64, "--max-instance-mb", help="Larger instances: 0xA700 out of resources."),
     queue_size: int = typer.Option(8, "--queue", help="Instances waiting for the model; more: 0xA700."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Also serve Prometheus /metrics (the node's counters) on this port, same host."
+    ),
     retry_seconds: float = typer.Option(
         300, "--retry-seconds", help="How long results are retried while the PACS is unreachable, then counted failed."
     ),
@@ -41,5 +44,5 @@ def dicom_node(
     settings = node_settings(
         ae_title, port, send_to, allow, host, secondary_capture, max_instance_mb, queue_size, retry_seconds
     )
-    status = run_node(model, settings, audit)
+    status = run_node(model, settings, audit, metrics_port)
     typer.echo(" ".join(f"{name}={value}" for name, value in status["counts"].items()))

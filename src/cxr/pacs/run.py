@@ -58,8 +58,9 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
-def run_node(model: str | Path, settings, audit: Path | None = None) -> dict:
-    """Load ``model``, serve until SIGINT/SIGTERM, drain the queue; return the final status."""
+def run_node(model: str | Path, settings, audit: Path | None = None, metrics_port: int | None = None) -> dict:
+    """Load ``model``, serve until SIGINT/SIGTERM (and ``/metrics`` on ``metrics_port``), drain the queue; return the
+    final status."""
     try:
         from cxr.pacs.node import DicomNode
     except ModuleNotFoundError as error:
@@ -82,8 +83,19 @@ def run_node(model: str | Path, settings, audit: Path | None = None) -> dict:
         node.start()
     except OSError as error:
         raise CxrError(f"cannot listen on {settings.host}:{settings.port} ({error.strerror or error})") from None
+    metrics = None
+    if metrics_port is not None:
+        from cxr.pacs.metrics import serve_metrics
+
+        try:
+            metrics = serve_metrics(node, metrics_port, settings.host)
+        except OSError as error:
+            node.stop(drain_s=0)
+            raise CxrError(f"--metrics-port {metrics_port}: cannot listen ({error.strerror or error})") from None
     stop.wait()
     status = node.stop()
+    if metrics is not None:
+        metrics.shutdown()
     if trail is not None:
         trail.close()
     return status

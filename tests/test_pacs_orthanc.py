@@ -41,6 +41,28 @@ def tools() -> dict[str, str]:
     return found
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from conftest import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("pacs-orthanc") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    from cxr.inference.predict import load_predictor
+
+    return load_predictor(checkpoint)
+
+
+def radiograph(sample_dir: Path, name: str):
+    """A real NIH image at half its size (512 px: the test stays cheap, the pixels stay a radiograph's)."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(sample_dir / "images" / name).convert("L").reduce(2))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -50,13 +72,22 @@ def free_port() -> int:
 class Orthanc:
     """Orthanc with a configuration of its own in ``folder``: storage there, loopback HTTP, the node as modality."""
 
-    def __init__(self, binary: str, folder: Path, dicom_port: int, node_port: int):
-        self.dicom_port, self.http_port = dicom_port, free_port()
+    def __init__(
+        self,
+        binary: str,
+        folder: Path,
+        dicom_port: int,
+        node_port: int,
+        plugins: tuple[str, ...] = (),
+        http_port: int | None = None,
+    ):
+        self.dicom_port, self.http_port = dicom_port, http_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         config = {
             "Name": "cxr-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": list(plugins),
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "DicomModalities": {"cxr": ["CXR", "127.0.0.1", node_port]}, "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": True, "HttpThreadsCount": 4, "DicomThreadsCount": 2, "ConcurrentJobs": 1,
         }  # fmt: skip
@@ -116,22 +147,16 @@ def storescu(tools: dict[str, str], port: int, path: Path) -> subprocess.Complet
     return subprocess.run(command, capture_output=True, text=True)
 
 
-def test_orthanc_round_trip(tools, tmp_path, sample_dir, caplog):
+def test_orthanc_round_trip(tools, checkpoint, predictor, tmp_path, sample_dir, caplog):
     import io
 
-    import numpy as np
     import pydicom
-    from PIL import Image
 
-    from conftest import tiny_checkpoint
     from cxr.inference.ops import AuditLog
-    from cxr.inference.predict import load_predictor
     from cxr.pacs.node import DicomNode
     from cxr.pacs.run import node_settings
 
     caplog.set_level(logging.DEBUG)
-    checkpoint = tiny_checkpoint(tmp_path / "tiny.ckpt")
-    predictor = load_predictor(checkpoint)
     orthanc_port = free_port()
     settings = node_settings(
         "CXR", 0, f"127.0.0.1:{orthanc_port}:ORTHANC", ["ORTHANC@127.0.0.1", "STORESCU@localhost"],
@@ -143,7 +168,7 @@ def test_orthanc_round_trip(tools, tmp_path, sample_dir, caplog):
     orthanc = None
     try:
         orthanc = Orthanc(tools["Orthanc"], tmp_path, orthanc_port, node.port)
-        gray = np.asarray(Image.open(sample_dir / "images" / "00000013_003.png").convert("L"))
+        gray = radiograph(sample_dir, "00000013_003.png")
 
         # dcmtk as a second client: C-ECHO allowed and refused, then C-STORE of a file (also the warm-up).
         echo = [tools["echoscu"], "-aec", "CXR", "127.0.0.1", str(node.port)]
@@ -202,3 +227,38 @@ def test_orthanc_round_trip(tools, tmp_path, sample_dir, caplog):
     trail = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert len(trail) == 3 and json.loads(trail[1])["probabilities"] == pytest.approx(expected, abs=1e-12)
     assert_no_marker("\n".join(trail), "audit trail")
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def test_orthanc_stow_rs(tools, predictor, tmp_path, sample_dir):
+    """Results by STOW-RS only (``--stow-url``) into Orthanc's DICOMweb plugin (Debian's ``orthanc-dicomweb``)."""
+    from cxr.pacs.node import DicomNode
+    from cxr.pacs.run import node_settings
+
+    if not DICOMWEB_PLUGIN.exists():
+        message = f"{DICOMWEB_PLUGIN} is missing (apt-get install orthanc-dicomweb)"
+        if os.environ.get("CXR_REQUIRE_ORTHANC") == "1":
+            pytest.fail(message + " and CXR_REQUIRE_ORTHANC=1")
+        pytest.skip(message)
+    http_port = free_port()
+    settings = node_settings(
+        "CXR", 0, None, ["STORESCU@127.0.0.1"], secondary_capture=True,
+        stow_url=f"http://127.0.0.1:{http_port}/dicom-web/", retry_seconds=30,
+    )  # fmt: skip
+    node = DicomNode(predictor, settings).start()
+    orthanc = None
+    try:
+        orthanc = Orthanc(tools["Orthanc"], tmp_path, free_port(), node.port, (str(DICOMWEB_PLUGIN),), http_port)
+        gray = radiograph(sample_dir, "00000001_000.png")
+        ds = cr_dataset(gray)
+        (tmp_path / "stow.dcm").write_bytes(encoded(ds))
+        assert storescu(tools, node.port, tmp_path / "stow.dcm").returncode == 0
+        files = orthanc.wait_for(ds.StudyInstanceUID, {SR_CLASS, SC_CLASS})
+        assert {SR_CLASS, SC_CLASS} <= set(files)
+        assert node.status()["counts"]["results_sent"] == 1
+    finally:
+        node.stop(drain_s=10)
+        if orthanc is not None:
+            orthanc.stop()

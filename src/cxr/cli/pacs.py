@@ -16,7 +16,12 @@ from cxr.cli._app import app
 @app.command("dicom-node")
 def dicom_node(
     model: Path = typer.Argument(..., help="A checkpoint (.ckpt), a run directory, or an exported model.onnx."),
-    send_to: str = typer.Option(..., "--send-to", help="Where results go by C-STORE: HOST:PORT:AET (the PACS)."),
+    send_to: str | None = typer.Option(
+        None, "--send-to", help="Where results go by C-STORE: HOST:PORT:AET (the PACS)."
+    ),
+    stow_url: str | None = typer.Option(
+        None, "--stow-url", help="Also (or instead) send results by STOW-RS to this DICOMweb root (URL/studies)."
+    ),
     ae_title: str = typer.Option("CXR", "--ae-title", help="This node's AE title (called and calling)."),
     port: int = typer.Option(11112, "--port", help="DICOM port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
@@ -42,7 +47,7 @@ def dicom_node(
     from cxr.pacs.run import node_settings, run_node
 
     settings = node_settings(
-        ae_title, port, send_to, allow, host, secondary_capture, max_instance_mb, queue_size, retry_seconds
+        ae_title, port, send_to, allow, host, secondary_capture, max_instance_mb, queue_size, retry_seconds, stow_url
     )
     status = run_node(model, settings, audit, metrics_port)
     typer.echo(" ".join(f"{name}={value}" for name, value in status["counts"].items()))

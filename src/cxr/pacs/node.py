@@ -36,7 +36,7 @@ from cxr.errors import CxrError
 from cxr.imaging.decode import decode_grayscale
 from cxr.pacs import analysis, results
 from cxr.pacs.policy import AssociationPolicy, Destination, skip_reason
-from cxr.pacs.sender import ResultSender, RetryPolicy
+from cxr.pacs.sender import CStore, ResultSender, RetryPolicy, Stow
 
 log = logging.getLogger("cxr.pacs")
 
@@ -72,7 +72,7 @@ class Job:
 @dataclass(frozen=True)
 class NodeSettings:
     ae_title: str
-    destination: Destination
+    destination: Destination | None  # --send-to (C-STORE)
     policy: AssociationPolicy
     host: str = "127.0.0.1"
     port: int = 11112
@@ -80,6 +80,10 @@ class NodeSettings:
     max_instance_bytes: int = 64 * 2**20
     queue_size: int = 8
     retry: RetryPolicy = RetryPolicy()
+    stow_url: str | None = None  # --stow-url (STOW-RS)
+
+    def describe_destinations(self) -> str:
+        return " + ".join([*([str(self.destination)] if self.destination else []), *filter(None, [self.stow_url])])
 
 
 def decodable_transfer_syntaxes() -> list[str]:
@@ -119,7 +123,11 @@ class DicomNode:
         self.counts: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.sender = ResultSender(settings.destination, settings.ae_title, settings.retry, self.stopping)
+        transports = [CStore(settings.destination, settings.ae_title)] if settings.destination else []
+        transports += [Stow(settings.stow_url)] if settings.stow_url else []
+        if not transports:
+            raise CxrError("no destination for the results: give --send-to HOST:PORT:AET or --stow-url URL")
+        self.sender = ResultSender(transports, settings.retry, self.stopping)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = 4
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 60.0
@@ -149,7 +157,7 @@ class DicomNode:
             self.worker.start()
         log.info(
             "listening ae_title=%s port=%d send_to=%s allow=%s secondary_capture=%s queue=%d max_bytes=%d",
-            self.settings.ae_title, self.port, self.settings.destination, self.settings.policy,
+            self.settings.ae_title, self.port, self.settings.describe_destinations(), self.settings.policy,
             self.settings.secondary_capture, self.settings.queue_size, self.settings.max_instance_bytes,
         )  # fmt: skip
         return self

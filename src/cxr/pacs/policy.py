@@ -87,9 +87,11 @@ class AssociationPolicy:
             raise CxrError("the allow list is empty: no peer could send images")
 
     @classmethod
-    def for_node(cls, allow: Iterable[str], destination: Destination) -> AssociationPolicy:
+    def for_node(cls, allow: Iterable[str], destination: Destination | None) -> AssociationPolicy:
         """The peers of ``--allow``; without any, only the destination PACS (its AE title at its address)."""
         peers = [Peer.parse(text) for text in allow]
+        if not peers and destination is None:
+            raise CxrError("--allow AET@HOST is needed when results go by --stow-url only (no --send-to PACS)")
         if not peers:
             peers = [Peer(destination.ae_title, _address(destination.host, "--send-to"))]
         return cls(peers)

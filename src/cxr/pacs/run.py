@@ -20,13 +20,14 @@ PACS_EXTRA = "pip install 'cxr[pacs]'"
 def node_settings(
     ae_title: str,
     port: int,
-    send_to: str,
+    send_to: str | None,
     allow: Sequence[str] = (),
     host: str = "127.0.0.1",
     secondary_capture: bool = False,
     max_instance_mb: float = 64,
     queue_size: int = 8,
     retry_seconds: float = 300,
+    stow_url: str | None = None,
 ):
     """The node's settings from the command line's words; every mistake is a :class:`CxrError` naming the option."""
     from cxr.pacs.node import NodeSettings
@@ -35,7 +36,11 @@ def node_settings(
         raise CxrError(f"--port {port}: not a TCP port")
     if max_instance_mb <= 0 or queue_size < 1 or retry_seconds < 0:
         raise CxrError("--max-instance-mb and --queue must be positive, --retry-seconds not negative")
-    destination = Destination.parse(send_to)
+    if not send_to and not stow_url:
+        raise CxrError("where should results go? give --send-to HOST:PORT:AET, --stow-url URL, or both")
+    if stow_url and not stow_url.startswith(("http://", "https://")):
+        raise CxrError(f"--stow-url {stow_url!r}: expected an http(s) URL, e.g. http://pacs:8042/dicom-web")
+    destination = Destination.parse(send_to) if send_to else None
     return NodeSettings(
         ae_title=parse_ae_title(ae_title, "--ae-title"),
         destination=destination,
@@ -46,6 +51,7 @@ def node_settings(
         max_instance_bytes=int(max_instance_mb * 2**20),
         queue_size=queue_size,
         retry=RetryPolicy(deadline_s=retry_seconds),
+        stow_url=stow_url,
     )
 
 

@@ -70,7 +70,8 @@ def free_port() -> int:
 
 
 class Orthanc:
-    """Orthanc with a configuration of its own in ``folder``: storage there, loopback HTTP, the node as modality."""
+    """Orthanc with a configuration of its own in ``folder``: storage there, HTTP on loopback only, the node as its one
+    modality (C-STORE accepted from that AE title at that address only)."""
 
     def __init__(
         self,
@@ -88,7 +89,8 @@ class Orthanc:
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": list(plugins),
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "DicomModalities": {"cxr": ["CXR", "127.0.0.1", node_port]}, "DicomAlwaysAllowStore": True,
+            "DicomModalities": {"cxr": ["CXR", "127.0.0.1", node_port]}, "DicomAlwaysAllowStore": False,
+            "DicomCheckModalityHost": True,
             "DicomCheckCalledAet": True, "HttpThreadsCount": 4, "DicomThreadsCount": 2, "ConcurrentJobs": 1,
         }  # fmt: skip
         (folder / "orthanc.json").write_text(json.dumps(config))

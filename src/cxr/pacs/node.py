@@ -35,22 +35,12 @@ import numpy as np
 from cxr.errors import CxrError
 from cxr.imaging.decode import decode_grayscale
 from cxr.pacs import analysis, results
-from cxr.pacs.policy import AssociationPolicy, Destination, skip_reason
+from cxr.pacs.policy import IMAGE_SOP_CLASSES, AssociationPolicy, Destination, decodable_transfer_syntaxes, skip_reason
 from cxr.pacs.sender import CStore, ResultSender, RetryPolicy, Stow
 
 log = logging.getLogger("cxr.pacs")
 
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND, SUCCESS = 0xA700, 0xC000, 0x0000
-IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
-}
-"""The storage classes a chest radiograph arrives in (PS3.4 B.5), accepted with every transfer syntax pydicom can
-decode here (:func:`decodable_transfer_syntaxes`)."""
 COUNTERS = (
     "associations_refused", "received", "predicted", "skipped", "refused_too_large", "refused_busy",
     "failed_decode", "failed_results", "results_sent", "results_failed",
@@ -84,21 +74,6 @@ class NodeSettings:
 
     def describe_destinations(self) -> str:
         return " + ".join([*([str(self.destination)] if self.destination else []), *filter(None, [self.stow_url])])
-
-
-def decodable_transfer_syntaxes() -> list[str]:
-    """Every transfer syntax pydicom knows a decoder for and whose codec is installed (native ones included)."""
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import AllTransferSyntaxes
-
-    usable = []
-    for syntax in AllTransferSyntaxes:
-        try:
-            if get_decoder(syntax).is_available:
-                usable.append(str(syntax))
-        except NotImplementedError:
-            continue
-    return usable
 
 
 def safe_reason(error: BaseException) -> str:

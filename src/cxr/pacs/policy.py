@@ -1,4 +1,5 @@
-"""What the DICOM node accepts: who may associate, which instances are predicted, and where results go.
+"""What the DICOM node accepts: who may associate, which storage classes and transfer syntaxes, which instances are
+predicted, and where results go.
 
 Safe by default (issue 23): only the peers in ``--allow`` (AE title at host) may open an association; without
 ``--allow`` that is the PACS the results go to. An accepted instance is still skipped, with a reason that names no
@@ -27,6 +28,31 @@ OTHER_VIEWS = frozenset(
 CHEST_PARTS = frozenset({"CHEST", "THORAX", "LUNG"})
 """Body Part Examined (0018,0015) values that mean the chest (PS3.16 Annex L); an absent value is accepted."""
 MAX_AE_TITLE = 16
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+}
+"""The storage classes a chest radiograph arrives in (PS3.4 B.5), accepted with every transfer syntax pydicom can
+decode here (:func:`decodable_transfer_syntaxes`)."""
+
+
+def decodable_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pydicom knows a decoder for and whose codec is installed (native ones included)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import AllTransferSyntaxes
+
+    usable = []
+    for syntax in AllTransferSyntaxes:
+        try:
+            if get_decoder(syntax).is_available:
+                usable.append(str(syntax))
+        except NotImplementedError:
+            continue
+    return usable
 
 
 def parse_ae_title(value: str, where: str) -> str:

@@ -234,7 +234,10 @@ def test_bad_instances_fail_and_the_node_keeps_serving(start_node, sink, gray):
     node = start_node(settings_for(sink.port))
     truncated = cr_dataset(gray)
     truncated.PixelData = truncated.PixelData[: gray.size // 3]
-    assert store(node, truncated) == 0xC000
+    assoc = associate(node)
+    answer = assoc.send_c_store(truncated)
+    assoc.release()
+    assert (int(answer.Status), answer.ErrorComment) == (0xC000, "truncated pixel data")
     assert store(node, cr_dataset(gray, ViewPosition="LL")) == 0x0000  # a lateral: acknowledged, skipped
     assert store(node, cr_dataset(gray, BodyPartExamined="KNEE")) == 0x0000
     assert store(node, cr_dataset(gray)) == 0x0000

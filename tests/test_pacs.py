@@ -349,3 +349,11 @@ def test_cli_node_with_metrics_and_audit(checkpoint, predictor, sink, gray, tmp_
     line = json.loads(audit.read_text())
     assert line["instance_bytes"] > gray.size and set(line["probabilities"]) == set(predictor.labels)
     assert_no_marker(out + err + audit.read_text(), "process output and audit trail")
+
+
+def test_reasons_keep_no_library_detail():
+    from cxr.imaging.dicom import DicomError
+    from cxr.pacs.node import safe_reason
+
+    assert safe_reason(DicomError("instance 1f: truncated pixel data (10 of 99 bytes)")) == "truncated pixel data"
+    assert safe_reason(ValueError(f"invalid value: {MARKERS['PatientName']}")) == "ValueError"

@@ -77,9 +77,11 @@ class NodeSettings:
 
 
 def safe_reason(error: BaseException) -> str:
-    """An error's own reason without the library detail in parentheses (which could quote a header value)."""
-    text = str(error).split(": ", 1)[-1] if ": " in str(error) else type(error).__name__
-    return text.split(" (", 1)[0][:64]
+    """What may be logged and answered of an error: cxr's own reason, without the name it starts with and without
+    the library detail in parentheses (which could quote a header value); of any other error only its type."""
+    if not isinstance(error, CxrError):
+        return type(error).__name__
+    return str(error).split(": ", 1)[-1].split(" (", 1)[0][:64]
 
 
 class DicomNode:

@@ -2,7 +2,7 @@
 
 The SR is a Comprehensive 3D SR holding TID 1500 "Measurement Report": per finding one measurement group (TID 1501)
 with the finding as its type, the probability (DCM 122157 "Probability", unit UCUM ``1``), present/absent at the
-model's threshold (DCM 121053 / 121054), the algorithm (TID 4019: name, version, thresholds as parameters) and the
+model's threshold (DCM 121053 / 121054), the algorithm (TID 4019: name, version, that threshold as parameter) and the
 source image it was computed on. The same algorithm is named as contributing equipment (PS3.3 C.12.1.1.5; IHE AI
 Results), the document is UNVERIFIED and says it is not for diagnostic use. Findings are coded in a local scheme,
 ``99CXR`` (PS3.16 8.2: designators beginning with 99 are private), with NIH's label names as code values and
@@ -56,8 +56,9 @@ class Algorithm:
         uid = generate_uid(entropy_srcs=["cxr dicom-node", model_sha256])
         return cls(name[:64], version[:64], tuple(predictor.labels), thresholds, uid)
 
-    def parameters(self) -> list[str]:
-        return [f"threshold {label}={self.thresholds[label]:.6g}" for label in self.labels]
+    def parameters(self, labels: tuple[str, ...] | None = None) -> list[str]:
+        """``threshold <finding>=<value>`` for ``labels`` (default: every output)."""
+        return [f"threshold {label}={self.thresholds[label]:.6g}" for label in labels or self.labels]
 
     def positive(self, probabilities: Mapping[str, float]) -> list[str]:
         """The findings at or above their threshold, most probable first (as ``cxr predict``'s ``positive``)."""
@@ -99,11 +100,16 @@ def _equipment(algorithm: Algorithm):
     )
 
 
-def _finding_group(label: str, probability: float, algorithm: Algorithm, source_uid: str, source_image, algorithm_id):
+def _finding_group(label: str, probability: float, algorithm: Algorithm, source_uid: str, source_image):
+    """TID 1501 for one finding; its TID 4019 names the algorithm with the one threshold that decided present/absent
+    (all thresholds are in the contributing equipment's description)."""
     import highdicom.sr as sr
     from pydicom.sr.codedict import codes
 
     present = probability >= algorithm.thresholds[label]
+    algorithm_id = sr.AlgorithmIdentification(
+        algorithm.name, algorithm.version, algorithm.parameters((label,)), manufacturer=MANUFACTURER
+    )
     return sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=sr.TrackingIdentifier(uid=_uid(source_uid, algorithm.version, label), identifier=label),
         finding_type=finding_code(label),
@@ -129,14 +135,10 @@ def structured_report(header, probabilities: Mapping[str, float], algorithm: Alg
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
         )
     )
-    algorithm_id = sr.AlgorithmIdentification(
-        algorithm.name, algorithm.version, algorithm.parameters(), manufacturer=MANUFACTURER
-    )
     source_uid = str(header.SOPInstanceUID)
     source_image = sr.SourceImageForMeasurementGroup.from_source_image(header)
     groups = [
-        _finding_group(label, probabilities[label], algorithm, source_uid, source_image, algorithm_id)
-        for label in algorithm.labels
+        _finding_group(label, probabilities[label], algorithm, source_uid, source_image) for label in algorithm.labels
     ]
     report = sr.MeasurementReport(
         observation_context=context,

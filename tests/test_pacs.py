@@ -298,6 +298,7 @@ def test_policy_words():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_cli_node_with_metrics_and_audit(checkpoint, predictor, sink, gray, tmp_path):
     """``cxr dicom-node`` as a process: echo, a store whose SR reaches the PACS, ``/metrics``, the audit line, and on
     SIGTERM a drained queue and the final counts on stdout."""

@@ -358,3 +358,24 @@ def test_reasons_keep_no_library_detail():
 
     assert safe_reason(DicomError("instance 1f: truncated pixel data (10 of 99 bytes)")) == "truncated pixel data"
     assert safe_reason(ValueError(f"invalid value: {MARKERS['PatientName']}")) == "ValueError"
+
+
+def test_results_for_a_source_without_patient_or_study_attributes(predictor, gray):
+    """Exports and test data often lack the Type 2 patient/study attributes: the SR and SC still build, with them
+    present and empty, in the source's study."""
+    import pydicom
+
+    from cxr.pacs import results
+
+    ds = cr_dataset(gray)
+    for keyword in (*MARKERS, "PatientSex", "StudyDate", "StudyTime", "StudyID"):
+        delattr(ds, keyword)
+    header = pydicom.dcmread(io.BytesIO(encoded(ds)), stop_before_pixels=True)
+    algorithm = results.Algorithm.of(predictor, "0" * 64)
+    sr = results.structured_report(header, dict.fromkeys(predictor.labels, 0.5), algorithm)
+    sc = results.secondary_capture(header, np.zeros((8, 8, 3), np.uint8), algorithm)
+    for result in (sr, sc):
+        result = pydicom.dcmread(io.BytesIO(encoded(result)))
+        assert result.StudyInstanceUID == ds.StudyInstanceUID
+        assert "PatientID" in result and not result.PatientID
+    assert "PatientID" not in header  # the source's header itself is left as it was

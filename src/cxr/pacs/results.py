@@ -122,11 +122,33 @@ def _finding_group(label: str, probability: float, algorithm: Algorithm, source_
     )
 
 
+TYPE2_PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",  # Patient module (PS3.3 C.7.1.1)
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",  # General Study (C.7.2.1)
+)  # fmt: skip
+"""Type 2 attributes the results copy from the source: present, if empty, in every conforming image; highdicom's SR
+reads them unconditionally, so a source without them (seen in exports and test data) gets them empty."""
+
+
+def _complete_header(header):
+    """``header``, or a copy of it with the missing Type 2 patient and study attributes present and empty."""
+    missing = [keyword for keyword in TYPE2_PATIENT_STUDY if keyword not in header]
+    if not missing:
+        return header
+    from copy import deepcopy
+
+    header = deepcopy(header)
+    for keyword in missing:
+        setattr(header, keyword, None)
+    return header
+
+
 def structured_report(header, probabilities: Mapping[str, float], algorithm: Algorithm):
     """The Comprehensive 3D SR (TID 1500) of one predicted instance; ``header`` is the source without pixels."""
     import highdicom.sr as sr
     from pydicom.sr.codedict import codes
 
+    header = _complete_header(header)
     device = sr.DeviceObserverIdentifyingAttributes(
         uid=algorithm.device_uid, name=algorithm.name, manufacturer_name=MANUFACTURER, model_name=algorithm.version
     )

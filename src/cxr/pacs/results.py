@@ -220,13 +220,22 @@ def banner_lines(probabilities: Mapping[str, float], algorithm: Algorithm) -> li
     return [f"{algorithm.name} - NOT FOR DIAGNOSTIC USE", f"Grad-CAM: {found}"]
 
 
+def _orientation(header) -> tuple[str, str]:
+    """The source's Patient Orientation (0020,0020) when it is two single biped directions, else the default."""
+    try:
+        orientation = tuple(str(value).strip().upper() for value in (header.get("PatientOrientation") or ()))
+    except Exception:  # a malformed value: the default is as good as any
+        return DEFAULT_ORIENTATION
+    if len(orientation) == 2 and all(value in ("A", "P", "R", "L", "H", "F") for value in orientation):
+        return orientation
+    return DEFAULT_ORIENTATION
+
+
 def secondary_capture(header, pixels: np.ndarray, algorithm: Algorithm):
     """The Secondary Capture image of one result: ``pixels`` (RGB uint8, the banner above the overlay)."""
     from highdicom.sc import SCImage
 
-    orientation = tuple(str(value) for value in (header.get("PatientOrientation") or ()))
-    if len(orientation) != 2 or not all(orientation):
-        orientation = DEFAULT_ORIENTATION
+    orientation = _orientation(header)
     source_uid = str(header.SOPInstanceUID)
     image = SCImage.from_ref_dataset(
         ref_dataset=header,

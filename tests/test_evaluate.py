@@ -192,10 +192,10 @@ def test_gzip_inputs_and_validation_thresholds(tmp_path, sample_dir, sample_scor
     with open(test, "rb") as source, gzip.open(tmp_path / "test.csv.gz", "wb") as target:
         shutil.copyfileobj(source, target)
     metrics, out = evaluate_predictions(tmp_path / "test.csv.gz", labels_gz, val_predictions=val, n_resamples=20)
-    assert out == tmp_path / "test-eval" and metrics["thresholds_chosen_on"] == "validation"
+    assert out == tmp_path / "test-eval" and metrics.thresholds_chosen_on == "validation"
     chosen = choose_threshold(targets["Edema"][:half].to_numpy(), probabilities["Edema"][:half], "youden")
-    assert metrics["findings"]["Edema"]["thresholds"]["youden"]["threshold"] == chosen
-    assert metrics["n_images"] == len(targets) - half
+    assert metrics.findings["Edema"].thresholds["youden"].threshold == chosen
+    assert metrics.n_images == len(targets) - half
 
 
 def test_cli_refuses_ambiguous_modes(tmp_path):

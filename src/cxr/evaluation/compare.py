@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, InputFormatError
 from cxr.evaluation.bootstrap import (
     bootstrap_auroc,
     paired_p_value,
@@ -196,7 +196,11 @@ def _kind(metrics: EvaluationResult) -> str:
 
 def read_result(folder: str | Path) -> EvaluationResult:
     """The typed result of ``folder/metrics.json`` (written by ``cxr evaluate``)."""
-    return EvaluationResult.from_dict(json.loads((Path(folder) / "metrics.json").read_text()))
+    path = Path(folder) / "metrics.json"
+    try:
+        return EvaluationResult.from_dict(json.loads(path.read_text()))
+    except ValueError as error:  # json.JSONDecodeError is one too
+        raise InputFormatError(path, str(error)) from None
 
 
 def side_by_side(runs: list[str | Path], split: str = "test") -> dict:

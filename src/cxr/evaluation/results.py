@@ -189,7 +189,14 @@ class EvaluationResult:
 
     @classmethod
     def from_dict(cls, document: dict) -> EvaluationResult:
-        """Read a ``metrics.json`` document (as written by :meth:`to_dict`)."""
+        """Read a ``metrics.json`` document (as written by :meth:`to_dict`); ``ValueError`` naming what is wrong."""
+        try:
+            return cls._from_dict(document)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not a cxr metrics document: {type(error).__name__} {error}") from None
+
+    @classmethod
+    def _from_dict(cls, document: dict) -> EvaluationResult:
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in document.items() if key in known}
         values["findings"] = {label: LabelResult.from_dict(e) for label, e in document["findings"].items()}

@@ -213,3 +213,96 @@ def test_compare_shows_gaps_side_by_side(tmp_path, sample_dir):
     assert ["sex", "F", "underdiagnosis"] in [row[:3] for row in rows] and all(row[4] == "-" for row in rows)
     paths = write_side_by_side(result, tmp_path / "cmp")
     assert "Subgroup gaps" in paths["markdown"].read_text()
+
+
+# ------------------------------------------------------------------------------- attributes of every dataset
+
+
+def test_readers_harmonise_sex_age_and_view(tmp_path):
+    import shutil
+
+    from cxr.data.attributes import harmonise_view
+    from cxr.data.datasets import read_dataset
+    from cxr.data.datasets.source import store_source
+
+    data = Path(__file__).resolve().parent / "data"
+    chexpert = store_source(read_dataset(data / "chexpert")).metadata
+    assert set(chexpert["sex"]) <= {"F", "M", ""} and "F" in set(chexpert["sex"]) and chexpert["age"].iat[0] == 68
+    padchest = read_dataset(data / "padchest").images
+    assert padchest[["sex", "age"]].iloc[0].tolist() == ["F", 2014 - 1930]  # StudyDate 20140915, born 1930
+    views = harmonise_view(["PA", "L", "AP_horizontal", "Lateral", "UNK", "ll"]).tolist()
+    assert views == ["PA", "LATERAL", "AP", "LATERAL", "", "LATERAL"]
+    folder = tmp_path / "mimic"
+    shutil.copytree(data / "mimic", folder)
+    assert "sex" not in read_dataset(folder).images  # without MIMIC-IV's patients table: unknown, not guessed
+    meta = pd.read_csv(folder / "mimic-cxr-2.0.0-metadata.csv", dtype=str)
+    subject = meta["subject_id"].iat[0]
+    (folder / "patients.csv").write_text(f"subject_id,gender,anchor_age,anchor_year\n{subject},F,60,2180\n")
+    images = read_dataset(folder).images
+    mine = images["patient_id"] == subject
+    year = int(meta["StudyDate"].iat[0][:4])
+    assert (images.loc[mine, "sex"] == "F").all() and images.loc[mine, "age"].iat[0] == 60 + year - 2180
+    assert (images.loc[~mine, "sex"] == "").all() and images.loc[~mine, "age"].isna().all()
+    store = store_source(read_dataset(folder)).metadata
+    assert list(store.loc[mine.to_numpy(), "sex"].unique()) == ["F"]
+
+
+# ------------------------------------------------------------------------------------- planted in cxr synth
+
+
+def test_group_effect_parsing_and_a_fainter_sign():
+    from cxr.synth.cohort import plan_cohort
+    from cxr.synth.dataset import render_record
+    from cxr.synth.effects import GroupEffect
+
+    effect = GroupEffect.parse("Effusion: sex=F :0.2")
+    assert effect == GroupEffect("Effusion", "sex=F", 0.2)
+    for bad in ("Effusion:sex=F", "Edema:height>2:0.5", "Effusion:age>=80:1.5", "Tumour:sex=F:0.3"):
+        with pytest.raises(CxrError, match="--group-effect"):
+            GroupEffect.parse(bad)
+    records = plan_cohort(200, seed=4, prevalence="flat")
+    record = next(r for r in records if "Effusion" in r.findings and r.sex == "F")
+    healthy = type(record)(**{**vars(record), "findings": tuple(f for f in record.findings if f != "Effusion")})
+    base = render_record(healthy, 64, 4)[0].astype(float)
+    full = np.abs(render_record(record, 64, 4)[0] - base).sum()
+    faint = np.abs(render_record(record, 64, 4, (effect,))[0] - base).sum()
+    other = GroupEffect.parse("Effusion:sex=M:0.2")
+    assert np.array_equal(render_record(record, 64, 4, (other,))[0], render_record(record, 64, 4)[0])  # not her group
+    assert 0 < faint < 0.5 * full
+
+
+@pytest.mark.slow
+def test_a_gap_planted_by_cxr_synth_is_found(tmp_path):
+    """End to end: women's effusions drawn at 10% strength; a pixel model scored by sex finds the Effusion TPR gap,
+    and none for Cardiomegaly, where nothing was planted."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from cxr.data.nih import read_metadata
+
+    args = ["synth", str(tmp_path / "data"), "--images", "1000", "--size", "64", "--seed", "5", "--prevalence", "flat"]
+    result = runner.invoke(app, [*args, "--workers", "1", "--group-effect", "Effusion:sex=F:0.1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "data" / "group_effects.json").read_text())[0]["condition"] == "sex=F"
+    metadata = read_metadata(tmp_path / "data" / "Data_Entry_2017_v2020.csv")
+    paths = {path.name: path for path in (tmp_path / "data").glob("images_*/images/*.png")}
+    pixels = np.stack([np.asarray(Image.open(paths[name]).convert("L").resize((16, 16)), np.float32).ravel() / 255
+                       for name in metadata["image"]])  # fmt: skip
+    labels = ["Effusion", "Cardiomegaly"]
+    fit = (metadata["patient_id"] % 2 == 0).to_numpy()  # half the patients to fit on, the other half scored
+    probabilities = np.stack([LogisticRegression(max_iter=2000).fit(pixels[fit], metadata[label][fit])
+                              .predict_proba(pixels)[:, 1] for label in labels], axis=1)  # fmt: skip
+    targets = metadata[labels].to_numpy(np.uint8)
+    val = ScoredSet(labels, metadata["image"].to_numpy()[fit], metadata["patient_id"].to_numpy()[fit], targets[fit],
+                    probabilities[fit])  # fmt: skip
+    from cxr.evaluation.thresholds import choose_thresholds
+
+    chosen = {
+        label: rules["youden"] for label, rules in choose_thresholds(val.targets, val.probabilities, labels).items()
+    }
+    test = ScoredSet(labels, metadata["image"].to_numpy()[~fit], metadata["patient_id"].to_numpy()[~fit],
+                     targets[~fit], probabilities[~fit])  # fmt: skip
+    scored, _ = subgroups_of(test, metadata, "sex", 500, chosen)
+    women = scored.subgroups["sex"]["F"].findings
+    assert women["Effusion"].gap_excludes_0 and women["Effusion"].tpr_gap_ci[1] < 0
+    assert not women["Cardiomegaly"].gap_excludes_0

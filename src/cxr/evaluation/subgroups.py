@@ -130,6 +130,8 @@ def score_attribute(data: ScoredSet, groups: pd.Series, order: list[str], thresh
     predicted = data.probabilities >= limits
     sick, normal, definition = underdiagnosis_inputs(data, predicted)
     names = [name for name in order if (groups == name).any()]
+    if not names:  # every image's attribute unknown: subgroup_settings.missing says so
+        return {}
     parts = [_group(data, (groups == name).to_numpy(), predicted, sick, normal, codes, counts) for name in names]
     tpr_gap = gaps(np.stack([p.tpr for p in parts]), names, attribute)
     tpr_gap_samples = gaps(np.stack([p.tpr_samples for p in parts]), names, attribute)
@@ -182,7 +184,7 @@ def add_subgroups(result: EvaluationResult, data: ScoredSet, metadata: pd.DataFr
     table, order, sources = attribute_groups(data, metadata, request)
     boot = result.bootstrap
     codes, n_patients = patient_codes(data.patient_ids)
-    counts = resample_counts(n_patients, boot.resamples, boot.seed).astype(np.float64)
+    counts = resample_counts(n_patients, boot.resamples, boot.seed)
     summary = summary_labels(data.labels)
     result.subgroups = {
         attribute: score_attribute(

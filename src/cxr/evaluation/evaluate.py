@@ -1,14 +1,13 @@
 """``cxr evaluate``: metrics with patient-level CIs, thresholds from validation, calibration, plots and reports.
 
-Two modes share one scorer (:func:`score`, the metrics JSON of ``docs/architecture.md``): a run
-(:func:`evaluate_run`: predict a split with the best checkpoint) and anyone's predictions CSV
-(:func:`evaluate_predictions`). JSON keys are NIH's finding names.
+Two modes share one scorer (:func:`cxr.evaluation.scoring.score`, the ``metrics.json`` of
+``docs/architecture.md``): a run (:func:`evaluate_run`: predict a split with the best checkpoint; another store:
+:mod:`cxr.evaluation.stores`) and anyone's predictions CSV (:func:`evaluate_predictions`). JSON keys are NIH's
+finding names.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +16,9 @@ import pandas as pd
 from cxr.data.nih import read_metadata
 from cxr.data.store import Store
 from cxr.errors import CxrError
-from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
 from cxr.evaluation.expert import LABEL_SET, is_expert_file, load_expert_predictions
 from cxr.evaluation.expert import RULES as EXPERT_RULES
-from cxr.evaluation.metrics import (
-    auprc,
-    brier_score,
-    expected_calibration_error,
-    macro_average,
-    micro_auroc,
-    prevalence,
-    reliability,
-)
 from cxr.evaluation.predictions import (
-    ScoredSet,
     join_labels,
     load_predictions,
     read_val_predictions,
@@ -39,248 +27,19 @@ from cxr.evaluation.predictions import (
 )
 from cxr.evaluation.references import references_for
 from cxr.evaluation.report import write_report
-from cxr.evaluation.results import (
-    BootstrapSettings,
-    Calibration,
-    EvaluationResult,
-    LabelResult,
-    OperatingPoint,
-    Reliability,
-    StoreScored,
+from cxr.evaluation.results import EvaluationResult
+from cxr.evaluation.scoring import (
+    chosen_thresholds,
+    operating_thresholds,
+    score,
+    validation_thresholds,
 )
+from cxr.evaluation.stores import evaluate_on_store, is_external, predict_split, run_stores
 from cxr.evaluation.subgroups import SubgroupRequest, add_subgroups
-from cxr.evaluation.thresholds import RULES, apply_thresholds, choose_thresholds
+from cxr.evaluation.thresholds import RULES, choose_thresholds
 from cxr.files import write_json
 
-
-def score(
-    data: ScoredSet,
-    thresholds: dict[str, dict[str, float]] | None = None,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    bins: int = 10,
-    level: float = 0.95,
-) -> EvaluationResult:
-    """The typed result (``metrics.json``, ``docs/architecture.md``) of one scored set.
-
-    ``thresholds`` (``{label: {rule: value}}``) must come from validation; without them they are chosen on
-    ``data`` itself and the result says so (``thresholds_chosen_on``), since such operating points are optimistic.
-    """
-    y, p = data.targets, data.probabilities
-    summary = summary_labels(data.labels)
-    mask = np.isin(data.labels, summary)
-    boot = bootstrap_auroc(y, p, data.patient_ids, n_resamples, seed, summary=mask)
-    chosen_on = "validation" if thresholds is not None else "evaluated set (optimistic: no validation predictions)"
-    if thresholds is None:
-        thresholds = choose_thresholds(y, p, data.labels)
-    operating = apply_thresholds(y, p, data.labels, thresholds)
-    area, precision, share = boot.point, auprc(y, p), prevalence(y)
-    brier, ece = brier_score(y, p), expected_calibration_error(y, p, bins)
-    intervals = boot.interval(level)
-    findings = {
-        label: LabelResult(
-            auroc=float(area[k]),
-            auprc=float(precision[k]),
-            prevalence=float(share[k]),
-            brier=float(brier[k]),
-            ece=float(ece[k]),
-            auroc_ci=intervals[k].tolist(),
-            n_pos=int(y[:, k].sum()),
-            n=int(y.shape[0]),
-            thresholds={rule: OperatingPoint(**values) for rule, values in operating[label].items()},
-            reliability=Reliability(**reliability(y[:, k], p[:, k], bins)),
-        )  # fmt: skip
-        for k, label in enumerate(data.labels)
-    }
-    pooled_y, pooled_p = y[:, mask].reshape(-1), p[:, mask].reshape(-1)
-    return EvaluationResult(
-        findings=findings,
-        macro_auroc=macro_average(boot.point[mask]),
-        macro_auroc_ci=percentile_interval(boot.macro_samples, level).tolist(),
-        micro_auroc=micro_auroc(y[:, mask], p[:, mask]),
-        micro_auroc_ci=percentile_interval(boot.micro_samples, level).tolist(),
-        n_images=int(y.shape[0]),
-        n_patients=int(len(np.unique(data.patient_ids))),
-        labels=list(data.labels),
-        macro_labels=summary,
-        thresholds_chosen_on=chosen_on,
-        bootstrap=BootstrapSettings(unit="patient", resamples=n_resamples, seed=seed, level=level, method="percentile"),
-        calibration=pooled_calibration(pooled_y, pooled_p, bins),
-    )
-
-
-def pooled_calibration(targets: np.ndarray, scores: np.ndarray, bins: int = 10) -> Calibration:
-    """ECE, Brier and the reliability curve over pooled (image, label) pairs."""
-    return Calibration(
-        bins=bins,
-        ece=float(expected_calibration_error(targets, scores, bins)[0]),
-        brier=float(brier_score(targets, scores)[0]),
-        reliability=Reliability(**reliability(targets, scores, bins)),
-    )
-
-
-def _chosen(result: EvaluationResult) -> dict[str, dict[str, float]]:
-    """The thresholds a result applied, ``{label: {rule: value}}`` (those chosen on the set when none were given)."""
-    return {label: {rule: point.threshold for rule, point in entry.thresholds.items()}
-            for label, entry in result.findings.items()}  # fmt: skip
-
-
-def predict_split(artifact, store: Path, images: list[str], batch_size: int, tta: bool) -> np.ndarray:
-    """Probabilities ``(n, K)`` of the artifact on store images (horizontal-flip TTA optional), via
-    ``cxr.data.loaders``."""
-    # Local: torch and Lightning stay off `cxr evaluate --predictions` and `cxr compare` (CSVs, no model).
-    from cxr.data.loaders import predict_store
-
-    probabilities = np.asarray(predict_store(artifact, store, images, batch_size=batch_size, tta=tta), np.float64)
-    if probabilities.shape != (len(images), len(artifact.labels)):
-        raise RuntimeError(
-            f"predict_store returned {probabilities.shape}, expected {(len(images), len(artifact.labels))}"
-        )
-    return probabilities
-
-
-def operating_thresholds(thresholds: dict[str, dict[str, float]], rule: str) -> tuple[dict[str, float], list[str]]:
-    """One threshold per label for the model artifact; 0.5 (listed) where validation could not choose one."""
-    chosen = {label: rules[rule] for label, rules in thresholds.items()}
-    fallback = [label for label, value in chosen.items() if not math.isfinite(value)]
-    return {label: 0.5 if label in fallback else value for label, value in chosen.items()}, fallback
-
-
-def validation_thresholds(val: ScoredSet) -> dict[str, dict[str, float]]:
-    """Thresholds per label chosen on the validation rows that give the label (NaN targets: a store that does not
-    provide it, in a run trained on several stores)."""
-    y = np.asarray(val.targets, dtype=np.float64)
-    chosen = {}
-    for k, label in enumerate(val.labels):
-        provided = ~np.isnan(y[:, k])
-        target = y[provided, k].astype(np.uint8)[:, None]
-        chosen |= choose_thresholds(target, val.probabilities[provided, k][:, None], [label])
-    return chosen
-
-
-def run_stores(config: dict) -> list[Path]:
-    """The stores a run was trained on, as recorded: ``data.stores`` (several) or ``store``."""
-    stores = (config.get("data") or {}).get("stores") or ([config["store"]] if config.get("store") else [])
-    return [Path(path) for path in stores]
-
-
-def is_external(config: dict, store: str | Path, split_images: list[str]) -> bool:
-    """Whether ``store`` is another dataset than the run's: not one of its recorded stores where those still exist;
-    where they are gone (moved), whether the store lacks the run's images."""
-    recorded = run_stores(config)
-    if any(path.exists() for path in recorded):
-        return Path(store).resolve() not in {path.resolve() for path in recorded}
-    return not pd.Index(split_images).isin(Store(store).index["image"]).all()
-
-
-def shared_labels(labels: list[str], table: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
-    """The model outputs a store's rows give (some known value), and ``{output: reason}`` for the others."""
-    from cxr.data.tasks import targets  # numpy/pandas only; kept local as the one data.tasks use here
-
-    y = targets(table, labels)
-    shared = [label for k, label in enumerate(labels) if (~np.isnan(y[:, k])).any()]
-    return shared, {label: "not available: the store does not provide this label" for label in labels
-                    if label not in shared}  # fmt: skip
-
-
-def evaluate_on_store(
-    run: Path, artifact, val: ScoredSet, store: Store, split: str, tta: bool, batch_size: int, n_resamples: int,
-    seed: int, rows: pd.DataFrame | None = None, subgroups: SubgroupRequest | None = None, rule: str = "youden",
-) -> tuple[EvaluationResult, Path]:  # fmt: skip
-    """``cxr evaluate RUN --store STORE`` for one store's images, for the labels both the model and it have.
-
-    External validation (``rows`` None: ``STORE`` is not the run's): the store's test part. One of the stores of a
-    run trained on several: its ``rows`` of the run's split. Outputs the store cannot give are listed in
-    ``not_available`` (never scored as negatives). Where some images leave a shared label unknown (a CheXpert blank),
-    each label is scored on the images that give it (:func:`score_per_label`; no report plots then). Thresholds
-    come from the run's own validation predictions. Writes ``RUN/eval/<split>-<dataset>/``.
-    """
-    from cxr.data.tasks import targets
-
-    external = rows is None
-    if external:
-        if split != "test":
-            raise CxrError("an external store is scored on its test part: use --split test")
-        rows = store.index[store.index["split"] == "test"]
-        if rows.empty:
-            raise CxrError(f"{store.path} has no test images (its index has no split == 'test' rows)")
-    labels = list(artifact.labels)
-    shared, not_available = shared_labels(labels, rows)
-    if not shared:
-        raise CxrError(f"{store.path} provides none of the run's outputs ({', '.join(labels)})")
-    y = targets(rows, shared)
-    some = ~np.isnan(y).all(axis=1)
-    rows, y = rows[some], y[some]
-    images = rows["image"].astype(str).tolist()
-    probabilities = predict_split(artifact, store.path, images, batch_size, tta)[:, [labels.index(x) for x in shared]]
-    data = ScoredSet(shared, np.asarray(images), rows["patient_id"].to_numpy(), y, probabilities)
-    columns = [val.labels.index(label) for label in shared]
-    thresholds = validation_thresholds(ScoredSet(shared, val.images, val.patient_ids, val.targets[:, columns],
-                                                 val.probabilities[:, columns]))  # fmt: skip
-    complete = not np.isnan(y).any()
-    if complete:
-        data.targets = y.astype(np.uint8)
-        metrics = score(data, thresholds, n_resamples, seed)
-        if subgroups is not None:
-            add_subgroups(metrics, data, rows, subgroups, operating_thresholds(thresholds, rule)[0], rule)
-    else:
-        if subgroups is not None:
-            raise CxrError(
-                f"{store.path} leaves some of the run's labels unknown on some images: subgroups need "
-                "every label of every image (score the run's own store, or one that gives them all)"
-            )
-        metrics = score_per_label(data, thresholds, n_resamples, seed)
-    dataset = str(store.manifest.get("dataset", "nih"))
-    preset = artifact.config.get("experiment")
-    metrics.source = {"run": str(run), "split": split, "tta": tta, "store": str(store.path), "preset": preset}
-    trained_on = [str(path) for path in run_stores(artifact.config)]
-    metrics.store_scored = StoreScored(dataset=dataset, store=str(store.path), external=external,
-                                       trained_on=trained_on, unlabelled=int((~some).sum()))  # fmt: skip
-    metrics.not_available = not_available
-    out = run / "eval" / f"{split}-{dataset}"
-    write_scored_set(data, out)
-    write_json(out / "metrics.json", metrics.to_dict())
-    kind = "External validation" if external else "One of the run's stores"
-    source = (f"{kind}: run `{run}` (best checkpoint) on the {split} part of `{store.path}` "
-              f"({dataset}), thresholds from the run's validation predictions. Not available: "
-              + (", ".join(not_available) or "none") + ".")  # fmt: skip
-    title = f"{preset or run.name}: {'external ' if external else ''}{split} on {dataset}"
-    if complete:  # the plots need every label of every image
-        write_report(out, metrics, data, title, [], artifact.config, None, run / "metrics.csv", source)
-    else:
-        metrics.report = "not written: labels scored on different images"
-        write_json(out / "metrics.json", metrics.to_dict())
-    return metrics, out
-
-
-def score_per_label(data: ScoredSet, thresholds: dict, n_resamples: int, seed: int) -> EvaluationResult:
-    """:func:`score` for a set whose targets are unknown (NaN) on some rows: each label scored on the images that
-    give it (its own ``n`` and patient-level CI). The macro AUROC is the mean of the labels' points; its CI and the
-    micro AUROC would need one image set and are NaN (``per_label`` says so)."""
-    findings, first = {}, None
-    for k, label in enumerate(data.labels):
-        known = ~np.isnan(data.targets[:, k])
-        y, p = data.targets[known, k : k + 1].astype(np.uint8), data.probabilities[known, k : k + 1]
-        part = ScoredSet([label], data.images[known], data.patient_ids[known], y, p)
-        metrics = score(part, {label: thresholds[label]}, n_resamples, seed)
-        findings[label], first = metrics.findings[label], first or metrics
-    summary = summary_labels(data.labels)
-    known = ~np.isnan(data.targets)
-    pooled_y, pooled_p = data.targets[known].astype(np.uint8), data.probabilities[known]
-    return replace(
-        first,
-        findings=findings,
-        macro_auroc=macro_average(np.array([findings[label].auroc for label in summary])),
-        macro_auroc_ci=[math.nan, math.nan],
-        micro_auroc=math.nan,
-        micro_auroc_ci=[math.nan, math.nan],
-        n_images=len(data.images),
-        n_patients=int(len(np.unique(data.patient_ids))),
-        labels=list(data.labels),
-        macro_labels=summary,
-        per_label="labels scored on the images that give them (a blank or uncertain label is unknown, not negative)",
-        calibration=pooled_calibration(pooled_y, pooled_p, first.calibration.bins),
-    )
+__all__ = ["evaluate_predictions", "evaluate_run", "evaluate_run_expert", "score", "summary_labels"]
 
 
 def evaluate_run(
@@ -403,7 +162,7 @@ def evaluate_predictions(
     metrics = score(data, thresholds, n_resamples, seed)
     if subgroups is not None:
         table = read_metadata(labels_csv) if not expert else None
-        chosen = {label: rules[rule] for label, rules in (thresholds or _chosen(metrics)).items()}
+        chosen = {label: rules[rule] for label, rules in (thresholds or chosen_thresholds(metrics)).items()}
         add_subgroups(metrics, data, table, subgroups, operating_thresholds({k: {rule: v} for k, v in chosen.items()},
                                                                              rule)[0], rule)  # fmt: skip
     metrics.source = {

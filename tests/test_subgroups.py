@@ -16,7 +16,7 @@ from cxr.cli import app
 from cxr.errors import CxrError, InputFormatError
 from cxr.evaluation.evaluate import evaluate_predictions, score
 from cxr.evaluation.groups import SubgroupRequest, age_groups, attribute_groups
-from cxr.evaluation.predictions import ScoredSet
+from cxr.evaluation.predictions import ScoredSet, load_predictions, write_scored_set
 from cxr.evaluation.subgroups import add_subgroups, underdiagnosis_inputs
 
 runner = CliRunner()
@@ -213,6 +213,14 @@ def test_compare_shows_gaps_side_by_side(tmp_path, sample_dir):
     assert ["sex", "F", "underdiagnosis"] in [row[:3] for row in rows] and all(row[4] == "-" for row in rows)
     paths = write_side_by_side(result, tmp_path / "cmp")
     assert "Subgroup gaps" in paths["markdown"].read_text()
+    scored = load_predictions(predictions, sample_dir / "Data_Entry_2017.csv", images)  # paired: the same images
+    for run in ("a", "b"):
+        write_scored_set(scored, tmp_path / run / "eval" / "test")
+    out = tmp_path / "paired"
+    args = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--resamples", "20"]
+    assert runner.invoke(app, args).exit_code == 0
+    paired = json.loads((out / "comparison.json").read_text())
+    assert paired["subgroup_gaps"]["rows"] == rows and "Subgroup gaps" in (out / "comparison.md").read_text()
 
 
 # ------------------------------------------------------------------------------- attributes of every dataset

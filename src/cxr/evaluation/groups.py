@@ -106,7 +106,9 @@ def read_subgroup_file(path: Path, images: np.ndarray, patient_ids: np.ndarray) 
     rows = pd.Index(keys).get_indexer(_key(pd.Series(scored)))
     columns = [c for c in table.columns if c not in (*IMAGE_KEYS, *PATIENT_KEYS)]
     values = table[columns].to_numpy(dtype=object)
-    joined = np.where((rows >= 0)[:, None], values[np.clip(rows, 0, None)], "") if len(values) else values
+    if not len(values):  # a header without rows lists nobody
+        return pd.DataFrame(np.full((len(rows), len(columns)), "", dtype=object), columns=columns)
+    joined = np.where((rows >= 0)[:, None], values[np.clip(rows, 0, None)], "")
     return pd.DataFrame(joined, columns=columns)
 
 

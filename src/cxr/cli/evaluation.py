@@ -60,7 +60,9 @@ def evaluate(
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
     store: Path | None = typer.Option(None, "--store", help="The run's store, if it does not record one."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
-    rule: ThresholdRule = typer.Option(ThresholdRule.YOUDEN, "--rule", help="Threshold rule stored in the model."),
+    rule: ThresholdRule = typer.Option(
+        ThresholdRule.YOUDEN, "--rule", help="Threshold rule stored in the model (and for --subgroups TPR/FPR)."
+    ),
     resamples: int = typer.Option(1000, "--resamples", min=1, help="Patient-level bootstrap resamples."),
     seed: int = typer.Option(0, "--seed"),
     json_out: str | None = typer.Option(None, "--json", help="Also write the metrics JSON to FILE ('-': stdout)."),

@@ -3,8 +3,8 @@ typed ones (``ModelSpec``, ``EvaluationResult``, ``ServeSettings``) replace. Run
 budget.
 
 A function counts when a parameter or its return is annotated ``dict`` or ``dict[...]`` (a mapping typed as nothing
-more than a dict). Public: the name and every enclosing class name have no leading underscore. Typed ``to_dict``/``from_dict``
-boundaries of the file formats are not counted: they are where dicts belong.
+more than a dict). Public: the name and every enclosing class name have no leading underscore. Typed
+``to_dict``/``from_dict`` boundaries of the file formats are not counted: they are where dicts belong.
 
     python tools/dict_api.py [--budget 30] [--list]
 """
@@ -33,14 +33,17 @@ def is_dict(annotation: ast.expr | None) -> bool:
     return isinstance(annotation, ast.Name) and annotation.id == "dict"
 
 
+def _public(name: str) -> bool:
+    return not name.startswith("_") or name == "__init__"
+
+
 def public_functions(tree: ast.Module):
     def walk(node, public: bool):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.ClassDef):
                 yield from walk(child, public and not child.name.startswith("_"))
-            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-                if public and (not child.name.startswith("_") or child.name == "__init__"):
-                    yield child
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) and public and _public(child.name):
+                yield child
 
     yield from walk(tree, True)
 

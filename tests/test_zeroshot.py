@@ -91,7 +91,7 @@ def test_prompts_files_are_checked(tmp_path):
     defaults = load_prompts()
     from cxr.labels import COMMON_LABELS
 
-    assert set(defaults) == set(COMMON_LABELS)  # every label of the common vocabulary has a documented default
+    assert set(defaults.labels) == set(COMMON_LABELS)  # every label of the common vocabulary has a documented default
 
 
 def test_zeroshot_refuses_a_model_without_a_text_tower(synth_store, tmp_path):

@@ -18,7 +18,7 @@ The validation part is used only to choose operating thresholds, never to fit an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -48,13 +48,54 @@ class PromptPair:
     negative: str
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """Prompt pairs by label: a file's, or the defaults with a file's pairs replacing theirs."""
+
+    pairs: Mapping[str, PromptPair]
+
+    def __contains__(self, label: str) -> bool:
+        return label in self.pairs
+
+    def __getitem__(self, label: str) -> PromptPair:
+        return self.pairs[label]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.pairs)
+
+    def replaced_by(self, other: Prompts) -> Prompts:
+        return Prompts({**self.pairs, **other.pairs})
+
+
+@dataclass(frozen=True)
+class ZeroShotRecord:
+    """How a zero-shot model was made: written to ``zeroshot.json`` and the artifact's ``config.zeroshot``. Names,
+    not paths: it travels inside the artifact and its ONNX exports."""
+
+    model: str
+    weights: str
+    prompts_file: str
+    logit_scale_exp: float
+    prompts: Mapping[str, PromptPair]
+    method: str = (
+        "softmax over (positive, negative) image-text similarities x exp(logit_scale) = "
+        "sigmoid(exp(logit_scale) * <image, t+ - t->) (CheXzero's pairwise scheme)"
+    )
+
+    def to_dict(self) -> dict:
+        pairs = {label: {"positive": pair.positive, "negative": pair.negative} for label, pair in self.prompts.items()}
+        return {"method": self.method, "logit_scale_exp": self.logit_scale_exp, "prompts": pairs, "model": self.model,
+                "weights": self.weights, "prompts_file": self.prompts_file}  # fmt: skip
+
+
 def default_prompts_path() -> Path:
     return Path(str(resources.files("cxr") / "configs" / "zeroshot" / "prompts.yaml"))
 
 
-def read_prompts(path: Path) -> dict[str, PromptPair]:
-    """``{label: PromptPair}`` from a YAML mapping ``label: {positive: str, negative: str}``; an unknown label, a
-    missing or empty prompt is a :class:`CxrError` naming the file and the label."""
+def read_prompts(path: Path) -> Prompts:
+    """The pairs of a YAML mapping ``label: {positive: str, negative: str}``; an unknown label, a missing or empty
+    prompt is a :class:`CxrError` naming the file and the label."""
     try:
         document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
@@ -72,13 +113,13 @@ def read_prompts(path: Path) -> dict[str, PromptPair]:
         if not all(isinstance(entry[key], str) and entry[key].strip() for key in ("positive", "negative")):
             raise CxrError(f"{path}: {name}: positive and negative must be non-empty text")
         pairs[label] = PromptPair(entry["positive"].strip(), entry["negative"].strip())
-    return pairs
+    return Prompts(pairs)
 
 
-def load_prompts(path: str | Path | None = None) -> dict[str, PromptPair]:
+def load_prompts(path: str | Path | None = None) -> Prompts:
     """The default prompts, with the pairs of ``path`` (if given) replacing those of the labels it names."""
-    pairs = read_prompts(default_prompts_path())
-    return pairs | (read_prompts(Path(path)) if path is not None else {})
+    defaults = read_prompts(default_prompts_path())
+    return defaults.replaced_by(read_prompts(Path(path))) if path is not None else defaults
 
 
 def resolve_clip(model: str) -> tuple[str, str]:
@@ -93,8 +134,8 @@ def resolve_clip(model: str) -> tuple[str, str]:
                    "open_clip_config.json, its weights and tokenizer files")  # fmt: skip
 
 
-def zero_shot_model(name: str, pretrained: str, labels: Sequence[str], prompts: dict[str, PromptPair], size: int):
-    """The image tower with the zero-shot head for ``labels`` and the record of how it was made."""
+def zero_shot_model(name: str, pretrained: str, labels: Sequence[str], prompts: Prompts, size: int):
+    """The image tower with the zero-shot head for ``labels`` (eval mode) and the CLIP's ``exp(logit_scale)``."""
     from cxr.models.clip_text import load_clip_text, zero_shot_head
 
     missing = [label for label in labels if label not in prompts]
@@ -109,14 +150,7 @@ def zero_shot_model(name: str, pretrained: str, labels: Sequence[str], prompts: 
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.zero_()
-    record = {
-        "method": "softmax over (positive, negative) image-text similarities x exp(logit_scale) = "
-        "sigmoid(exp(logit_scale) * <image, t+ - t->) (CheXzero's pairwise scheme)",
-        "logit_scale_exp": scale,
-        "prompts": {label: {"positive": prompts[label].positive, "negative": prompts[label].negative}
-                    for label in labels},
-    }  # fmt: skip
-    return model.eval(), record
+    return model.eval(), scale
 
 
 def zeroshot_run(
@@ -134,12 +168,8 @@ def zeroshot_run(
         raise CxrError(f"{run_dir} exists and is not empty: choose a new --out")
     name, pretrained = resolve_clip(model)
     config = load_config(experiment, overrides)
-    config.model.name, config.model.head, config.model.dropout, config.model.pretrained = (
-        name,
-        Head.GAP,
-        0.0,
-        pretrained,
-    )
+    config.model.name, config.model.pretrained = name, pretrained
+    config.model.head, config.model.dropout = Head.GAP, 0.0
     if experiment is None:
         config.experiment = f"zeroshot-{name}"
     config = fit_store(config, store, image_size or CLIP_MODELS[name])
@@ -147,14 +177,14 @@ def zeroshot_run(
     if not len(split.rows("val")):
         raise CxrError("the validation part is empty for this store and task: thresholds are chosen there")
     prompts = load_prompts(prompts_file)
-    net, record = zero_shot_model(name, pretrained, split.outputs, prompts, config.data.input_size)
-    weights = "published (Hugging Face hub)" if pretrained == "imagenet" else f"folder {Path(pretrained).name}"
-    # Names, not paths: this record travels inside the artifact and its ONNX exports.
-    record |= {
-        "model": name,
-        "weights": weights,
-        "prompts_file": Path(prompts_file).name if prompts_file else "default",
-    }
+    net, scale = zero_shot_model(name, pretrained, split.outputs, prompts, config.data.input_size)
+    record = ZeroShotRecord(
+        model=name,
+        weights="published (Hugging Face hub)" if pretrained == "imagenet" else f"folder {Path(pretrained).name}",
+        prompts_file=Path(prompts_file).name if prompts_file else "default",
+        logit_scale_exp=scale,
+        prompts={label: prompts[label] for label in split.outputs},
+    ).to_dict()
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     split.split_table().to_parquet(run_dir / "split.parquet", index=False)

@@ -24,7 +24,7 @@ def test_int8_export_of_a_trained_model_keeps_its_auroc_and_records_it(trained_r
     output = cli("export", str(trained_run), "--out", str(int8_path), "--quantize", "int8", "--calibrate",
                  str(synth_store))  # fmt: skip
     assert "int8: macro AUROC" in output
-    record = read_metadata(int8_path)["quantization"]
+    record = read_metadata(int8_path)[0]["quantization"]
     scores = record["macro_auroc"]
     assert scores["fp32"] > 0.7  # the model learned the synthetic findings: its AUROC means something
     assert record["auroc_drop"] == pytest.approx(scores["fp32"] - scores["int8"]) and record["auroc_drop"] <= 0.005
@@ -45,7 +45,7 @@ def test_int8_export_of_a_trained_model_keeps_its_auroc_and_records_it(trained_r
         quantize_checked(fp32_path, refused, synth_store, score, max_drop=-1.0)  # any result is "too much" here
     assert not refused.exists()
     forced = quantize_checked(fp32_path, refused, synth_store, score, max_drop=-1.0, force=True)
-    assert forced["forced"] and json.loads(json.dumps(read_metadata(refused)["quantization"])) == forced
+    assert forced.forced and read_metadata(refused)[0]["quantization"] == json.loads(json.dumps(forced.to_dict()))
 
 
 def test_quantize_flags_go_together(tmp_path):
@@ -63,6 +63,6 @@ def test_calibration_and_validation_patients_differ(synth_store):
     store = Store(synth_store)
     parts = store_parts(store, list(FINDINGS), calibration=10_000, validation=10_000)
     patients = store.index.set_index("row")["patient_id"]
-    assert set(patients[parts["calibration"]]).isdisjoint(patients[parts["validation"]])
-    assert len(parts["validation"]) == len(parts["targets"]) and parts["labels"] == list(FINDINGS)
-    assert set(store.index["split"][store.index["row"].isin(parts["validation"])]) == {"train_val"}
+    assert set(patients[parts.calibration]).isdisjoint(patients[parts.validation])
+    assert len(parts.validation) == len(parts.targets) and parts.labels == list(FINDINGS)
+    assert set(store.index["split"][store.index["row"].isin(parts.validation)]) == {"train_val"}

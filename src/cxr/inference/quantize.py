@@ -18,6 +18,7 @@ import json
 import tempfile
 import zlib
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,32 @@ MAX_AUROC_DROP = 0.005
 VALIDATION_SHARE = 5  # one patient in five validates, the others calibrate
 
 
-def store_parts(store: Store, labels: list[str], calibration: int, validation: int) -> dict:
+@dataclass(frozen=True)
+class StoreParts:
+    """Store rows that calibrate, rows that validate (other patients), their targets for the ``labels`` present."""
+
+    calibration: np.ndarray
+    validation: np.ndarray
+    targets: np.ndarray
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """What the int8 file's metadata records under ``quantization``."""
+
+    scheme: str
+    calibration: dict[str, str | int]
+    validation: dict[str, int]
+    macro_auroc: dict[str, float]
+    auroc_drop: float
+    forced: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def store_parts(store: Store, labels: list[str], calibration: int, validation: int) -> StoreParts:
     """Model inputs for calibration and validation from the store's ``train_val`` rows, disjoint by patient
     (a patient validates when the CRC-32 of its id is a multiple of :data:`VALIDATION_SHARE`), and the validation
     targets for the model's labels that the store has."""
@@ -46,12 +72,9 @@ def store_parts(store: Store, labels: list[str], calibration: int, validation: i
     calibrate, validate = index[~validates].head(calibration), index[validates].head(validation)
     if calibrate.empty or validate.empty:
         raise CxrError(f"{store.path}: too few patients to calibrate and validate on different ones")
-    return {
-        "calibration": calibrate["row"].to_numpy(),
-        "validation": validate["row"].to_numpy(),
-        "targets": validate[present].to_numpy(dtype=np.float64),
-        "labels": present,
-    }
+    return StoreParts(
+        calibrate["row"].to_numpy(), validate["row"].to_numpy(), validate[present].to_numpy(dtype=np.float64), present
+    )
 
 
 def model_inputs(store: Store, rows: np.ndarray, view: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -92,13 +115,13 @@ def quantize_int8(onnx_path: Path, out: Path, calibration: np.ndarray, batch: in
     return out
 
 
-def write_metadata(source: Path, out: Path, quantization: dict) -> None:
-    """Copy ``source``'s metadata into ``out`` with ``quantization`` added to its ``cxr`` record."""
+def write_metadata(source: Path, out: Path, quantization: Quantization | None) -> None:
+    """Copy the metadata of ``source`` into ``out``, adding ``quantization`` (``None``: the scheme alone)."""
     import onnx
 
     props = {prop.key: prop.value for prop in onnx.load(str(source), load_external_data=False).metadata_props}
     record = json.loads(props[METADATA_KEY])
-    record["quantization"] = quantization
+    record["quantization"] = quantization.to_dict() if quantization is not None else {"scheme": SCHEME}
     props[METADATA_KEY] = json.dumps(record)
     model = onnx.load(str(out))
     del model.metadata_props[:]
@@ -117,34 +140,34 @@ def quantize_checked(
     validation_images: int = 1000,
     max_drop: float = MAX_AUROC_DROP,
     force: bool = False,
-) -> dict:
+) -> Quantization:
     """Quantize ``fp32_path`` (a ``cxr export``) to ``out``; return what the metadata records. Raises
     :class:`CxrError` (and removes ``out``) when the AUROC drops by more than ``max_drop`` and not ``force``."""
     fp32 = OnnxPredictor(fp32_path)
     store = Store(store_path)
     fp32.preprocessing.check_store(store)
     parts = store_parts(store, fp32.labels, calibration_images, validation_images)
-    quantize_int8(fp32_path, out, model_inputs(store, parts["calibration"], fp32.preprocessing.view))
-    write_metadata(fp32_path, out, {"scheme": SCHEME})  # readable by OnnxPredictor; the full record follows
-    validation = model_inputs(store, parts["validation"], fp32.preprocessing.view)
-    columns = [fp32.labels.index(label) for label in parts["labels"]]
+    quantize_int8(fp32_path, out, model_inputs(store, parts.calibration, fp32.preprocessing.view))
+    write_metadata(fp32_path, out, None)  # readable by OnnxPredictor; the full record follows
+    validation = model_inputs(store, parts.validation, fp32.preprocessing.view)
+    columns = [fp32.labels.index(label) for label in parts.labels]
     scores = {}
     for name, predictor in (("fp32", fp32), ("int8", OnnxPredictor(out))):
         probs = np.concatenate([predictor.probabilities(validation[k : k + 32]) for k in range(0, len(validation), 32)])
-        scores[name] = float(macro_auroc(parts["targets"], probs[:, columns]))
+        scores[name] = float(macro_auroc(parts.targets, probs[:, columns]))
     drop = scores["fp32"] - scores["int8"]
-    record = {
-        "scheme": SCHEME,
-        "calibration": {"store": Path(store_path).name, "images": len(parts["calibration"])},
-        "validation": {"images": len(parts["validation"]), "labels": len(columns)},
-        "macro_auroc": scores,
-        "auroc_drop": drop,
-        "forced": bool(force and drop > max_drop),
-    }
+    record = Quantization(
+        scheme=SCHEME,
+        calibration={"store": Path(store_path).name, "images": len(parts.calibration)},
+        validation={"images": len(parts.validation), "labels": len(columns)},
+        macro_auroc=scores,
+        auroc_drop=drop,
+        forced=bool(force and drop > max_drop),
+    )
     if drop > max_drop and not force:
         out.unlink(missing_ok=True)
         raise CxrError(
-            f"int8 loses {drop:.4f} macro AUROC on {len(parts['validation'])} validation images of {store_path} "
+            f"int8 loses {drop:.4f} macro AUROC on {len(parts.validation)} validation images of {store_path} "
             f"({scores['fp32']:.4f} → {scores['int8']:.4f}), more than {max_drop}; nothing written (--force keeps it)"
         )
     write_metadata(fp32_path, out, record)

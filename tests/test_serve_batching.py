@@ -154,3 +154,20 @@ def test_concurrent_uploads_share_model_calls_and_get_their_own_probabilities(sa
     for name, probabilities in answers.items():
         np.testing.assert_allclose(list(probabilities.values()), list(expected[name].values()), atol=1e-5)
     assert 'cxr_model_batch_images_bucket{le="1.0"} 1.0' in metrics and "cxr_model_batch_images_sum 8.0" in metrics
+
+
+def test_unknown_query_parameters_are_refused_and_lone_requests_are_batches_of_one(tmp_path, sample_dir):
+    from fastapi.testclient import TestClient
+
+    from cxr.inference.serve import create_app
+
+    data = sorted((sample_dir / "images").glob("*.png"))[0].read_bytes()
+    client = TestClient(create_app(tiny_checkpoint(tmp_path / "tiny.ckpt")))
+    files = {"file": ("x.png", data, "image/png")}
+    typo = client.post("/api/predict", params={"cams": "all"}, files=files)
+    assert typo.status_code == 400 and "cam, preview, tta" in typo.json()["detail"]
+    assert "cams" not in typo.text  # what the client sent is not echoed
+    for _ in range(2):
+        assert client.post("/api/predict", params={"tta": "true"}, files=files).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'cxr_model_batch_images_bucket{le="1.0"} 2.0' in metrics and "cxr_model_batch_images_count 2.0" in metrics

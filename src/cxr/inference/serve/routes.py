@@ -19,6 +19,7 @@ from cxr.inference.serve.uploads import HTTPProblem, anonymous_name, multipart_f
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 router = APIRouter()
+PREDICT_QUERY = frozenset({"cam", "preview", "tta"})
 
 
 @router.get("/", include_in_schema=False)
@@ -73,6 +74,8 @@ async def predict(
     preview: bool = Query(False, description="Add the decoded image as a PNG data URL (for the page)."),
     tta: bool = Query(False, description="Average with the horizontally mirrored image (test-time augmentation)."),
 ) -> Prediction:
+    if not set(request.query_params) <= PREDICT_QUERY:  # a typo (?cams=all) must not pass silently for the default
+        raise HTTPProblem(400, f"unknown query parameter: this route takes {', '.join(sorted(PREDICT_QUERY))}")
     service, audit = request.app.state.model_state.require(), request.app.state.audit
     body, content_type = await request.body(), request.headers.get("content-type")
 

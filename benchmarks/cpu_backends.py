@@ -59,7 +59,9 @@ def synthetic_inputs(folder: Path, preprocessing, count: int) -> np.ndarray:
     from cxr.imaging.decode import decode_grayscale
     from cxr.synth import generate
 
-    data = generate(folder / "synth", images=count, size=256, seed=3, prevalence="flat", workers=1)
+    data = folder / "synth"
+    if not data.exists():  # one dataset for every model
+        generate(data, images=count, size=256, seed=3, prevalence="flat", workers=1)
     paths = sorted(data.rglob("*.png"))[:count]
     return np.stack([preprocessing.model_input(decode_grayscale(path)) for path in paths])
 

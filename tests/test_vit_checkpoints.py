@@ -1,0 +1,431 @@
+"""EVA-X and medical MAE checkpoints on timm's classes (``cxr.models.vit_checkpoints``): parity with the authors'
+forward, strict key checks, weights by name, Grad-CAM on the tokens, ONNX export, one fine-tuning step.
+
+The publisher files are random weights written here in the publishers' own formats, with their key names, as their
+training code saves them (``{"model": state_dict, "optimizer": ..., "epoch": ..., "args": Namespace}``): EVA-02's
+masked-image-modelling encoder for EVA-X (hustvl/EVA-X, baaivision/EVA ``modeling_pretrain.py``), MAE's
+``MaskedAutoencoderViT`` for medical MAE (lambert-x/medical_mae ``models_mae.py``). They are built from the shapes of
+those definitions, not from timm's modules. The reference is a plain-torch rendering of the authors' fine-tuning
+forward (``models_eva.py``'s ViT with mean pooling; ``models_vit.py`` with ``global_pool``), reading the publisher's
+tensors by their own names, rotary tables included; for EVA-X also the authors' ``eva_x.py`` path, timm's ``Eva``
+loaded through timm's own ``checkpoint_filter_fn``. Features are compared to 1e-4 on a real NIH image at 224 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cxr.errors import CxrError
+from cxr.imaging.decode import load
+from cxr.models import vit_checkpoints, weights
+from cxr.models.factory import create_model
+from cxr.models.vit_registry import XRAY_VITS
+
+IMAGE = Path(__file__).parent / "data" / "nih-sample" / "images" / "00000001_000.png"
+SIZES = {"small": (384, 6), "base": (768, 12)}
+EPS = 1e-6  # both families' LayerNorm
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two xdist workers share two cores
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the publishers' files -----------------------------------------------------------------------------------------
+
+
+def _random(generator: torch.Generator):
+    def tensor(*shape: int, scale: float = 0.02, offset: float = 0.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale + offset
+
+    return tensor
+
+
+def _eva02_rope(head_dim: int, grid: int = 14) -> tuple[torch.Tensor, torch.Tensor]:
+    """EVA-02's ``VisionRotaryEmbeddingFast(dim=head_dim // 2, pt_seq_len=grid)`` tables, (grid², head_dim) each:
+    per axis ``head_dim // 4`` frequencies ``10000 ** (-2j / (head_dim / 2))`` at positions 0..grid-1, each repeated
+    twice (interleaved pairs), the row axis's half first."""
+    half = head_dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    angles = torch.repeat_interleave(torch.arange(grid).float()[:, None] * freqs, 2, dim=-1)  # (grid, half)
+    rows = angles[:, None, :].expand(grid, grid, half)
+    cols = angles[None, :, :].expand(grid, grid, half)
+    table = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
+    return table.cos(), table.sin()
+
+
+def eva_x_state(size: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """EVA-X's MIM checkpoint layout: ViT-S as EVA-02 ``..._SwiGLU_preln_RoPE`` (fused qkv, xformers' packed
+    ``w12``), ViT-B as ``..._NaiveSwiGLU_subln_RoPE`` (q/k/v projections, ``w1``/``w2``/``ffn_ln``/``w3``)."""
+    dim, heads = SIZES[size]
+    hidden, t = int(dim * 4 * 2 / 3), _random(torch.Generator().manual_seed(seed))
+    cos, sin = _eva02_rope(dim // heads)
+    state = {
+        "cls_token": t(1, 1, dim), "mask_token": t(1, 1, dim), "pos_embed": t(1, 197, dim),
+        "patch_embed.proj.weight": t(dim, 3, 16, 16), "patch_embed.proj.bias": t(dim),
+        "rope.freqs_cos": cos, "rope.freqs_sin": sin,
+    }  # fmt: skip
+    for i in range(12):
+        p = f"blocks.{i}."
+        state |= {p + "norm1.weight": t(dim, offset=1.0), p + "norm1.bias": t(dim)}
+        if size == "base":
+            state |= {p + f"attn.{x}_proj.weight": t(dim, dim) for x in "qkv"}
+        else:
+            state[p + "attn.qkv.weight"] = t(3 * dim, dim)
+        state |= {p + "attn.q_bias": t(dim), p + "attn.v_bias": t(dim)}
+        state |= {p + "attn.rope.freqs_cos": cos, p + "attn.rope.freqs_sin": sin}  # the shared module, per block
+        state |= {p + "attn.proj.weight": t(dim, dim), p + "attn.proj.bias": t(dim)}
+        state |= {p + "norm2.weight": t(dim, offset=1.0), p + "norm2.bias": t(dim)}
+        if size == "base":
+            state |= {p + "mlp.w1.weight": t(hidden, dim), p + "mlp.w1.bias": t(hidden)}
+            state |= {p + "mlp.w2.weight": t(hidden, dim), p + "mlp.w2.bias": t(hidden)}
+            state |= {p + "mlp.ffn_ln.weight": t(hidden, offset=1.0), p + "mlp.ffn_ln.bias": t(hidden)}
+        else:
+            state |= {p + "mlp.w12.weight": t(2 * hidden, dim), p + "mlp.w12.bias": t(2 * hidden)}
+        state |= {p + "mlp.w3.weight": t(dim, hidden), p + "mlp.w3.bias": t(dim)}
+    state |= {"norm.weight": t(dim, offset=1.0), "norm.bias": t(dim)}
+    return state | {"lm_head.weight": t(1024, dim), "lm_head.bias": t(1024)}  # MIM target: MGCA/CLIP features
+
+
+def mae_state(size: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """medical_mae's ``MaskedAutoencoderViT`` (encoder with timm's block names, final norm, decoder 512 wide)."""
+    dim, _ = SIZES[size]
+    t, decoder = _random(torch.Generator().manual_seed(seed)), 512
+    state = {
+        "cls_token": t(1, 1, dim), "pos_embed": t(1, 197, dim), "mask_token": t(1, 1, decoder),
+        "patch_embed.proj.weight": t(dim, 3, 16, 16), "patch_embed.proj.bias": t(dim),
+        "norm.weight": t(dim, offset=1.0), "norm.bias": t(dim),
+        "decoder_embed.weight": t(decoder, dim), "decoder_embed.bias": t(decoder),
+        "decoder_pos_embed": t(1, 197, decoder), "decoder_norm.weight": t(decoder, offset=1.0),
+        "decoder_norm.bias": t(decoder), "decoder_pred.weight": t(16 * 16 * 3, decoder), "decoder_pred.bias": t(768),
+    }  # fmt: skip
+    blocks = [("blocks", dim, 12), ("decoder_blocks", decoder, 1)]
+    for prefix, width, depth in blocks:
+        for i in range(depth):
+            p = f"{prefix}.{i}."
+            state |= {p + "norm1.weight": t(width, offset=1.0), p + "norm1.bias": t(width)}
+            state |= {p + "attn.qkv.weight": t(3 * width, width), p + "attn.qkv.bias": t(3 * width)}
+            state |= {p + "attn.proj.weight": t(width, width), p + "attn.proj.bias": t(width)}
+            state |= {p + "norm2.weight": t(width, offset=1.0), p + "norm2.bias": t(width)}
+            state |= {p + "mlp.fc1.weight": t(4 * width, width), p + "mlp.fc1.bias": t(4 * width)}
+            state |= {p + "mlp.fc2.weight": t(width, 4 * width), p + "mlp.fc2.bias": t(width)}
+    return state
+
+
+def publisher_file(path: Path, name: str, state: dict | None = None) -> Path:
+    """A training checkpoint as the authors' ``save_model`` writes it (optimizer state left small)."""
+    family, size = name.rsplit("-", 1)
+    state = state if state is not None else (eva_x_state(size) if family == "eva-x" else mae_state(size))
+    args = argparse.Namespace(model=name, input_size=224, mask_ratio=0.9, output_dir="./output")
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 599, "args": args}, path)
+    return path
+
+
+# --- the authors' forward, in plain torch --------------------------------------------------------------------------
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    weights_ = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+    return (weights_ @ v).transpose(1, 2).flatten(2)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def _embed(state: dict, x: torch.Tensor) -> torch.Tensor:
+    tokens = F.conv2d(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=16)
+    tokens = tokens.flatten(2).transpose(1, 2)
+    return torch.cat([state["cls_token"].expand(len(x), -1, -1), tokens], dim=1) + state["pos_embed"]
+
+
+def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """EVA-02's rope: ``t * cos + rotate_half(t) * sin`` with interleaved pairs (x1, x2) -> (-x2, x1)."""
+    pairs = t.reshape(*t.shape[:-1], -1, 2)
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    return t * cos + rotated * sin
+
+
+def eva_reference(state: dict, x: torch.Tensor, size: str) -> torch.Tensor:
+    """``models_eva.VisionTransformer`` (mean pooling, rope on the patch tokens only) with ``eva_x.py``'s pooled norm:
+    the MIM encoder's final norm after pooling."""
+    dim, heads = SIZES[size]
+    h = _embed(state, x)
+    cos, sin = state["rope.freqs_cos"], state["rope.freqs_sin"]
+    for i in range(12):
+        p = f"blocks.{i}."
+        y = F.layer_norm(h, (dim,), state[p + "norm1.weight"], state[p + "norm1.bias"], EPS)
+        if size == "base":
+            q = F.linear(y, state[p + "attn.q_proj.weight"], state[p + "attn.q_bias"])
+            k = F.linear(y, state[p + "attn.k_proj.weight"])
+            v = F.linear(y, state[p + "attn.v_proj.weight"], state[p + "attn.v_bias"])
+        else:
+            bias = torch.cat([state[p + "attn.q_bias"], torch.zeros(dim), state[p + "attn.v_bias"]])
+            q, k, v = F.linear(y, state[p + "attn.qkv.weight"], bias).chunk(3, dim=-1)
+        q, k, v = (_heads(t, heads) for t in (q, k, v))
+        q = torch.cat([q[:, :, :1], _rotate(q[:, :, 1:], cos, sin)], dim=2)
+        k = torch.cat([k[:, :, :1], _rotate(k[:, :, 1:], cos, sin)], dim=2)
+        h = h + F.linear(_attention(q, k, v), state[p + "attn.proj.weight"], state[p + "attn.proj.bias"])
+        y = F.layer_norm(h, (dim,), state[p + "norm2.weight"], state[p + "norm2.bias"], EPS)
+        if size == "base":
+            hidden = F.silu(F.linear(y, state[p + "mlp.w1.weight"], state[p + "mlp.w1.bias"]))
+            hidden = hidden * F.linear(y, state[p + "mlp.w2.weight"], state[p + "mlp.w2.bias"])
+            w = state[p + "mlp.ffn_ln.weight"]
+            hidden = F.layer_norm(hidden, w.shape, w, state[p + "mlp.ffn_ln.bias"], EPS)
+        else:  # xformers' SwiGLU: the packed output viewed as (2, hidden), the first half gated
+            gate, value = (
+                F.linear(y, state[p + "mlp.w12.weight"], state[p + "mlp.w12.bias"]).unflatten(-1, (2, -1)).unbind(-2)
+            )
+            hidden = F.silu(gate) * value
+        h = h + F.linear(hidden, state[p + "mlp.w3.weight"], state[p + "mlp.w3.bias"])
+    return F.layer_norm(h[:, 1:].mean(1), (dim,), state["norm.weight"], state["norm.bias"], EPS)
+
+
+def mae_reference(state: dict, x: torch.Tensor, size: str) -> torch.Tensor:
+    """``models_vit.VisionTransformer(global_pool=True)`` as the authors fine-tune it: the encoder, the mean of the
+    patch tokens, a new ``fc_norm`` (LayerNorm at its initial identity; the pretraining's final norm deleted)."""
+    dim, heads = SIZES[size]
+    h = _embed(state, x)
+    for i in range(12):
+        p = f"blocks.{i}."
+        y = F.layer_norm(h, (dim,), state[p + "norm1.weight"], state[p + "norm1.bias"], EPS)
+        qkv = F.linear(y, state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"])
+        q, k, v = qkv.reshape(len(x), -1, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        h = h + F.linear(_attention(q, k, v), state[p + "attn.proj.weight"], state[p + "attn.proj.bias"])
+        y = F.layer_norm(h, (dim,), state[p + "norm2.weight"], state[p + "norm2.bias"], EPS)
+        y = F.gelu(F.linear(y, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"]))
+        h = h + F.linear(y, state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"])
+    return F.layer_norm(h[:, 1:].mean(1), (dim,), None, None, EPS)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+# The authors' fine-tuning normalisation, read from their code (not from the registry): EVA-X
+# classification/utils/datasets.py, medical_mae util/datasets.py.
+AUTHORS_STATS = {"eva-x": (0.49185243, 0.28509309), "mae-vit": (0.5056, 0.252)}
+
+
+def nih_image(size: int = 224) -> torch.Tensor:
+    """A real NIH radiograph resized to ``size`` px, as cxr feeds models: ``(1, 1, S, S)`` in [0, 1]."""
+    return torch.from_numpy(load(IMAGE, size).astype(np.float32) / 255.0)[None, None]
+
+
+def features(model, x: torch.Tensor) -> torch.Tensor:
+    """What cxr's head receives when the whole ``CxrNet`` runs (its channel repeat and normalisation included)."""
+    seen = {}
+    handle = model.head.register_forward_hook(lambda module, inputs, output: seen.setdefault("x", inputs[0]))
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    return seen["x"]
+
+
+# --- parity --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(XRAY_VITS))
+def test_a_publisher_checkpoint_gives_the_authors_features_on_a_real_radiograph(name, tmp_path):
+    family, size = name.rsplit("-", 1)
+    state = eva_x_state(size) if family == "eva-x" else mae_state(size)
+    path = publisher_file(tmp_path / "publisher.pth", name, state)
+    model = create_model(name, 14, head="gap", pretrained=str(path), input_size=224)
+    x = nih_image()
+    mean, std = AUTHORS_STATS[family]
+    authors_input = (x.expand(-1, 3, -1, -1) - mean) / std
+    ours = features(model, x)
+    with torch.no_grad():
+        reference = (eva_reference if family == "eva-x" else mae_reference)(state, authors_input, size)
+        torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+        assert reference.abs().max() > 0.1  # features of a size where 1e-4 is a real test
+        if name == "eva-x-small":  # the authors' eva_x.py: timm's Eva through timm's own checkpoint filter
+            from timm.models.eva import Eva, checkpoint_filter_fn
+
+            eva = Eva(img_size=224, num_classes=0, **XRAY_VITS[name].kwargs).eval()
+            eva.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=False), eva), strict=True)
+            torch.testing.assert_close(ours, eva(authors_input), atol=1e-4, rtol=0)
+
+
+def test_every_weight_is_accounted_for_and_a_stray_key_is_named(tmp_path):
+    state = eva_x_state("small")
+    del state["blocks.3.mlp.w3.bias"]
+    state["blocks.0.attn.inner_attn_ln.weight"] = torch.ones(384)  # a sub-LN layout this entry does not have
+    path = publisher_file(tmp_path / "odd.pt", "eva-x-small", state)
+    with pytest.raises(CxrError) as error:
+        create_model("eva-x-small", 2, head="gap", pretrained=str(path), input_size=64)
+    message = str(error.value)
+    assert "1 weights missing ['blocks.3.mlp.fc2.bias']" in message
+    assert "1 unexpected ['blocks.0.attn.inner_attn_ln.weight']" in message and str(path) in message
+    state = eva_x_state("small")
+    state["cls_token"] = torch.zeros(1, 1, 768)  # a ViT-B's
+    path = publisher_file(tmp_path / "wide.pt", "eva-x-small", state)
+    with pytest.raises(CxrError, match=r"of another shape \['cls_token \(1, 1, 768\) for cls_token \(1, 1, 384\)"):
+        create_model("eva-x-small", 2, head="gap", pretrained=str(path), input_size=64)
+    wrong = mae_state("small")
+    wrong["fc_norm.weight"] = torch.ones(384)  # a fine-tuned file's pooled norm (and head) load, the head dropped
+    wrong |= {"fc_norm.bias": torch.zeros(384), "head.weight": torch.zeros(14, 384), "head.bias": torch.zeros(14)}
+    path = publisher_file(tmp_path / "finetuned.pth", "mae-vit-small", wrong)
+    create_model("mae-vit-small", 2, head="gap", pretrained=str(path), input_size=64)
+
+
+def test_other_input_sizes_resample_the_position_embeddings(tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
+    state = eva_x_state("small")
+    model = create_model(
+        "eva-x-small",
+        2,
+        head="gap",
+        pretrained=str(publisher_file(tmp_path / "s.pt", "eva-x-small", state)),
+        input_size=96,
+    )
+    expected = resample_abs_pos_embed(state["pos_embed"], new_size=(6, 6), num_prefix_tokens=1, antialias=True)
+    torch.testing.assert_close(model.backbone.pos_embed.detach(), expected)
+    assert model.backbone.patch_embed.grid_size == (6, 6)
+    with pytest.raises(CxrError, match="multiples of its 16 px patches"):
+        create_model("eva-x-small", 2, head="gap", input_size=100, pretrained="none")
+    with pytest.raises(CxrError, match="use model.head=gap"):
+        create_model("mae-vit-small", 2, head="seed", input_size=64, pretrained="none")
+
+
+# --- weights by name -----------------------------------------------------------------------------------------------
+
+
+def test_published_weights_come_through_the_weights_module(tmp_path, monkeypatch):
+    calls = []
+    eva_file = publisher_file(tmp_path / "eva.pt", "eva-x-small")
+
+    def hf_file(repo_id, filename, revision=None, *, command=""):
+        calls.append((repo_id, filename, revision))
+        return eva_file
+
+    monkeypatch.setattr(weights, "hf_file", hf_file)
+    create_model("eva-x-small", 2, head="gap", pretrained="published", input_size=64)
+    assert calls == [
+        ("MapleF/eva_x", "eva_x_small_patch16_merged520k_mim.pt", XRAY_VITS["eva-x-small"].weights.revision)
+    ]
+
+    with pytest.raises(CxrError, match=r"eva-x-small has no ImageNet weights: model.pretrained=published"):
+        create_model("eva-x-small", 2, head="gap", pretrained="imagenet", input_size=64)
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(cache))
+    served = {"body": publisher_file(tmp_path / "mae.pth", "mae-vit-small").read_bytes()}
+
+    def url_file(url, cache_dir, sha256=None, *, command=""):
+        assert url.startswith("https://drive.usercontent.google.com/download?id=1Yok1RemqP27iKJ5BUuoHhLRBB1GycITx")
+        target = Path(cache_dir) / "download"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(served["body"])
+        return target
+
+    monkeypatch.setattr(weights, "url_file", url_file)
+    create_model("mae-vit-small", 2, head="gap", pretrained="published", input_size=64)
+    served["body"] = b"<!DOCTYPE html><html>Google Drive can't scan this file for viruses</html>"
+    with pytest.raises(CxrError, match=r"did not give a PyTorch checkpoint.*vit-s_CXR_0.3M_mae.pth"):
+        create_model("mae-vit-small", 2, head="gap", pretrained="published", input_size=64)
+    assert not list(cache.rglob("download"))  # the page is not kept as if it were the weights
+
+
+def test_offline_the_weights_module_names_the_command_and_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_OFFLINE", "1")
+    with pytest.raises(CxrError, match=r"missing and CXR_OFFLINE is set.*model.pretrained=<path>"):
+        weights.url_file("https://example.org/w/vit.pth", tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(CxrError, match=r"huggingface-cli download MapleF/eva_x eva_x_small"):
+        weights.hf_file("MapleF/eva_x", "eva_x_small_patch16_merged520k_mim.pt", command="cxr train")
+
+
+# --- Grad-CAM, ONNX, fine-tuning -----------------------------------------------------------------------------------
+
+
+def test_grad_cam_on_the_patch_tokens_gives_a_map(tmp_path):
+    from cxr.inference.cam import grad_cam_batch
+
+    model = create_model(
+        "mae-vit-small",
+        3,
+        head="gap",
+        pretrained=str(publisher_file(tmp_path / "m.pth", "mae-vit-small")),
+        input_size=224,
+    ).eval()
+    assert model._feature_layer_name == "blocks.11.norm1"
+    tokens = {}
+    model.feature_layer.register_forward_hook(lambda module, inputs, output: tokens.setdefault("x", output))
+    maps = grad_cam_batch(model, nih_image().numpy(), [[0, 2]])
+    assert model.cam_reshape(tokens["x"]).shape == (1, 384, 14, 14)  # the class token left out
+    assert maps[0].shape == (2, 224, 224) and np.isfinite(maps[0]).all()
+    assert all(m.std() > 0 for m in maps[0]) and maps[0].max() <= 1 and maps[0].min() >= 0
+
+
+def test_onnx_export_of_eva_x_keeps_parity(tmp_path):
+    from cxr.inference.eager import TorchPredictor
+    from cxr.inference.export import export_onnx
+    from cxr.inference.onnx import OnnxPredictor
+    from cxr.models.artifact import make_preprocessing, write_artifact
+
+    labels = ["Effusion", "Mass", "Pneumothorax"]
+    path = publisher_file(tmp_path / "eva.pt", "eva-x-small")
+    # 64 px keeps the export short; the rotary tables and resampled positions go into the graph as at 224 px.
+    model = create_model("eva-x-small", 3, head="gap", pretrained=str(path), input_size=64, labels=labels)
+    checkpoint = write_artifact(tmp_path / "eva.ckpt", model, labels, make_preprocessing(model, 64, 1.0))
+    result = export_onnx(checkpoint, tmp_path / "eva.onnx")
+    assert result["max_abs_diff"] <= 1e-4
+    x = nih_image(64).numpy()
+    expected = TorchPredictor.from_path(checkpoint).probabilities(x)
+    np.testing.assert_allclose(OnnxPredictor(tmp_path / "eva.onnx").probabilities(x), expected, atol=1e-4)
+
+
+def test_one_fine_tuning_step_with_the_authors_layer_decay(tmp_path):
+    from cxr.config import load_config
+    from cxr.training.optim import build_optimizer
+
+    config = load_config("finetune-eva-x-small")
+    path = publisher_file(tmp_path / "eva.pt", "eva-x-small")
+    torch.manual_seed(0)
+    model = create_model("eva-x-small", 2, head="gap", pretrained=str(path), input_size=224,
+                         drop_path=config.model.drop_path).train()  # fmt: skip
+    assert model.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(config.model.drop_path)
+    # The preset's lr is reached after 5 warm-up epochs; one step from a random head takes a warm-up-sized one.
+    optimizer = build_optimizer(model, dataclasses.replace(config.optim, lr=1e-4))
+    scales = {round(group["lr_scale"], 12) for group in optimizer.param_groups}
+    assert {round(0.55**13, 12), round(0.55, 12), 1.0} <= scales  # embeddings, the last block, the head
+    x, target = torch.cat([nih_image(), nih_image().flip(-1)]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    with torch.no_grad():
+        before_step = F.binary_cross_entropy_with_logits(model.eval()(x), target).item()
+    F.binary_cross_entropy_with_logits(model.train()(x), target).backward()
+    without_gradient = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.isfinite().all()]
+    assert not without_gradient
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert "backbone.patch_embed.proj.weight" in changed and "head.0.weight" in changed
+    with torch.no_grad():
+        assert F.binary_cross_entropy_with_logits(model.eval()(x), target).item() < before_step
+
+
+# --- docs ----------------------------------------------------------------------------------------------------------
+
+
+def test_the_readme_table_lists_every_registered_model():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name, entry in XRAY_VITS.items():
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, name
+        for fact in (entry.licence, entry.published.split(" ")[0], f"{entry.mean[0]:g}", f"{entry.std[0]:g}"):
+            assert fact in row, (name, fact)
+        assert re.search(r"published", row), name
+    assert math.isclose(XRAY_VITS["eva-x-small"].kwargs["mlp_ratio"], 8 / 3)
+    assert vit_checkpoints.PUBLISHED == "published"

@@ -166,7 +166,11 @@ MAE_VIT_BASE = XrayVit(
     mean=_MAE_MEAN,
     std=_MAE_STD,
     pooling=_MAE_POOLING,
-    weights=PublishedWeights("the 'ViT-Base/16, X-rays (0.5M), MAE' pretrained file", _MAE_PAGE, url=_drive("10wqOFCkhyWp6JdSFADrH6Xu9e1am3gXJ")),
+    weights=PublishedWeights(
+        "the 'ViT-Base/16, X-rays (0.5M), MAE' pretrained file",  # the README table names no file
+        _MAE_PAGE,
+        url=_drive("10wqOFCkhyWp6JdSFADrH6Xu9e1am3gXJ"),
+    ),
     licence="Apache-2.0",
     paper=_MAE_PAPER,
     published="83.0 (published; ViT-B/16 pretrained on 0.5M X-rays; repository README)",

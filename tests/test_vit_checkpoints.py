@@ -188,7 +188,7 @@ def test_grad_cam_on_the_patch_tokens_gives_a_map(tmp_path):
         pretrained=str(publisher_file(tmp_path / "m.pth", "mae-vit-small")),
         input_size=224,
     ).eval()
-    assert model._feature_layer_name == "blocks.11.norm1"
+    assert model.architecture.cam_layer == "blocks.11.norm1"
     tokens = {}
     model.feature_layer.register_forward_hook(lambda module, inputs, output: tokens.setdefault("x", output))
     maps = grad_cam_batch(model, nih_image().numpy(), [[0, 2]])
@@ -278,7 +278,7 @@ def test_cxr_train_runs_the_preset_from_the_publishers_file_and_predicts(synth_s
               "task.val_fraction=0.2", "train.accumulate=1", "optim.warmup_epochs=0.5")  # fmt: skip
     checkpoint = run / "checkpoints" / "best.ckpt"
     artifact = load_artifact(checkpoint)
-    assert artifact.architecture["name"] == "eva-x-small" and artifact.config["model"]["drop_path"] == 0.2
+    assert artifact.spec.architecture.name == "eva-x-small" and artifact.config["model"]["drop_path"] == 0.2
     assert artifact.model.mean.flatten().tolist() == pytest.approx([0.49185243] * 3)
     image = sorted(synth_data.rglob("*.png"))[0]
     record = json.loads(cli("predict", str(checkpoint), str(image), "--json"))

@@ -171,8 +171,8 @@ def test_offline_the_weights_module_names_the_command_and_the_folder(tmp_path, m
         weights.url_file("https://example.org/w/vit.pth", tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(CxrError, match=r"huggingface-cli download MapleF/eva_x eva_x_small"):
-        weights.hf_file("MapleF/eva_x", "eva_x_small_patch16_merged520k_mim.pt", command="cxr train")
+    with pytest.raises(CxrError, match=r"huggingface-cli download MapleF/eva_x eva_x_small\S+ --revision 2552ff7"):
+        weights.hf_file("MapleF/eva_x", "eva_x_small_patch16_merged520k_mim.pt", "2552ff7", command="cxr train")
 
 
 # --- Grad-CAM, ONNX, fine-tuning -----------------------------------------------------------------------------------

@@ -32,9 +32,10 @@ def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command
         return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline()))
     except Exception as error:  # offline, no network, a missing file or revision: all mean "no weights here"
         where = command or "the command"
+        pinned = f" --revision {revision}" if revision else ""  # the cache keeps files per commit
         raise CxrError(
             f"cannot get {repo_id}/{filename} ({type(error).__name__}: {str(error)[:200]}). Offline? On a machine with "
-            f"internet run `huggingface-cli download {repo_id} {filename}` and copy its "
+            f"internet run `huggingface-cli download {repo_id} {filename}{pinned}` and copy its "
             f"models--{repo_id.replace('/', '--')} folder into {HF_HUB_CACHE} here (or set HF_HUB_CACHE), then rerun "
             f"{where}; or pass the file itself as model.pretrained=<path>."
         ) from error

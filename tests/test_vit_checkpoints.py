@@ -178,14 +178,15 @@ def test_offline_the_weights_module_names_the_command_and_the_folder(tmp_path, m
 # --- Grad-CAM, ONNX, fine-tuning -----------------------------------------------------------------------------------
 
 
-def test_grad_cam_on_the_patch_tokens_gives_a_map(tmp_path):
+@pytest.mark.parametrize("name", ["eva-x-small", "mae-vit-small"])
+def test_grad_cam_on_the_patch_tokens_gives_a_map(name, tmp_path):
     from cxr.inference.cam import grad_cam_batch
 
     model = create_model(
-        "mae-vit-small",
+        name,
         3,
         head="gap",
-        pretrained=str(publisher_file(tmp_path / "m.pth", "mae-vit-small")),
+        pretrained=str(publisher_file(tmp_path / "m.pth", name)),
         input_size=224,
     ).eval()
     assert model.architecture.cam_layer == "blocks.11.norm1"

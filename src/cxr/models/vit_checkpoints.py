@@ -34,6 +34,7 @@ from cxr.models.vit_registry import XRAY_VITS, KeyMapping, XrayVit
 
 log = logging.getLogger(__name__)
 PATCH = 16  # every registered model has 16 px patches
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")  # torch.save's zip; the legacy pickle (its magic number)
 PUBLISHED = "published"
 """``model.pretrained`` value that fetches the publisher's weights on first use."""
 
@@ -54,12 +55,12 @@ def build_backbone(
         raise CxrError(f"{name} is a transformer pooled as its authors did ({entry.pooling}): use model.head=gap")
     if input_size % PATCH:
         raise CxrError(f"{name} takes inputs in multiples of its {PATCH} px patches, got {input_size} px")
-    model = _timm_model(entry, input_size, drop_path)
     if pretrained == "imagenet":
         raise CxrError(
             f"{name} has no ImageNet weights: model.pretrained=published fetches {entry.family}'s chest X-ray weights "
             f"({entry.weights.page}), model.pretrained=<file> reads the publisher's file, none starts at random"
         )
+    model = _timm_model(entry, input_size, drop_path)
     if pretrained == PUBLISHED:
         load_published(model, _fetch(name, entry), name)
     elif pretrained != "none":
@@ -85,7 +86,7 @@ def _fetch(name: str, entry: XrayVit) -> Path:
     folder = Path(torch.hub.get_dir()) / "checkpoints" / "cxr" / name  # one folder each: the URL names no file
     path = weights.url_file(source.url, folder, command=command)
     with open(path, "rb") as handle:
-        if handle.read(4) != b"PK\x03\x04":  # torch.save's zip; a host's HTML page (quota, consent) is not one
+        if handle.read(4) not in TORCH_FILE_STARTS:  # a host's HTML page (quota, consent) is no checkpoint
             path.unlink()
             raise CxrError(
                 f"{source.url} did not give a PyTorch checkpoint (the host may ask for a confirmation in a browser); "

@@ -244,6 +244,13 @@ def test_one_fine_tuning_step_with_the_authors_layer_decay(tmp_path):
         assert F.binary_cross_entropy_with_logits(model.eval()(x), target).item() < before_step
 
 
+def test_drop_path_reaches_any_timm_model_and_is_refused_for_torchvision_ones():
+    vit = create_model("vit_tiny_patch16_224", 2, head="gap", input_size=32, pretrained="none", drop_path=0.1)
+    assert vit.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    with pytest.raises(CxrError, match=r"model.drop_path=0.1: .* 0 for resnet18"):
+        create_model("resnet18", 2, head="gap", input_size=32, pretrained="none", drop_path=0.1)
+
+
 # --- docs ----------------------------------------------------------------------------------------------------------
 
 

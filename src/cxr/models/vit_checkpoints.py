@@ -14,7 +14,8 @@
 Each entry says how the authors fine-tuned (input size, normalisation, pooling) and where the weights are; loading
 is strict: every checkpoint key is used, or dropped by a named rule (pretraining-only parts), and every model weight
 comes from the checkpoint unless the entry names it as started fresh, as the authors' fine-tuning starts it.
-``model.pretrained``: ``none``, ``published`` (fetched on first use) or the publisher's file.
+``model.pretrained``: ``imagenet`` (the default; as for the foundation backbones it means the model's published
+weights, fetched on first use), ``none``, or the publisher's file.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from cxr.models.vit_registry import XRAY_VITS, KeyMapping, XrayVit
 log = logging.getLogger(__name__)
 PATCH = 16  # every registered model has 16 px patches
 TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")  # torch.save's zip; the legacy pickle (its magic number)
-PUBLISHED = "published"
-"""``model.pretrained`` value that fetches the publisher's weights on first use."""
+PUBLISHED = "imagenet"
+"""``model.pretrained`` value that fetches the publisher's weights on first use: every preset's default, which for
+these models (as for :mod:`cxr.models.foundation`'s) means the model's published weights, not ImageNet's."""
 
 __all__ = ["PUBLISHED", "XRAY_VITS", "build_backbone", "is_registered", "load_published", "map_keys"]
 
@@ -55,11 +57,6 @@ def build_backbone(
         raise CxrError(f"{name} is a transformer pooled as its authors did ({entry.pooling}): use model.head=gap")
     if input_size % PATCH:
         raise CxrError(f"{name} takes inputs in multiples of its {PATCH} px patches, got {input_size} px")
-    if pretrained == "imagenet":
-        raise CxrError(
-            f"{name} has no ImageNet weights: model.pretrained=published fetches {entry.family}'s chest X-ray weights "
-            f"({entry.weights.page}), model.pretrained=<file> reads the publisher's file, none starts at random"
-        )
     model = _timm_model(entry, input_size, drop_path)
     if pretrained == PUBLISHED:
         load_published(model, _fetch(name, entry), name)
@@ -79,7 +76,7 @@ def _timm_model(entry: XrayVit, input_size: int, drop_path: float) -> nn.Module:
 
 def _fetch(name: str, entry: XrayVit) -> Path:
     """The publisher's file, downloaded on first use (Hugging Face cache, or torch's hub folder for other hosts)."""
-    command = f"`cxr train … model.name={name} model.pretrained=published`"
+    command = f"`cxr train … model.name={name}` (model.pretrained=imagenet: the published weights)"
     source = entry.weights
     if source.hf_repo:
         return weights.hf_file(source.hf_repo, source.filename, source.revision, command=command)
@@ -102,7 +99,7 @@ def read_checkpoint(path: Path, wrappers: tuple[str, ...]) -> dict[str, torch.Te
     """The state dict inside a publisher's training checkpoint (``{"model": ..., "optimizer": ..., "args": ...}``):
     read with ``weights_only`` (no code runs), allowing only the argparse ``Namespace`` their scripts save."""
     if not path.is_file():
-        raise CxrError(f"pretrained weights not found: {path} (expected 'none', 'published' or a file)")
+        raise CxrError(f"pretrained weights not found: {path} (expected 'imagenet', 'none' or a file)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             payload = torch.load(path, map_location="cpu", weights_only=True)

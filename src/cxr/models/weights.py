@@ -1,9 +1,11 @@
-"""Pretrained weights fetched on first use: the Hugging Face hub through ``huggingface_hub``, other hosts by URL.
+"""Weights fetched on first use: the Hugging Face hub through ``huggingface_hub``, other hosts by URL (minimal version
+for the foundation backbones and the chest X-ray ViTs).
 
-A minimal version so the registered X-ray ViTs (:mod:`cxr.models.vit_checkpoints`) can fetch their weights by name;
-the full one (progress, resume, checksums per source, loopback-hub tests; issue 20, item 1) replaces it with the same
-two signatures. Offline (``HF_HUB_OFFLINE=1``, ``CXR_OFFLINE=1``) or without network, each gives one
-:class:`CxrError` naming what to download and where to put it; a file passed as ``model.pretrained`` never comes here.
+The weight-download issue (issue 20 item 1) gives this module progress, checksums, resume and the loopback-hub tests;
+this version keeps only its signatures so :mod:`cxr.models.foundation` and :mod:`cxr.models.vit_checkpoints` run: the
+hub functions go through ``huggingface_hub`` (its cache, ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE``), ``url_file``
+through ``urllib`` into ``NAME.part``, renamed when complete; ``CXR_OFFLINE=1`` stops both. Any failure is one
+:class:`CxrError` that names the command to run on a machine with internet and the folder to copy.
 """
 
 from __future__ import annotations
@@ -19,26 +21,45 @@ from cxr.errors import CxrError
 
 
 def offline() -> bool:
-    """Whether the user asked for no downloads: ``CXR_OFFLINE`` (every source) or ``HF_HUB_OFFLINE`` (the hub)."""
+    """Whether the user asked for no downloads from any source (``CXR_OFFLINE``; ``HF_HUB_OFFLINE`` is the hub's)."""
     return os.environ.get("CXR_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command: str = "") -> Path:
-    """``filename`` of the hub repository ``repo_id`` from the Hugging Face cache, downloaded there when missing."""
-    from huggingface_hub import hf_hub_download
+def _offline_error(repo_id: str, what: str, error: Exception, command: str, revision: str | None = None) -> CxrError:
     from huggingface_hub.constants import HF_HUB_CACHE
+
+    hint = f" ({command})" if command else ""
+    pinned = f" --revision {revision}" if revision else ""  # the cache keeps files per commit
+    return CxrError(
+        f"cannot fetch {what} of {repo_id} from the Hugging Face hub{hint}: {type(error).__name__}: {error}. "
+        f"Offline? On a machine with internet run `huggingface-cli download {repo_id}{pinned}` and copy its "
+        f"models--{repo_id.replace('/', '--')} folder into {HF_HUB_CACHE}, or pass the downloaded folder or file "
+        "as model.pretrained"
+    )
+
+
+def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command: str = "") -> Path:
+    """The local path of ``filename`` in the hub repository ``repo_id``: from the cache, else downloaded into it."""
+    from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline()))
-    except Exception as error:  # offline, no network, a missing file or revision: all mean "no weights here"
-        where = command or "the command"
-        pinned = f" --revision {revision}" if revision else ""  # the cache keeps files per commit
-        raise CxrError(
-            f"cannot get {repo_id}/{filename} ({type(error).__name__}: {str(error)[:200]}). Offline? On a machine with "
-            f"internet run `huggingface-cli download {repo_id} {filename}{pinned}` and copy its "
-            f"models--{repo_id.replace('/', '--')} folder into {HF_HUB_CACHE} here (or set HF_HUB_CACHE), then rerun "
-            f"{where}; or pass the file itself as model.pretrained=<path>."
-        ) from error
+    except Exception as error:  # offline, missing file, HTTP error: all mean "no weights here"
+        raise _offline_error(repo_id, filename, error, command, revision) from error
+
+
+def hf_snapshot(
+    repo_id: str, allow_patterns: list[str] | None = None, revision: str | None = None, *, command: str = ""
+) -> Path:
+    """The local folder of ``repo_id`` (only ``allow_patterns`` files): from the cache, else downloaded into it."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(repo_id, allow_patterns=allow_patterns, revision=revision, local_files_only=offline())
+        )
+    except Exception as error:
+        raise _offline_error(repo_id, ", ".join(allow_patterns or ["all files"]), error, command, revision) from error
 
 
 def url_file(url: str, cache_dir: Path, sha256: str | None = None, *, command: str = "") -> Path:

@@ -29,6 +29,7 @@ from torch import nn
 
 from cxr.config import Head
 from cxr.errors import CxrError
+from cxr.models import weights as weight_sources
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,10 +97,13 @@ def _imagenet_model(name: str) -> nn.Module:
     import torchvision.models as tvm
 
     weights = tvm.get_model_weights(name).DEFAULT
-    try:
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if weight_sources.offline() and not cache.is_file():  # CXR_OFFLINE=1 covers torch hub's downloads too
+        command = f"model.pretrained=imagenet for {name}"
+        raise weight_sources.unavailable(cache.name, cache.parent, "CXR_OFFLINE=1", command, f"download {weights.url}")
+    try:  # torch hub: a progress bar, a .partial file renamed when complete, the SHA-256 prefix in the name checked
         return getattr(tvm, name)(weights=weights)
     except Exception as error:  # URLError, a timeout, a corrupt or partial cache file: all mean "no weights"
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
         raise CxrError(
             f"cannot load ImageNet weights for {name} ({type(error).__name__}: {error}). Offline? Download "
             f"{weights.url} on a machine with internet and copy it to {cache}, or pass model.pretrained=<path to "

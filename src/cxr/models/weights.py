@@ -1,0 +1,321 @@
+"""Pretrained weights, fetched on first use and offline on request: the one door every weight source goes through.
+
+Three kinds of source, three functions; each returns a local path and never a half-written file:
+
+- :func:`hf_file` / :func:`hf_snapshot`: a file or a folder of a Hugging Face hub repository (timm's ``timm/…``
+  weights, ``transformers`` and ``open_clip`` models) through ``huggingface_hub`` into its standard cache
+  (``HF_HUB_CACHE``, else ``HF_HOME/hub``). ``huggingface_hub`` (2.4, read in its ``file_download.py``) resolves
+  ``{HF_ENDPOINT}/{repo}/resolve/{revision}/{file}`` with a HEAD request (commit from ``X-Repo-Commit``, identity from
+  ``X-Linked-Etag``/``ETag``, size from ``X-Linked-Size``, a redirect to another host not followed), streams the GET
+  into a process-unique ``*.incomplete`` file renamed into ``blobs/<etag>`` only when complete, retries a dropped
+  connection up to 5 times with an HTTP ``Range`` request from the bytes it has, and checks the *size* — not the
+  content: it never hashes what it downloaded. For files stored with Git LFS the etag *is* the publisher's SHA-256,
+  so :func:`verify_new_blobs` hashes every blob this call added and removes it (and the snapshot links to it) on a
+  mismatch.
+- :func:`url_file`: any other HTTPS source (torchxrayvision's GitHub release files) into a given folder: streamed
+  into ``NAME.part`` with a progress bar, an interrupted ``.part`` (dropped connection, killed process) resumed with
+  ``Range``, the SHA-256 checked (where the publisher gives one) before the atomic rename.
+
+Offline: ``CXR_OFFLINE=1`` covers every source, ``HF_HUB_OFFLINE=1`` the hub (both read when called, not at
+import). Offline, or no network, and the file not cached → one line (:class:`WeightsUnavailableError`) naming the
+command that needs it, the cache folder, how to copy it there, and that a file path works instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+from tqdm import tqdm
+
+from cxr.errors import CxrError
+
+OFFLINE_ENV = "CXR_OFFLINE"
+SHA256 = re.compile(r"[0-9a-f]{64}")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+class WeightsUnavailableError(CxrError):
+    """Weights that are neither cached nor downloadable now (offline switch, no network, server error)."""
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def offline(hub: bool = False) -> bool:
+    """Whether downloads are switched off: ``CXR_OFFLINE`` for every source; for the hub also ``HF_HUB_OFFLINE``
+    (and ``TRANSFORMERS_OFFLINE``, which ``huggingface_hub`` treats alike), read now rather than at import."""
+    if _env_true(OFFLINE_ENV):
+        return True
+    if not hub:
+        return False
+    from huggingface_hub import constants
+
+    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache() -> Path:
+    """Hugging Face's cache folder as ``huggingface_hub`` defines it, with the environment read now."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unavailable(
+    what: str, folder: Path, reason: str, command: str, fetch: str, copy: str = "the file"
+) -> WeightsUnavailableError:
+    """The one-line error: who needs what, why it cannot be had, where it belongs and how to put it there."""
+    who = command or "this command"
+    return WeightsUnavailableError(
+        f"{who} needs {what}, which is not in {folder} and cannot be downloaded ({reason}); on a machine with "
+        f"internet {fetch} and copy {copy} into {folder} here, or pass the file's path instead"
+    )
+
+
+def _offline_reason() -> str:
+    names = [name for name in (OFFLINE_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _env_true(name)]
+    return f"{'/'.join(names) or 'HF_HUB_OFFLINE'}=1"
+
+
+class DownloadBar(tqdm):
+    """A plain tqdm bar in bytes. ``huggingface_hub``'s own bar hides itself when stderr is not a terminal (a log, a
+    batch job, a test), where a user still needs to see that a large file is coming."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.pop("name", None)
+        kwargs.setdefault("unit", "B")
+        kwargs.setdefault("unit_scale", True)
+        kwargs.setdefault("unit_divisor", 1024)
+        kwargs.setdefault("mininterval", 0.5)
+        kwargs.setdefault("disable", _env_true("HF_HUB_DISABLE_PROGRESS_BARS"))
+        super().__init__(*args, **kwargs)
+
+
+# --- the Hugging Face hub ------------------------------------------------------------------------------------------
+
+
+def _repo_folder(cache: Path, repo_id: str) -> Path:
+    return cache / f"models--{repo_id.replace('/', '--')}"
+
+
+def _blobs(repo: Path) -> set[str]:
+    folder = repo / "blobs"
+    return {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+
+
+def verify_new_blobs(repo: Path, before: set[str], what: str) -> None:
+    """Hash the blobs this download added whose name is a SHA-256 (Git LFS files: the publisher's checksum); on a
+    mismatch remove the blob and every snapshot link to it, so a corrupt file is never loaded later."""
+    for name in sorted(_blobs(repo) - before):
+        if not SHA256.fullmatch(name):
+            continue  # a small git-stored file: its etag is a git blob hash, not a content SHA-256
+        blob = repo / "blobs" / name
+        actual = sha256_of(blob)
+        if actual != name:
+            for link in (repo / "snapshots").rglob("*"):
+                if link.is_symlink() and Path(os.path.realpath(link)) == Path(os.path.realpath(blob)):
+                    link.unlink()
+            blob.unlink()
+            raise CxrError(
+                f"{what}: checksum mismatch (SHA-256 {actual}, the publisher's {name}); the download was removed from "
+                f"{repo}. Run the command again; if it repeats, the server or a proxy alters the file"
+            )
+
+
+@contextmanager
+def _hub_errors(what: str, repo_id: str, fetch: str, command: str) -> Iterator[None]:
+    """``huggingface_hub``'s exceptions as cxr's one-line errors."""
+    from huggingface_hub import errors
+
+    cache = hub_cache()
+    try:
+        yield
+    except errors.LocalEntryNotFoundError as error:  # offline, no network, hub down, and not cached
+        reason = _offline_reason() if offline(hub=True) else f"no connection to {_endpoint_name()}"
+        copy = f"its {_repo_folder(cache, repo_id).name} folder"
+        raise unavailable(what, cache, reason, command, fetch, copy) from error
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.RemoteEntryNotFoundError) as error:
+        raise CxrError(f"{what} is not on {_endpoint_name()} ({type(error).__name__})") from error
+    except errors.HfHubHTTPError as error:
+        raise CxrError(f"{what}: {_endpoint_name()} answered {error.response.status_code}") from error
+    except OSError as error:  # the size check failed, or the connection broke more often than it retries
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise WeightsUnavailableError(f"{what}: download failed ({message}); run the command again") from error
+
+
+def _endpoint_name() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+
+
+def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command: str = "") -> Path:
+    """``filename`` of the hub repository ``repo_id`` from Hugging Face's cache, downloaded on first use (with a
+    progress bar); the publisher's SHA-256 checked for LFS files. ``command`` names who needs it, for the error."""
+    from huggingface_hub import hf_hub_download
+
+    what = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    fetch = f"run `hf download {repo_id} {filename}`" + (f" --revision {revision}" if revision else "")
+    cache = hub_cache()
+    repo = _repo_folder(cache, repo_id)
+    before = _blobs(repo)
+    with _hub_errors(what, repo_id, fetch, command):
+        path = hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            cache_dir=cache,
+            endpoint=os.environ.get("HF_ENDPOINT"),
+            local_files_only=offline(hub=True),
+            tqdm_class=DownloadBar,
+        )
+    verify_new_blobs(repo, before, what)
+    return Path(path)
+
+
+def hf_snapshot(
+    repo_id: str, allow_patterns: list[str] | None = None, revision: str | None = None, *, command: str = ""
+) -> Path:
+    """The folder of hub repository ``repo_id`` (only ``allow_patterns`` where given: e.g. ``["*.json",
+    "*.safetensors"]``) from Hugging Face's cache, downloaded on first use; LFS files' SHA-256 checked."""
+    from huggingface_hub import snapshot_download
+
+    patterns = " ".join(f"--include '{p}'" for p in allow_patterns or [])
+    fetch = f"run `hf download {repo_id}{' ' + patterns if patterns else ''}`"
+    cache = hub_cache()
+    repo = _repo_folder(cache, repo_id)
+    before = _blobs(repo)
+    with _hub_errors(repo_id, repo_id, fetch, command):
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache,
+            endpoint=os.environ.get("HF_ENDPOINT"),
+            local_files_only=offline(hub=True),
+            allow_patterns=allow_patterns,
+        )
+    verify_new_blobs(repo, before, repo_id)
+    return Path(path)
+
+
+# --- any other URL -------------------------------------------------------------------------------------------------
+
+RETRIES = 5
+TIMEOUT_S = 30.0
+
+
+def url_file(url: str, cache_dir: Path, sha256: str | None = None, *, command: str = "") -> Path:
+    """``cache_dir/NAME`` (NAME: the URL's last part), downloaded on first use: streamed into ``NAME.part`` with a
+    progress bar, a dropped connection or an earlier interrupted ``.part`` resumed with an HTTP ``Range`` request,
+    ``sha256`` (the publisher's, where given) checked before the atomic rename; a mismatch removes the ``.part``."""
+    folder = Path(cache_dir).expanduser()
+    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    target = folder / name
+    if target.is_file():
+        return target
+    fetch = f"download {url}"
+    if offline():
+        raise unavailable(name, folder, f"{OFFLINE_ENV}=1", command, fetch)
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f"{name}.part"
+    with FileLock(_lock_path(folder, name)):  # one writer per .part; released by the OS if the process dies
+        if target.is_file():  # another process finished it while this one waited
+            return target
+        _stream_with_resume(url, part, name, folder, command)
+        _check_and_rename(part, target, url, sha256)
+    return target
+
+
+def _lock_path(folder: Path, name: str) -> Path:
+    """Locks live in ``.locks/`` (as in ``huggingface_hub``'s cache), apart from the weights."""
+    locks = folder / ".locks"
+    locks.mkdir(exist_ok=True)
+    return locks / f"{name}.lock"
+
+
+def _check_and_rename(part: Path, target: Path, url: str, sha256: str | None) -> None:
+    """The publisher's SHA-256 (where given) before the rename; a mismatch leaves nothing in the folder."""
+    if sha256 is not None:
+        actual = sha256_of(part)
+        if actual != sha256.lower():
+            part.unlink()
+            raise CxrError(
+                f"{url}: checksum mismatch (SHA-256 {actual}, the publisher's {sha256.lower()}); nothing was kept in "
+                f"{target.parent}. Run the command again; if it repeats, the server or a proxy alters the file"
+            )
+    os.replace(part, target)  # same folder: atomic, so a reader sees the whole file or none
+
+
+def _stream_with_resume(url: str, part: Path, name: str, folder: Path, command: str) -> None:
+    """Append ``url``'s bytes to ``part`` from where it ends until the server's size is reached, retrying a dropped
+    connection (new bytes reset the count, as ``huggingface_hub`` does)."""
+    import http.client
+    import urllib.error
+
+    attempts, limit, last_error = 0, RETRIES, None
+    while attempts <= limit:
+        done = part.stat().st_size if part.exists() else 0
+        try:
+            total = _get(url, part, done, name)
+        except urllib.error.HTTPError as error:
+            known = error.headers.get("Content-Range", "").rsplit("/", 1)[-1]
+            if error.code == 416 and done and known == str(done):  # an earlier run got it all, then was killed
+                return
+            if error.code == 416 and done:  # a .part the server does not know (longer than the file): start over
+                part.unlink()
+                attempts += 1
+                continue
+            raise CxrError(f"{url}: the server answered HTTP {error.code} {error.reason}") from error
+        except urllib.error.URLError as error:  # no connection at all (refused, no route, no DNS): retry once
+            total, limit, last_error = -1, 1, error
+        except (http.client.HTTPException, OSError) as error:  # dropped mid-file, a timeout: resume
+            total, last_error = -1, error
+        size = part.stat().st_size if part.exists() else 0
+        if total is None or size == total:
+            return
+        if total >= 0 and size > total:
+            part.unlink()
+            raise CxrError(f"{url}: received {size} bytes, more than the {total} announced; nothing was kept")
+        attempts = 0 if size > done else attempts + 1  # bytes arrived: the connection works, keep going
+        time.sleep(0.2 * attempts)
+    reason = f"no connection: {getattr(last_error, 'reason', last_error)}"
+    raise unavailable(name, folder, reason, command, f"download {url}")
+
+
+def _get(url: str, part: Path, done: int, name: str) -> int | None:
+    """One GET appended to ``part`` (from byte ``done`` with a Range request); the file's full size if known."""
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (http(s) URLs of a registry)
+        if done and response.status != 206:  # the server ignored the range: the whole file comes again
+            done = 0
+        length = response.headers.get("Content-Length")
+        content_range = response.headers.get("Content-Range", "")
+        total = int(content_range.rsplit("/", 1)[-1]) if done and "/" in content_range else None
+        if total is None and length is not None:
+            total = done + int(length)
+        with part.open("ab" if done else "wb") as handle, DownloadBar(total=total, initial=done, desc=name) as bar:
+            for block in iter(lambda: response.read(1 << 16), b""):
+                handle.write(block)
+                bar.update(len(block))
+    return total

@@ -148,12 +148,12 @@ def _hub_cache(root: Path, repo_id: str, state: dict) -> None:
     save_file(state, repo / "snapshots" / commit / "model.safetensors")
 
 
-def test_imagenet_weights_come_from_the_local_hub_cache_only(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+def test_imagenet_weights_offline_come_from_the_local_hub_cache(tmp_path, monkeypatch):
+    """Offline, the layout `hf download` leaves is read; downloading is tests/test_weights.py's (a loopback hub)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     repo_id = timm.models.get_pretrained_cfg("convnext_atto").hf_hub_id
-    with pytest.raises(CxrError, match=rf"not in the Hugging Face cache .*huggingface-cli download {repo_id}"):
+    with pytest.raises(CxrError, match=rf"not in {tmp_path / 'hub'} .*HF_HUB_OFFLINE=1.*hf download {repo_id}"):
         create_model("convnext_atto", 2, pretrained="imagenet", input_size=64)
     state = _random_timm_state("convnext_atto", seed=8)
     _hub_cache(tmp_path / "hub", repo_id, state)

@@ -8,8 +8,9 @@ Three kinds of source, three functions; each returns a local path and never a ha
   ``{HF_ENDPOINT}/{repo}/resolve/{revision}/{file}`` with a HEAD request (commit from ``X-Repo-Commit``, identity from
   ``X-Linked-Etag``/``ETag``, size from ``X-Linked-Size``, a redirect to another host not followed), streams the GET
   into a process-unique ``*.incomplete`` file renamed into ``blobs/<etag>`` only when complete, retries a dropped
-  connection up to 5 times with an HTTP ``Range`` request from the bytes it has, and checks the *size* — not the
-  content: it never hashes what it downloaded. For files stored with Git LFS the etag *is* the publisher's SHA-256,
+  connection up to 5 times with an HTTP ``Range`` request from the bytes it has (within one run: a killed run's
+  partial file is deleted, the next run starts over), and checks the *size* — not the content: it never hashes what
+  it downloaded. For files stored with Git LFS the etag *is* the publisher's SHA-256,
   so :func:`verify_new_blobs` hashes every blob this call added and removes it (and the snapshot links to it) on a
   mismatch.
 - :func:`url_file`: any other HTTPS source (torchxrayvision's GitHub release files) into a given folder: streamed
@@ -24,17 +25,17 @@ command that needs it, the cache folder, how to copy it there, and that a file p
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
-from tqdm import tqdm
 
 from cxr.errors import CxrError
+from cxr.models.http_stream import DownloadBar, DownloadFailed, stream_with_resume
 
 OFFLINE_ENV = "CXR_OFFLINE"
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -73,6 +74,7 @@ def hub_cache() -> Path:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (weights files are large)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -94,20 +96,6 @@ def unavailable(
 def _offline_reason() -> str:
     names = [name for name in (OFFLINE_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _env_true(name)]
     return f"{'/'.join(names) or 'HF_HUB_OFFLINE'}=1"
-
-
-class DownloadBar(tqdm):
-    """A plain tqdm bar in bytes. ``huggingface_hub``'s own bar hides itself when stderr is not a terminal (a log, a
-    batch job, a test), where a user still needs to see that a large file is coming."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.pop("name", None)
-        kwargs.setdefault("unit", "B")
-        kwargs.setdefault("unit_scale", True)
-        kwargs.setdefault("unit_divisor", 1024)
-        kwargs.setdefault("mininterval", 0.5)
-        kwargs.setdefault("disable", _env_true("HF_HUB_DISABLE_PROGRESS_BARS"))
-        super().__init__(*args, **kwargs)
 
 
 # --- the Hugging Face hub ------------------------------------------------------------------------------------------
@@ -150,16 +138,35 @@ def _hub_errors(what: str, repo_id: str, fetch: str, command: str) -> Iterator[N
     try:
         yield
     except errors.LocalEntryNotFoundError as error:  # offline, no network, hub down, and not cached
-        reason = _offline_reason() if offline(hub=True) else f"no connection to {_endpoint_name()}"
         copy = f"its {_repo_folder(cache, repo_id).name} folder"
-        raise unavailable(what, cache, reason, command, fetch, copy) from error
+        raise unavailable(what, cache, _hub_reason(error), command, fetch, copy) from error
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.RemoteEntryNotFoundError) as error:
         raise CxrError(f"{what} is not on {_endpoint_name()} ({type(error).__name__})") from error
     except errors.HfHubHTTPError as error:
         raise CxrError(f"{what}: {_endpoint_name()} answered {error.response.status_code}") from error
-    except OSError as error:  # the size check failed, or the connection broke more often than it retries
+    except _transport_errors() as error:  # the size check failed, or the connection broke more often than it retries
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsUnavailableError(f"{what}: download failed ({message}); run the command again") from error
+
+
+def _hub_reason(error: Exception) -> str:
+    """Why nothing could be fetched: the offline switch, the hub's HTTP status, or no connection."""
+    if offline(hub=True):
+        return _offline_reason()
+    status = getattr(getattr(error.__cause__, "response", None), "status_code", None)
+    return f"{_endpoint_name()} answered {status}" if status else f"no connection to {_endpoint_name()}"
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """OSError and the HTTP client's transport errors (``huggingface_hub`` 2.x uses ``httpx2``, 1.x ``httpx``; those
+    of ``requests``, 0.x, are OSErrors)."""
+    found: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def _endpoint_name() -> str:
@@ -219,9 +226,6 @@ def hf_snapshot(
 
 # --- any other URL -------------------------------------------------------------------------------------------------
 
-RETRIES = 5
-TIMEOUT_S = 30.0
-
 
 def url_file(url: str, cache_dir: Path, sha256: str | None = None, *, command: str = "") -> Path:
     """``cache_dir/NAME`` (NAME: the URL's last part), downloaded on first use: streamed into ``NAME.part`` with a
@@ -240,7 +244,10 @@ def url_file(url: str, cache_dir: Path, sha256: str | None = None, *, command: s
     with FileLock(_lock_path(folder, name)):  # one writer per .part; released by the OS if the process dies
         if target.is_file():  # another process finished it while this one waited
             return target
-        _stream_with_resume(url, part, name, folder, command)
+        try:
+            stream_with_resume(url, part, desc=name)
+        except DownloadFailed as error:
+            raise unavailable(name, folder, str(error), command, f"download {url}") from error
         _check_and_rename(part, target, url, sha256)
     return target
 
@@ -263,59 +270,3 @@ def _check_and_rename(part: Path, target: Path, url: str, sha256: str | None) ->
                 f"{target.parent}. Run the command again; if it repeats, the server or a proxy alters the file"
             )
     os.replace(part, target)  # same folder: atomic, so a reader sees the whole file or none
-
-
-def _stream_with_resume(url: str, part: Path, name: str, folder: Path, command: str) -> None:
-    """Append ``url``'s bytes to ``part`` from where it ends until the server's size is reached, retrying a dropped
-    connection (new bytes reset the count, as ``huggingface_hub`` does)."""
-    import http.client
-    import urllib.error
-
-    attempts, limit, last_error = 0, RETRIES, None
-    while attempts <= limit:
-        done = part.stat().st_size if part.exists() else 0
-        try:
-            total = _get(url, part, done, name)
-        except urllib.error.HTTPError as error:
-            known = error.headers.get("Content-Range", "").rsplit("/", 1)[-1]
-            if error.code == 416 and done and known == str(done):  # an earlier run got it all, then was killed
-                return
-            if error.code == 416 and done:  # a .part the server does not know (longer than the file): start over
-                part.unlink()
-                attempts += 1
-                continue
-            raise CxrError(f"{url}: the server answered HTTP {error.code} {error.reason}") from error
-        except urllib.error.URLError as error:  # no connection at all (refused, no route, no DNS): retry once
-            total, limit, last_error = -1, 1, error
-        except (http.client.HTTPException, OSError) as error:  # dropped mid-file, a timeout: resume
-            total, last_error = -1, error
-        size = part.stat().st_size if part.exists() else 0
-        if total is None or size == total:
-            return
-        if total >= 0 and size > total:
-            part.unlink()
-            raise CxrError(f"{url}: received {size} bytes, more than the {total} announced; nothing was kept")
-        attempts = 0 if size > done else attempts + 1  # bytes arrived: the connection works, keep going
-        time.sleep(0.2 * attempts)
-    reason = f"no connection: {getattr(last_error, 'reason', last_error)}"
-    raise unavailable(name, folder, reason, command, f"download {url}")
-
-
-def _get(url: str, part: Path, done: int, name: str) -> int | None:
-    """One GET appended to ``part`` (from byte ``done`` with a Range request); the file's full size if known."""
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (http(s) URLs of a registry)
-        if done and response.status != 206:  # the server ignored the range: the whole file comes again
-            done = 0
-        length = response.headers.get("Content-Length")
-        content_range = response.headers.get("Content-Range", "")
-        total = int(content_range.rsplit("/", 1)[-1]) if done and "/" in content_range else None
-        if total is None and length is not None:
-            total = done + int(length)
-        with part.open("ab" if done else "wb") as handle, DownloadBar(total=total, initial=done, desc=name) as bar:
-            for block in iter(lambda: response.read(1 << 16), b""):
-                handle.write(block)
-                bar.update(len(block))
-    return total

@@ -40,21 +40,28 @@ def _loopback(host) -> bool:
 
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
-    """Name resolution and connections refuse every host but loopback: no test here can reach the internet."""
+    """Name resolution and connections refuse every host but loopback, so no test here can reach the internet; and
+    no test may even try (each refused attempt is recorded, and the list must be empty at the end)."""
     resolve, connect = socket.getaddrinfo, socket.socket.connect
+    refused: list[str] = []
 
     def guarded_getaddrinfo(host, *args, **kwargs):
-        if not _loopback(host.decode() if isinstance(host, bytes) else host):
-            raise OSError(f"test guard: {host} is not the loopback address")
+        name = host.decode() if isinstance(host, bytes) else host
+        if not _loopback(name):
+            refused.append(str(name))
+            raise OSError(f"test guard: {name} is not the loopback address")
         return resolve(host, *args, **kwargs)
 
     def guarded_connect(sock, address):
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            refused.append(str(address[0]))
             raise OSError(f"test guard: {address[0]} is not the loopback address")
         return connect(sock, address)
 
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    yield refused
+    assert refused == [], f"attempted to reach {refused}"
 
 
 @pytest.fixture
@@ -66,6 +73,11 @@ def hub(tmp_path, monkeypatch):
     for name in OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    # as if HF_ENDPOINT had been set before huggingface_hub was imported (it reads it once): then what it sends besides
+    # the download (2.4 fetches /api/agent-harnesses for its user agent) goes to the loopback hub too
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.endpoint)
+    template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("CXR_XRV_BASE_URL", server.cdn + "/xrv")
@@ -97,11 +109,13 @@ def cache_files(root: Path) -> list[Path]:
     ]
 
 
-def test_the_guard_refuses_every_host_but_loopback():
+def test_the_guard_refuses_every_host_but_loopback(loopback_only):
     with pytest.raises(OSError, match="test guard"):
         socket.create_connection(("10.11.12.13", 443), timeout=1)
     with pytest.raises(OSError, match="test guard"):
         socket.getaddrinfo("huggingface.co", 443)
+    assert loopback_only == ["10.11.12.13", "huggingface.co"]
+    loopback_only.clear()  # refused on purpose
 
 
 def test_imagenet_weights_download_with_progress_then_come_from_the_cache(hub, timm_file, timm_state, capsys):

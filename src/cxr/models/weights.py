@@ -130,6 +130,21 @@ def verify_new_blobs(repo: Path, before: set[str], what: str) -> None:
 
 
 @contextmanager
+def _hub_offline_mode(on: bool) -> Iterator[None]:
+    """``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import; ``CXR_OFFLINE`` (or a later ``HF_HUB_OFFLINE``)
+    must also stop what it sends besides the download (e.g. 2.4's fetch of ``/api/agent-harnesses`` for its
+    user agent), so its switch is turned on for the call."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+@contextmanager
 def _hub_errors(what: str, repo_id: str, fetch: str, command: str) -> Iterator[None]:
     """``huggingface_hub``'s exceptions as cxr's one-line errors."""
     from huggingface_hub import errors
@@ -185,14 +200,15 @@ def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command
     cache = hub_cache()
     repo = _repo_folder(cache, repo_id)
     before = _blobs(repo)
-    with _hub_errors(what, repo_id, fetch, command):
+    local_only = offline(hub=True)
+    with _hub_errors(what, repo_id, fetch, command), _hub_offline_mode(local_only):
         path = hf_hub_download(
             repo_id,
             filename,
             revision=revision,
             cache_dir=cache,
             endpoint=os.environ.get("HF_ENDPOINT"),
-            local_files_only=offline(hub=True),
+            local_files_only=local_only,
             tqdm_class=DownloadBar,
         )
     verify_new_blobs(repo, before, what)
@@ -211,13 +227,14 @@ def hf_snapshot(
     cache = hub_cache()
     repo = _repo_folder(cache, repo_id)
     before = _blobs(repo)
-    with _hub_errors(repo_id, repo_id, fetch, command):
+    local_only = offline(hub=True)
+    with _hub_errors(repo_id, repo_id, fetch, command), _hub_offline_mode(local_only):
         path = snapshot_download(
             repo_id,
             revision=revision,
             cache_dir=cache,
             endpoint=os.environ.get("HF_ENDPOINT"),
-            local_files_only=offline(hub=True),
+            local_files_only=local_only,
             allow_patterns=allow_patterns,
         )
     verify_new_blobs(repo, before, repo_id)

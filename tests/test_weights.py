@@ -27,6 +27,10 @@ from cxr.models.factory import create_model
 from cxr.models.weights import WeightsUnavailableError, hf_file, hf_snapshot, url_file
 from loopback_hub import LoopbackHub
 
+# The project's tiers put every test that starts a server among the slow ones; these start two threaded loopback
+# servers each (milliseconds), and the two that train or import a model are the long ones.
+pytestmark = pytest.mark.slow
+
 REPO = timm.models.get_pretrained_cfg("convnext_atto").hf_hub_id  # timm/convnext_atto.d2_in1k
 OFFLINE_VARIABLES = ("CXR_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 

@@ -264,7 +264,7 @@ def url_file(url: str, cache_dir: Path, sha256: str | None = None, *, command: s
         try:
             stream_with_resume(url, part, desc=name)
         except DownloadFailed as error:
-            raise unavailable(name, folder, str(error), command, f"download {url}") from error
+            raise unavailable(name, folder, str(error), command, fetch) from error
         _check_and_rename(part, target, url, sha256)
     return target
 

@@ -280,6 +280,8 @@ def create_model(
     labels: Sequence[str] | None = None,
     grad_checkpointing: bool = False,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    backbone_config: dict | None = None,
+    drop_path: float = 0.0,
 ) -> CxrNet:
     """Build a classifier for ``(B, 1, input_size, input_size)`` inputs returning ``(B, num_outputs)`` logits.
 
@@ -290,7 +292,8 @@ def create_model(
     matches, e.g. the seed's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
-    with.
+    with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
+    ``drop_path``: stochastic depth of timm models (Huang et al. 2016), the rate of their last block.
     """
     if head not in HEADS:
         raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
@@ -300,12 +303,21 @@ def create_model(
         raise CxrError(f"{len(labels)} label names for {num_outputs} outputs")
     if not 0.0 <= dropout < 1.0:
         raise CxrError(f"dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= drop_path < 1.0 or (drop_path > 0 and (name in ARCHITECTURES or _is_foundation_name(name))):
+        raise CxrError(
+            f"model.drop_path={drop_path}: a rate in [0, 1) for timm models (stochastic depth), 0 for {name}"
+        )
     pretrained = str(pretrained)
     is_cxr_file = pretrained not in ("none", "imagenet") and _is_cxr_checkpoint(Path(pretrained))
     if name in ARCHITECTURES:
         model = _torchvision_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+    elif _is_foundation_name(name):
+        if is_cxr_file and backbone_config is None:  # an earlier run's checkpoint: its backbone as it recorded it
+            backbone_config = _read_checkpoint_meta(Path(pretrained))["architecture"].get("backbone_config")
+        spec = _foundation_spec(name, head, input_size, "none" if is_cxr_file else pretrained, backbone_config)
+        model = _foundation_net(name, spec, num_outputs, head, dropout, input_size, labels)
     else:
-        model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+        model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file, drop_path)
     if normalization is not None:
         _check_normalization(model, normalization)
     if is_cxr_file:
@@ -313,6 +325,11 @@ def create_model(
     if grad_checkpointing:
         _set_grad_checkpointing(model)
     return model
+
+
+def _read_checkpoint_meta(path: Path) -> dict:
+    """The ``"cxr"`` block of one of our checkpoints."""
+    return torch.load(path, map_location="cpu", weights_only=True)["cxr"]
 
 
 def _is_cxr_checkpoint(path: Path) -> bool:
@@ -371,14 +388,19 @@ def _timm_net(
     input_size: int,
     labels: Sequence[str] | None,
     is_cxr_file: bool,
+    drop_path: float = 0.0,
 ) -> CxrNet:
-    from cxr.models import timm_backbones
+    from cxr.models import timm_backbones, vit_checkpoints
 
-    if not timm_backbones.is_timm_name(name):
-        raise timm_backbones.unknown_model_error(name, ARCHITECTURES)
-    spec = timm_backbones.build_timm_backbone(
-        name, Head(head).value, input_size, "none" if is_cxr_file else pretrained, FINE_CAM_BELOW
-    )
+    weights = "none" if is_cxr_file else pretrained
+    if vit_checkpoints.is_registered(name):  # X-ray ViTs with their publishers' checkpoints (vit_registry)
+        spec = vit_checkpoints.build_backbone(name, Head(head).value, input_size, weights, FINE_CAM_BELOW, drop_path)
+    elif timm_backbones.is_timm_name(name):
+        spec = timm_backbones.build_timm_backbone(
+            name, Head(head).value, input_size, weights, FINE_CAM_BELOW, drop_path=drop_path
+        )
+    else:
+        raise timm_backbones.unknown_model_error(name, ARCHITECTURES + tuple(vit_checkpoints.XRAY_VITS))
     if head == Head.GAP:  # timm's own pooling (and whatever its family puts after it) gives (B, num_features)
         layers = [nn.Dropout(dropout)] if dropout > 0 else []
         head_module = nn.Sequential(*layers, nn.Linear(spec.model.num_features, num_outputs))
@@ -395,6 +417,37 @@ def _timm_net(
         img_size=spec.img_size,
         cam_layer=spec.feature_layer,
     )
+    return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
+
+
+def _is_foundation_name(name: str) -> bool:
+    from cxr.models.foundation import is_foundation_name
+
+    return is_foundation_name(name)
+
+
+def _foundation_spec(name: str, head: str, input_size: int, pretrained: str, recorded: dict | None):
+    from cxr.models.foundation import build_foundation_backbone
+
+    return build_foundation_backbone(name, Head(head).value, input_size, pretrained, recorded)
+
+
+def _foundation_net(name, spec, num_outputs: int, head: str, dropout: float, input_size: int, labels) -> CxrNet:
+    """A registered foundation backbone (pooled features) + dropout + linear: head ``gap`` only."""
+    layers = [nn.Dropout(dropout)] if dropout > 0 else []
+    architecture = ArchitectureSpec(
+        name=str(name),
+        num_outputs=num_outputs,
+        head=Head(head).value,
+        dropout=float(dropout),
+        source="foundation",
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        img_size=spec.img_size,
+        cam_layer=spec.feature_layer,
+        backbone_config=spec.config,
+    )
+    head_module = nn.Sequential(*layers, nn.Linear(spec.num_features, num_outputs))
     return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
 
 
@@ -420,6 +473,10 @@ def _set_grad_checkpointing(model: CxrNet) -> None:
         from cxr.models.timm_backbones import set_grad_checkpointing
 
         set_grad_checkpointing(backbone)
+    elif model.architecture.source == "foundation":
+        from cxr.models.foundation import set_grad_checkpointing as set_foundation_checkpointing
+
+        set_foundation_checkpointing(backbone)
     elif "densenet" in model.architecture.name:  # torchxrayvision's xrv-densenet121 too
         for module in backbone.modules():
             if hasattr(module, "memory_efficient"):
@@ -451,6 +508,7 @@ def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_s
         input_size=input_size,
         labels=list(labels),
         normalization=normalization,
+        backbone_config=architecture.backbone_config,
     )
     if architecture.cam_layer and architecture.cam_layer != model.architecture.cam_layer:
         try:

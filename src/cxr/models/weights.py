@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 from filelock import FileLock
 
@@ -245,11 +246,12 @@ def hf_snapshot(
 
 
 def url_file(url: str, cache_dir: Path, sha256: str | None = None, *, command: str = "") -> Path:
-    """``cache_dir/NAME`` (NAME: the URL's last part), downloaded on first use: streamed into ``NAME.part`` with a
-    progress bar, a dropped connection or an earlier interrupted ``.part`` resumed with an HTTP ``Range`` request,
-    ``sha256`` (the publisher's, where given) checked before the atomic rename; a mismatch removes the ``.part``."""
+    """``cache_dir/NAME`` (NAME: the last part of the URL's path, else ``download``), downloaded on first use:
+    streamed into ``NAME.part`` with a progress bar, a dropped connection or an earlier interrupted ``.part`` resumed
+    with an HTTP ``Range`` request, ``sha256`` (the publisher's, where given) checked before the atomic rename; a
+    mismatch removes the ``.part``."""
     folder = Path(cache_dir).expanduser()
-    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    name = Path(urlparse(url).path).name or "download"
     target = folder / name
     if target.is_file():
         return target

@@ -96,7 +96,7 @@ def unavailable(
 
 def _offline_reason() -> str:
     names = [name for name in (OFFLINE_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _env_true(name)]
-    return f"{'/'.join(names) or 'HF_HUB_OFFLINE'}=1"
+    return ", ".join(f"{name}=1" for name in names) or "HF_HUB_OFFLINE=1"
 
 
 # --- the Hugging Face hub ------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command
     from huggingface_hub import hf_hub_download
 
     what = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
-    fetch = f"run `hf download {repo_id} {filename}`" + (f" --revision {revision}" if revision else "")
+    fetch = f"run `hf download {repo_id} {filename}{f' --revision {revision}' if revision else ''}`"
     cache = hub_cache()
     repo = _repo_folder(cache, repo_id)
     before = _blobs(repo)
@@ -223,8 +223,8 @@ def hf_snapshot(
     "*.safetensors"]``) from Hugging Face's cache, downloaded on first use; LFS files' SHA-256 checked."""
     from huggingface_hub import snapshot_download
 
-    patterns = " ".join(f"--include '{p}'" for p in allow_patterns or [])
-    fetch = f"run `hf download {repo_id}{' ' + patterns if patterns else ''}`"
+    options = [f"--include '{p}'" for p in allow_patterns or []] + ([f"--revision {revision}"] if revision else [])
+    fetch = f"run `hf download {' '.join([repo_id, *options])}`"
     cache = hub_cache()
     repo = _repo_folder(cache, repo_id)
     before = _blobs(repo)

@@ -18,6 +18,7 @@ Every request is recorded in ``requests`` as ``(server, method, path, range)``.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import socket
@@ -226,3 +227,34 @@ def _range_start(header: str | None) -> int:
         return 0
     match = re.fullmatch(r"bytes=(\d+)-", header.strip())
     return int(match[1]) if match else 0
+
+
+def _loopback(host) -> bool:
+    try:
+        return ipaddress.ip_address(str(host)).is_loopback
+    except ValueError:
+        return str(host) == "localhost"
+
+
+def refuse_non_loopback(monkeypatch) -> list[str]:
+    """Make name resolution and socket connections refuse every host but loopback (``OSError``), for the rest of the
+    test; return the list of hosts refused, which grows as code tries them."""
+    resolve, connect = socket.getaddrinfo, socket.socket.connect
+    refused: list[str] = []
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else host
+        if not _loopback(name):
+            refused.append(str(name))
+            raise OSError(f"test guard: {name} is not the loopback address")
+        return resolve(host, *args, **kwargs)
+
+    def guarded_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            refused.append(str(address[0]))
+            raise OSError(f"test guard: {address[0]} is not the loopback address")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    return refused

@@ -9,7 +9,6 @@ classifier) and torchxrayvision's pickled DenseNet. Every test runs with sockets
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import socket
 import sys
@@ -25,7 +24,7 @@ from cxr.cli import app
 from cxr.errors import CxrError
 from cxr.models.factory import create_model
 from cxr.models.weights import WeightsUnavailableError, hf_file, hf_snapshot, url_file
-from loopback_hub import LoopbackHub
+from loopback_hub import LoopbackHub, refuse_non_loopback
 
 # The project's tiers put every test that starts a server among the slow ones; these start two threaded loopback
 # servers each (milliseconds), and the two that train or import a model are the long ones.
@@ -35,35 +34,11 @@ REPO = timm.models.get_pretrained_cfg("convnext_atto").hf_hub_id  # timm/convnex
 OFFLINE_VARIABLES = ("CXR_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def _loopback(host) -> bool:
-    try:
-        return ipaddress.ip_address(str(host)).is_loopback
-    except ValueError:
-        return str(host) == "localhost"
-
-
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
     """Name resolution and connections refuse every host but loopback, so no test here can reach the internet; and
     no test may even try (each refused attempt is recorded, and the list must be empty at the end)."""
-    resolve, connect = socket.getaddrinfo, socket.socket.connect
-    refused: list[str] = []
-
-    def guarded_getaddrinfo(host, *args, **kwargs):
-        name = host.decode() if isinstance(host, bytes) else host
-        if not _loopback(name):
-            refused.append(str(name))
-            raise OSError(f"test guard: {name} is not the loopback address")
-        return resolve(host, *args, **kwargs)
-
-    def guarded_connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
-            refused.append(str(address[0]))
-            raise OSError(f"test guard: {address[0]} is not the loopback address")
-        return connect(sock, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    refused = refuse_non_loopback(monkeypatch)
     yield refused
     assert refused == [], f"attempted to reach {refused}"
 

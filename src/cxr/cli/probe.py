@@ -57,6 +57,9 @@ def probe(
     fractions: str | None = typer.Option(
         None, "--fractions", help="Fractions of the training patients, e.g. 0.01,0.1,1 (label efficiency)."
     ),
+    c_grid: str | None = typer.Option(
+        None, "--c-grid", help="Inverse L2 strengths to choose from on validation, e.g. 0.01,0.1,1 (default 1e-4..1e2)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the patient draw of each fraction and the solver."),
 ) -> None:
     """Logistic regression per label on frozen embeddings (L2 strength chosen on validation), written as a run that

@@ -43,8 +43,12 @@ OURS = (EMBEDDINGS, ENCODER, MANIFEST, STATE, JOURNAL)
 
 
 def store_id(store: Store) -> str:
-    """The identity of a store's images and labels: SHA-256 of its ``index.parquet`` (any re-prepare changes it)."""
-    return hashlib.sha256((store.path / "index.parquet").read_bytes()).hexdigest()
+    """The identity of a store's images and labels: SHA-256 of its ``index.parquet`` and of the manifest's pixel
+    settings (size, crop, decoder, interpolation: the index alone is the same for every crop)."""
+    pixels = {key: store.manifest.get(key) for key in ("size", "crop", "decoder", "interpolation")}
+    digest = hashlib.sha256((store.path / "index.parquet").read_bytes())
+    digest.update(json.dumps(pixels, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 class ChunkImages(Dataset):

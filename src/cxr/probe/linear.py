@@ -54,14 +54,17 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 1e-12, std, 1.0)
 
 
-def _fit_one(x: np.ndarray, y: np.ndarray, c: float, seed: int):
+def _path(x: np.ndarray, y: np.ndarray, grid, seed: int):
+    """``(C, fitted model)`` along ``grid`` in increasing C, each fit starting from the previous solution (the
+    regularisation path: a weaker penalty moves the weights little, so L-BFGS needs few steps)."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=c, max_iter=MAX_ITER, random_state=seed)
-    with warnings.catch_warnings():  # a strong C on separable data may stop at max_iter: still a usable head
-        warnings.simplefilter("ignore")
-        model.fit(x, y)
-    return model
+    model = LogisticRegression(max_iter=MAX_ITER, random_state=seed, warm_start=True)
+    for c in sorted(grid):
+        with warnings.catch_warnings():  # a weak penalty on separable data may stop at max_iter: still a usable head
+            warnings.simplefilter("ignore")
+            model.set_params(C=c).fit(x, y)
+        yield c, model
 
 
 def fit_label(
@@ -76,26 +79,19 @@ def fit_label(
         note = f"not fitted: {len(yt)} training rows with one class; constant log-odds of {prior:.3g}"
         return np.zeros(x_train.shape[1]), float(np.log(prior / (1 - prior))), None, {}, note
     if len(np.unique(yv)) < 2:
-        c = 1.0
-        model = _fit_one(xt, yt, c, seed)
-        return (
-            model.coef_[0],
-            float(model.intercept_[0]),
-            c,
-            {},
-            "C = 1 (validation has one class: nothing to choose on)",
-        )
+        _, model = next(_path(xt, yt, [1.0], seed))
+        note = "C = 1 (validation has one class: nothing to choose on)"
+        return model.coef_[0].copy(), float(model.intercept_[0]), 1.0, {}, note
     best, scores = None, {}
-    for c in grid:
-        model = _fit_one(xt, yt, c, seed)
+    for c, model in _path(xt, yt, grid, seed):
         p = model.predict_proba(xv)[:, 1]
         score = float(auroc(yv[:, None], p[:, None])[0])
         scores[f"{c:g}"] = score
         key = (score, -_log_loss(yv, p), -c)
         if best is None or key > best[0]:
-            best = (key, c, model)
-    _, c, model = best
-    return model.coef_[0], float(model.intercept_[0]), c, scores, f"C = {c:g} chosen on validation AUROC"
+            best = (key, c, model.coef_[0].copy(), float(model.intercept_[0]))
+    _, c, weight, bias = best
+    return weight, bias, c, scores, f"C = {c:g} chosen on validation AUROC"
 
 
 def fit_linear_head(

@@ -3,7 +3,7 @@
 A preset names an encoder and how to embed and probe with it; command-line options win over it::
 
     embed:   {model: rad-dino, pretrained: imagenet, image_size: 518, batch_size: 32}
-    probe:   {fractions: [0.01, 0.1, 1.0]}
+    probe:   {fractions: [0.01, 0.1, 1.0], c_grid: [1.0e-4, ..., 100.0]}
     published: [...]   # figures of the encoder's paper, for the reader (marked published; not used by the code)
 
 Unknown keys are errors, as in the experiment presets (:mod:`cxr.config`). The model names come from the model
@@ -19,9 +19,10 @@ from pathlib import Path
 import yaml
 
 from cxr.errors import CxrError
+from cxr.probe.linear import C_GRID
 
 EMBED_DEFAULTS = {"model": None, "pretrained": "imagenet", "image_size": None, "batch_size": 64}
-PROBE_DEFAULTS = {"fractions": [1.0]}
+PROBE_DEFAULTS = {"fractions": [1.0], "c_grid": list(C_GRID)}
 SECTIONS = {"embed": EMBED_DEFAULTS, "probe": PROBE_DEFAULTS, "published": None}
 
 
@@ -69,7 +70,7 @@ def embed_settings(model: str, **given) -> dict:
 
 
 def probe_settings(preset: str | None, **given) -> dict:
-    """``cxr probe``'s fractions (and the preset's name, recorded as the run's experiment)."""
+    """``cxr probe``'s fractions and C grid (and the preset's name, recorded as the run's experiment)."""
     loaded = load_preset(preset) if preset else {}
     settings = _merge(PROBE_DEFAULTS, loaded.get("probe") or {}, given)
     return settings | {"experiment": loaded.get("name")}

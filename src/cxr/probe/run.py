@@ -43,6 +43,17 @@ def probe_config(overrides: Sequence[str]) -> dict:
     return to_dict(load_config(None, [*DEFAULT_TASK, *overrides]))["task"]
 
 
+def parse_grid(grid: str | Sequence[float]) -> list[float]:
+    """``--c-grid``: positive inverse strengths, ``"0.01,0.1,1"`` or a list."""
+    try:
+        values = sorted({float(v) for v in (grid.split(",") if isinstance(grid, str) else grid) if str(v).strip()})
+    except ValueError:
+        raise CxrError(f"--c-grid must be numbers separated by commas, e.g. 0.01,0.1,1; got {grid!r}") from None
+    if not values or values[0] <= 0:
+        raise CxrError(f"--c-grid must hold positive numbers; got {grid!r}")
+    return values
+
+
 def task_split(store: Store, task: dict) -> TaskSplit:
     from cxr.config import config_from_dict
 
@@ -95,14 +106,14 @@ def probe_run(
     seed: int = 0,
     overrides: Sequence[str] = (),
     experiment: str | None = None,
-    grid: Sequence[float] = C_GRID,
+    grid: str | Sequence[float] = C_GRID,
 ) -> dict:
     """Fit the probes and write the run (see the module doc); returns the config written."""
     emb, store, out = Embeddings(embeddings), Store(store_path), Path(out)
     emb.check_store(store)
     if out.exists() and any(out.iterdir()):
         raise CxrError(f"{out} is not empty: a probe writes a new run folder")
-    fractions, task = parse_fractions(fractions), probe_config(overrides)
+    fractions, task, grid = parse_fractions(fractions), probe_config(overrides), parse_grid(grid)
     split = task_split(store, task)
     labels = list(split.outputs)
     vectors = emb.vectors

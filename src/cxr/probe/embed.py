@@ -31,8 +31,8 @@ from cxr.data.store import Journal, Store, read_journal
 from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.imaging.preprocessing import Preprocessing, to_unit
-from cxr.models.artifact import write_artifact
-from cxr.probe.encoder import Embedder, embedding_dims, load_encoder, pooling, use_bf16
+from cxr.models.artifact import load_artifact, write_artifact
+from cxr.probe.encoder import Embedder, embedding_dims, load_encoder, pooling, sha256_file, use_bf16
 
 FORMAT, FORMAT_VERSION = "cxr-embeddings", 1
 EMBEDDINGS, ENCODER, MANIFEST = "embeddings.npy", "encoder.ckpt", "manifest.json"
@@ -127,6 +127,8 @@ def embed_store(
     if finished is not None:
         return finished
     out.mkdir(parents=True, exist_ok=True)
+    if (out / STATE).exists():  # resuming: the very weights embedded so far (a random init is not rebuilt alike)
+        encoder.model = load_artifact(out / ENCODER, device=device).model.eval()
     embedder = Embedder(encoder.model, bf16)
     rows = store.index["row"].to_numpy(np.int64)
     if not (out / STATE).exists():
@@ -148,7 +150,7 @@ def embed_store(
         journal.close()
     array.flush()
     del array
-    manifest = _manifest(params, encoder, store, len(rows), json.loads((out / STATE).read_text())["dims"])
+    manifest = _manifest(params, encoder, store, len(rows), json.loads((out / STATE).read_text())["dims"], out)
     write_json(out / MANIFEST, manifest)
     for name in (STATE, JOURNAL):
         (out / name).unlink(missing_ok=True)
@@ -173,7 +175,7 @@ def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: J
             bar.stop()
 
 
-def _manifest(params: dict, encoder, store: Store, images: int, dims: int) -> dict:
+def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: Path) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -191,7 +193,7 @@ def _manifest(params: dict, encoder, store: Store, images: int, dims: int) -> di
             "crop": store.crop,
             "dataset": str(store.manifest.get("dataset", "nih")),
         },  # fmt: skip
-        "files": {"embeddings": EMBEDDINGS, "encoder": ENCODER},
+        "files": {"embeddings": EMBEDDINGS, "encoder": ENCODER, "encoder_sha256": sha256_file(out / ENCODER)},
         "package_version": __version__,
         "params": params,
     }

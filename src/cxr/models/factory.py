@@ -29,6 +29,7 @@ from torch import nn
 
 from cxr.config import Head
 from cxr.errors import CxrError
+from cxr.models.spec import ArchitectureSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,45 +38,44 @@ log = logging.getLogger(__name__)
 
 
 class CxrNet(nn.Module):
-    """Backbone + head with the input convention of the project; ``.feature_layer`` is the Grad-CAM target and
-    ``.cam_reshape`` (None for CNNs) turns its output into ``(B, C, h, w)``."""
+    """Backbone + head with the input convention of the project, built from its :class:`ArchitectureSpec`
+    (``.architecture``, what an artifact records); ``.feature_layer`` is the Grad-CAM target and ``.cam_reshape``
+    (None for CNNs) turns its output into ``(B, C, h, w)``."""
 
     def __init__(
         self,
         backbone: nn.Module,
         head: nn.Module,
-        feature_layer_name: str,
-        architecture: dict,
+        architecture: ArchitectureSpec,
         input_size: int,
         labels: Sequence[str] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
         cam_reshape: nn.Module | None = None,
     ):
         super().__init__()
+        if architecture.mean is None or architecture.cam_layer is None:
+            raise CxrError(f"{architecture.name}: a model is built from a complete architecture (mean, std, cam_layer)")
         self.backbone = backbone
         self.head = head
         # Not persistent: the statistics belong to the preprocessing contract (the architecture in the artifact),
         # not to the weights, and random-init models keep their family's so one artifact format fits every model.
         # One value per channel the backbone takes: the grey input is repeated to that many (torchxrayvision's: 1).
-        channels = len(tuple(mean))
-        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, channels, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(tuple(std)).view(1, channels, 1, 1), persistent=False)
-        self._feature_layer_name = feature_layer_name
+        channels = len(architecture.mean)
+        self.register_buffer("mean", torch.tensor(architecture.mean).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(architecture.std).view(1, channels, 1, 1), persistent=False)
         self.cam_reshape = cam_reshape
-        self.architecture = dict(architecture)
-        self.input_config = {"input_size": int(input_size), "mean": list(mean), "std": list(std)}
+        self.architecture = architecture
+        self.input_size = int(input_size)
         self.labels = list(labels) if labels is not None else None
 
     @property
     def feature_layer(self) -> nn.Module:
         """The Grad-CAM target for ``pytorch_grad_cam``: the last block (the map the head sees) from 224 px up, the
         last stride-16 block below (see ``FINE_CAM_BELOW``); a ViT's last ``norm1`` (tokens: see ``cam_reshape``)."""
-        return self.backbone.get_submodule(self._feature_layer_name)
+        return self.backbone.get_submodule(self.architecture.cam_layer)
 
     @property
     def num_outputs(self) -> int:
-        return int(self.architecture["num_outputs"])
+        return self.architecture.num_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` of grayscale images ``(B, 1, S, S)`` with values in ``[0, 1]``."""
@@ -151,7 +151,7 @@ def _load_cxr_state(model: CxrNet, state: dict, path: str) -> None:
     try:
         model.backbone.load_state_dict(backbone)
     except RuntimeError as error:
-        raise CxrError(f"{path}: checkpoint does not fit {model.architecture['name']}: {error}") from error
+        raise CxrError(f"{path}: checkpoint does not fit {model.architecture.name}: {error}") from error
     head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
     own = model.head.state_dict()
     if head.keys() == own.keys() and all(head[k].shape == own[k].shape for k in own):
@@ -322,16 +322,6 @@ def _is_cxr_checkpoint(path: Path) -> bool:
     return isinstance(payload, dict) and isinstance(payload.get("cxr"), dict) and "state_dict" in payload
 
 
-def _architecture(name: str, head: str, dropout: float, num_outputs: int) -> dict:
-    return {
-        "name": str(name),
-        "head": Head(head).value,
-        "dropout": float(dropout),
-        "in_chans": 1,
-        "num_outputs": num_outputs,
-    }
-
-
 def _torchvision_net(
     name: str,
     num_outputs: int,
@@ -354,19 +344,18 @@ def _torchvision_net(
     if pretrained not in ("none", "imagenet") and not is_cxr_file:
         _load_torchvision_state(tv_model, _read_weights(Path(pretrained))[1], name, pretrained)
     backbone, _ = spec.cut(tv_model)
-    feature_layer_name = spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block
-    feature_shape = _feature_shape(backbone, input_size, spec.in_chans)
-    architecture = _architecture(name, head, dropout, num_outputs)
-    return CxrNet(
-        backbone,
-        _head(head, feature_shape, num_outputs, dropout),
-        feature_layer_name,
-        architecture,
-        input_size,
-        labels,
+    architecture = ArchitectureSpec(
+        name=str(name),
+        num_outputs=num_outputs,
+        head=Head(head).value,
+        dropout=float(dropout),
+        source="torchvision",
         mean=spec.mean,
         std=spec.std,
+        cam_layer=spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block,
     )
+    feature_shape = _feature_shape(backbone, input_size, spec.in_chans)
+    return CxrNet(backbone, _head(head, feature_shape, num_outputs, dropout), architecture, input_size, labels)
 
 
 def _timm_net(
@@ -391,30 +380,30 @@ def _timm_net(
         head_module = nn.Sequential(*layers, nn.Linear(spec.model.num_features, num_outputs))
     else:
         head_module = _head(head, _feature_shape(spec.model, input_size), num_outputs, dropout)
-    architecture = _architecture(name, head, dropout, num_outputs)
-    architecture.update(source="timm", mean=list(spec.mean), std=list(spec.std), img_size=spec.img_size)
-    return CxrNet(
-        spec.model,
-        head_module,
-        spec.feature_layer,
-        architecture,
-        input_size,
-        labels,
-        mean=spec.mean,
-        std=spec.std,
-        cam_reshape=spec.cam_reshape,
+    architecture = ArchitectureSpec(
+        name=str(name),
+        num_outputs=num_outputs,
+        head=Head(head).value,
+        dropout=float(dropout),
+        source="timm",
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        img_size=spec.img_size,
+        cam_layer=spec.feature_layer,
     )
+    return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
 
 
 def _check_normalization(model: CxrNet, normalization: tuple[Sequence[float], Sequence[float]]) -> None:
     mean, std = ([float(v) for v in values] for values in normalization)
     if not (
-        torch.allclose(model.mean.flatten(), torch.tensor(mean))
+        model.mean.numel() == len(mean)
+        and torch.allclose(model.mean.flatten(), torch.tensor(mean))
         and torch.allclose(model.std.flatten(), torch.tensor(std))
     ):
         raise CxrError(
-            f"{model.architecture['name']} normalises with mean {model.input_config['mean']}, std "
-            f"{model.input_config['std']} here, the checkpoint recorded mean {mean}, std {std}: was it written by "
+            f"{model.architecture.name} normalises with mean {list(model.architecture.mean)}, std "
+            f"{list(model.architecture.std)} here, the checkpoint recorded mean {mean}, std {std}: was it written by "
             "another timm version? Use the versions it names (its 'environment' block)"
         )
 
@@ -423,11 +412,11 @@ def _set_grad_checkpointing(model: CxrNet) -> None:
     """Activation checkpointing: timm's own switch; DenseNet's ``memory_efficient`` dense layers; per ResNet block
     ``torch.utils.checkpoint`` (the module tree and so the checkpoint keys stay as they are)."""
     backbone = model.backbone
-    if model.architecture.get("source") == "timm":
+    if model.architecture.source == "timm":
         from cxr.models.timm_backbones import set_grad_checkpointing
 
         set_grad_checkpointing(backbone)
-    elif "densenet" in model.architecture["name"]:  # torchxrayvision's xrv-densenet121 too
+    elif "densenet" in model.architecture.name:  # torchxrayvision's xrv-densenet121 too
         for module in backbone.modules():
             if hasattr(module, "memory_efficient"):
                 module.memory_efficient = True
@@ -444,31 +433,28 @@ def _checkpointed(forward: Callable, module: nn.Module, x: torch.Tensor) -> torc
     return forward(module, x)
 
 
-RECORDED_KEYS = ("name", "head", "dropout", "in_chans")
-"""What every artifact records of the architecture; timm models add :data:`TIMM_KEYS`."""
-TIMM_KEYS = ("source", "mean", "std", "img_size")
-
-
-def recorded_architecture(architecture: dict) -> dict:
-    """The part of ``CxrNet.architecture`` an artifact stores: enough for :func:`rebuild_model`."""
-    keys = RECORDED_KEYS + (TIMM_KEYS if architecture.get("source") == "timm" else ())
-    return {key: architecture[key] for key in keys}
-
-
-def rebuild_model(architecture: dict, labels: Sequence[str], input_size: int) -> CxrNet:
-    """The randomly initialised twin of a recorded architecture (its weights come from the artifact or graph)."""
-    if architecture.get("img_size") not in (None, input_size):
-        raise CxrError(f"architecture built for {architecture['img_size']} px, preprocessing gives {input_size} px")
-    normalization = (architecture["mean"], architecture["std"]) if "mean" in architecture else None
-    return create_model(
-        architecture["name"],
+def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_size: int) -> CxrNet:
+    """The randomly initialised twin of a recorded architecture (its weights come from the artifact or graph), with
+    the normalisation and Grad-CAM layer the artifact recorded."""
+    if architecture.img_size not in (None, input_size):
+        raise CxrError(f"architecture built for {architecture.img_size} px, preprocessing gives {input_size} px")
+    normalization = (architecture.mean, architecture.std) if architecture.mean is not None else None
+    model = create_model(
+        architecture.name,
         len(labels),
-        head=architecture.get("head", "gap"),
-        dropout=float(architecture.get("dropout", 0.0)),
+        head=architecture.head,
+        dropout=architecture.dropout,
         input_size=input_size,
         labels=list(labels),
         normalization=normalization,
     )
+    if architecture.cam_layer and architecture.cam_layer != model.architecture.cam_layer:
+        try:
+            model.backbone.get_submodule(architecture.cam_layer)
+        except AttributeError as error:
+            raise CxrError(f"{architecture.name}: no layer {architecture.cam_layer!r} for Grad-CAM") from error
+        model.architecture = replace(model.architecture, cam_layer=architecture.cam_layer)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

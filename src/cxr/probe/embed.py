@@ -188,6 +188,7 @@ def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: 
         "preprocessing": params["preprocessing"],
         "store": {
             "id": params["store_id"],
+            "manifest_sha256": store.manifest_sha256,
             "name": store.path.name,
             "size": store.size,
             "crop": store.crop,

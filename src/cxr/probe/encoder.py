@@ -77,7 +77,7 @@ def load_encoder(
             raise CxrError("--image-size applies to a backbone name; an artifact keeps the input size it was built for")
         artifact = load_artifact(path, device=device)
         artifact.preprocessing.check_store(store)
-        description = {"kind": "artifact", "name": artifact.architecture.get("name"), "file": path.name,
+        description = {"kind": "artifact", "name": artifact.spec.architecture.name, "file": path.name,
                        "sha256": sha256_file(path), "labels": list(artifact.labels)}  # fmt: skip
         return Encoder(artifact.model.eval(), artifact.preprocessing, list(artifact.labels), description)
     size = int(input_size or store.size)
@@ -100,10 +100,10 @@ def final_linear(model: CxrNet) -> nn.Linear:
     """The model's last linear layer (its head's last ``nn.Linear``): the probe replaces it, the embedding feeds it."""
     linears = [module for module in model.head.modules() if isinstance(module, nn.Linear)]
     if not linears:
-        raise CxrError(f"{model.architecture.get('name')}: its head has no linear layer to probe")
+        raise CxrError(f"{model.architecture.name}: its head has no linear layer to probe")
     last = linears[-1]
     if isinstance(model.head, nn.Sequential) and model.head[-1] is not last:
-        raise CxrError(f"{model.architecture.get('name')}: its head does not end in a linear layer")
+        raise CxrError(f"{model.architecture.name}: its head does not end in a linear layer")
     return last
 
 
@@ -111,7 +111,7 @@ def pooling(model: CxrNet) -> str:
     """How the embedding is formed, in words: the head's modules before its final linear layer."""
     head = list(model.head) if isinstance(model.head, nn.Sequential) else []
     before = [type(module).__name__ for module in head[:-1] if not isinstance(module, nn.Dropout)]
-    backbone = f"{model.architecture.get('name')} backbone output"
+    backbone = f"{model.architecture.name} backbone output"
     return " → ".join([backbone, *before]) + " (the input of the final linear layer)"
 
 

@@ -26,6 +26,7 @@ from cxr.errors import CxrError
 from cxr.files import write_bytes, write_json
 from cxr.models.artifact import load_artifact, write_artifact
 from cxr.models.factory import CxrNet, rebuild_model
+from cxr.models.spec import TrainingData
 from cxr.probe.efficiency import auroc_with_ci, fraction_rows, parse_fractions, write_efficiency
 from cxr.probe.embed import Embeddings
 from cxr.probe.encoder import final_linear
@@ -68,7 +69,7 @@ def probe_model(encoder_file: Path, labels: list[str], head: LinearHead) -> tupl
     """The encoder rebuilt for ``labels`` outputs, its weights but the final Linear's loaded, that Linear set to
     ``head``; and the encoder's preprocessing."""
     encoder = load_artifact(encoder_file)
-    model = rebuild_model(encoder.architecture, labels, encoder.preprocessing.input_size)
+    model = rebuild_model(encoder.spec.architecture, labels, encoder.preprocessing.input_size)
     linear = final_linear(model)
     name = next(n for n, m in model.named_modules() if m is linear)
     state = {k: v for k, v in encoder.model.state_dict().items() if not k.startswith(name + ".")}
@@ -145,7 +146,11 @@ def probe_run(
     }
     model, preprocessing = probe_model(emb.encoder_file, labels, head)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    write_artifact(out / "checkpoints" / "best.ckpt", model, labels, preprocessing, config=config)
+    fitted_on = TrainingData(
+        str(store.manifest.get("dataset", "nih")), results[-1]["train_images"], store.manifest_sha256
+    )
+    write_artifact(out / "checkpoints" / "best.ckpt", model, labels, preprocessing, config=config,
+                   training_data=(fitted_on,))  # fmt: skip
     split.split_table().to_parquet(out / "split.parquet", index=False)
     _val_predictions(val_table, labels, y_val, head.probabilities(x_val)).to_parquet(
         out / "val_predictions.parquet", index=False

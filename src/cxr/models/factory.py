@@ -276,6 +276,7 @@ def create_model(
     labels: Sequence[str] | None = None,
     grad_checkpointing: bool = False,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    backbone_config: dict | None = None,
 ) -> CxrNet:
     """Build a classifier for ``(B, 1, input_size, input_size)`` inputs returning ``(B, num_outputs)`` logits.
 
@@ -286,7 +287,7 @@ def create_model(
     matches, e.g. the seed's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
-    with.
+    with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
     """
     if head not in HEADS:
         raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
@@ -300,6 +301,11 @@ def create_model(
     is_cxr_file = pretrained not in ("none", "imagenet") and _is_cxr_checkpoint(Path(pretrained))
     if name in ARCHITECTURES:
         model = _torchvision_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+    elif _is_foundation_name(name):
+        if is_cxr_file and backbone_config is None:  # an earlier run's checkpoint: its backbone as it recorded it
+            backbone_config = _read_checkpoint_meta(Path(pretrained))["architecture"].get("backbone_config")
+        spec = _foundation_spec(name, head, input_size, "none" if is_cxr_file else pretrained, backbone_config)
+        model = _foundation_net(name, spec, num_outputs, head, dropout, input_size, labels)
     else:
         model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
     if normalization is not None:
@@ -309,6 +315,11 @@ def create_model(
     if grad_checkpointing:
         _set_grad_checkpointing(model)
     return model
+
+
+def _read_checkpoint_meta(path: Path) -> dict:
+    """The ``"cxr"`` block of one of our checkpoints."""
+    return torch.load(path, map_location="cpu", weights_only=True)["cxr"]
 
 
 def _is_cxr_checkpoint(path: Path) -> bool:
@@ -394,6 +405,37 @@ def _timm_net(
     return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
 
 
+def _is_foundation_name(name: str) -> bool:
+    from cxr.models.foundation import is_foundation_name
+
+    return is_foundation_name(name)
+
+
+def _foundation_spec(name: str, head: str, input_size: int, pretrained: str, recorded: dict | None):
+    from cxr.models.foundation import build_foundation_backbone
+
+    return build_foundation_backbone(name, Head(head).value, input_size, pretrained, recorded)
+
+
+def _foundation_net(name, spec, num_outputs: int, head: str, dropout: float, input_size: int, labels) -> CxrNet:
+    """A registered foundation backbone (pooled features) + dropout + linear: head ``gap`` only."""
+    layers = [nn.Dropout(dropout)] if dropout > 0 else []
+    architecture = ArchitectureSpec(
+        name=str(name),
+        num_outputs=num_outputs,
+        head=Head(head).value,
+        dropout=float(dropout),
+        source="foundation",
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        img_size=spec.img_size,
+        cam_layer=spec.feature_layer,
+        backbone_config=spec.config,
+    )
+    head_module = nn.Sequential(*layers, nn.Linear(spec.num_features, num_outputs))
+    return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
+
+
 def _check_normalization(model: CxrNet, normalization: tuple[Sequence[float], Sequence[float]]) -> None:
     mean, std = ([float(v) for v in values] for values in normalization)
     if not (
@@ -416,6 +458,10 @@ def _set_grad_checkpointing(model: CxrNet) -> None:
         from cxr.models.timm_backbones import set_grad_checkpointing
 
         set_grad_checkpointing(backbone)
+    elif model.architecture.source == "foundation":
+        from cxr.models.foundation import set_grad_checkpointing as set_foundation_checkpointing
+
+        set_foundation_checkpointing(backbone)
     elif "densenet" in model.architecture.name:  # torchxrayvision's xrv-densenet121 too
         for module in backbone.modules():
             if hasattr(module, "memory_efficient"):
@@ -447,6 +493,7 @@ def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_s
         input_size=input_size,
         labels=list(labels),
         normalization=normalization,
+        backbone_config=architecture.backbone_config,
     )
     if architecture.cam_layer and architecture.cam_layer != model.architecture.cam_layer:
         try:

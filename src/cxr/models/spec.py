@@ -76,6 +76,7 @@ class ArchitectureSpec:
     img_size: int | None = None
     cam_layer: str | None = None
     in_chans: int = 1  # the model's own input: one grey channel, in [0, 1]
+    backbone_config: dict | None = None  # foundation backbones: their own config (cxr.models.foundation), no paths
 
     def __post_init__(self) -> None:
         where = f"architecture {self.name!r}"
@@ -100,7 +101,7 @@ class ArchitectureSpec:
             "img_size": self.img_size,
             "cam_layer": self.cam_layer,
             "in_chans": self.in_chans,
-        }
+        } | ({"backbone_config": self.backbone_config} if self.backbone_config is not None else {})
 
     @classmethod
     def from_dict(cls, block: dict, num_outputs: int, where: str = "architecture") -> ArchitectureSpec:
@@ -113,6 +114,9 @@ class ArchitectureSpec:
         img_size = block.get("img_size")
         if img_size is not None and not isinstance(img_size, int):
             raise CxrError(f"{where}: field 'img_size' must be an integer or null")
+        backbone_config = block.get("backbone_config")
+        if backbone_config is not None and not isinstance(backbone_config, dict):
+            raise CxrError(f"{where}: field 'backbone_config' must be a mapping or absent")
         return _named(
             where,
             lambda: cls(
@@ -126,6 +130,7 @@ class ArchitectureSpec:
                 img_size=img_size,
                 cam_layer=block.get("cam_layer"),
                 in_chans=int(block.get("in_chans", 1)),
+                backbone_config=backbone_config,
             ),
         )
 

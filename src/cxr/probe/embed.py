@@ -132,12 +132,7 @@ def embed_store(
     embedder = Embedder(encoder.model, bf16)
     rows = store.index["row"].to_numpy(np.int64)
     if not (out / STATE).exists():
-        dims = embedding_dims(embedder, encoder.preprocessing.input_size)
-        write_artifact(out / ENCODER, encoder.model, encoder.labels, encoder.preprocessing,
-                       config={"role": "frozen encoder of cxr embed", "encoder": encoder.description})  # fmt: skip
-        np.lib.format.open_memmap(out / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(len(rows), dims)).flush()
-        (out / JOURNAL).unlink(missing_ok=True)
-        write_json(out / STATE, {"params": params, "dims": dims})
+        _start(out, encoder, embedding_dims(embedder, encoder.preprocessing.input_size), len(rows), params)
     array = np.load(out / EMBEDDINGS, mmap_mode="r+")
     n_chunks = -(-len(rows) // batch_size)
     done = read_journal(out / JOURNAL)
@@ -155,6 +150,15 @@ def embed_store(
     for name in (STATE, JOURNAL):
         (out / name).unlink(missing_ok=True)
     return manifest
+
+
+def _start(out: Path, encoder, dims: int, images: int, params: dict) -> None:
+    """A fresh run: the encoder file, the zeroed ``(images, dims)`` array, then the state that marks a run begun."""
+    write_artifact(out / ENCODER, encoder.model, encoder.labels, encoder.preprocessing,
+                   config={"role": "frozen encoder of cxr embed", "encoder": encoder.description})  # fmt: skip
+    np.lib.format.open_memmap(out / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(images, dims)).flush()
+    (out / JOURNAL).unlink(missing_ok=True)
+    write_json(out / STATE, {"params": params, "dims": dims})
 
 
 def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: Journal, workers: int,

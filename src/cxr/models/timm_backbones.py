@@ -59,7 +59,7 @@ def unknown_model_error(name: str, known: tuple[str, ...]) -> CxrError:
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return CxrError(
-        f"unknown model {name!r}{hint}. model.name takes {', '.join(known)} (torchvision) or any timm architecture "
+        f"unknown model {name!r}{hint}. model.name takes {', '.join(known)} (cxr's names) or any timm architecture "
         "(python -c \"import timm; print(timm.list_models('convnext*'))\" lists them)"
     )
 
@@ -78,12 +78,15 @@ def build_timm_backbone(
     input_size: int,
     pretrained: str,
     fine_cam_below: int,
+    drop_path: float = 0.0,
 ) -> TimmBackbone:
     """Build ``name`` for ``(B, 3, input_size, input_size)`` inputs; ``pretrained``: ``"none"``, ``"imagenet"`` or
-    a weights file (``.safetensors``, ``.pth``, ``.bin``)."""
+    a weights file (``.safetensors``, ``.pth``, ``.bin``); ``drop_path``: timm's stochastic depth rate."""
     import timm
 
     kwargs: dict = {"num_classes": 0, "in_chans": 3}
+    if drop_path > 0:
+        kwargs["drop_path_rate"] = drop_path
     img_size = input_size if _fixed_input_size(name) else None
     if img_size is not None:
         kwargs["img_size"] = img_size

@@ -27,7 +27,9 @@ def embed(
         None, "--image-size", help="A backbone name's input size (default: store's)."
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (and per chunk)."),
-    workers: int = typer.Option(1, "--workers", min=0, help="Loader processes reading the store while the model runs."),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Loader processes reading the store while the model runs (0: in this process)."
+    ),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where native), 32, or bf16."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     force: bool = typer.Option(False, "--force", help="Overwrite embeddings made with other arguments."),

@@ -138,7 +138,7 @@ def evaluate_predictions(
     """``cxr evaluate --predictions``: score a predictions CSV, write metrics.json, plots and reports to ``out``.
 
     ``val_predictions`` (same format, labels from the same metadata) is where thresholds are chosen; without it
-    they are chosen on the scored images and flagged optimistic. ``preset`` picks the seed's reference column.
+    they are chosen on the scored images and flagged optimistic. ``preset`` picks the original's reference column.
     ``subgroups`` adds per-group metrics (attributes from the NIH metadata and ``subgroups.subgroup_file``) at the
     ``rule``'s thresholds.
     """

@@ -1,4 +1,4 @@
-"""The model registry and factory: torchvision or timm backbones with the seed's or CheXNet's head, grayscale in,
+"""The model registry and factory: torchvision or timm backbones with the original's or CheXNet's head, grayscale in,
 logits out.
 
 ``model.name`` is one of the four torchvision names of :data:`BACKBONES` (their own implementation, so checkpoints of
@@ -7,8 +7,9 @@ earlier versions load) or any timm architecture (:mod:`cxr.models.timm_backbones
 statistics of its pretrained weights *inside* the model, so ONNX export and every caller share one input convention
 (``docs/architecture.md``, "Model input"). Heads:
 
-- ``seed``: Flatten → Dropout → Linear 256 + ReLU → Dropout → Linear 60 + ReLU → Dropout → Linear K, the head of
-  the original NIH notebooks (Keras DenseNet169, ``include_top=False``, no pooling; ``docs/experiments.md``).
+- ``original`` (formerly ``seed``): Flatten → Dropout → Linear 256 + ReLU → Dropout → Linear 60 + ReLU → Dropout →
+  Linear K, the head of the original NIH notebooks (Keras DenseNet169, ``include_top=False``, no pooling;
+  ``docs/experiments.md``).
 - ``gap``: global average pooling → Linear K, as CheXNet (Rajpurkar et al., 2017, arXiv:1711.05225).
 """
 
@@ -240,7 +241,7 @@ def _set_in_chans(tv_model: nn.Module, in_chans: int) -> None:
 
 
 def _feature_shape(backbone: nn.Module, input_size: int, in_chans: int = 3) -> tuple[int, int, int]:
-    """(C, h, w) of the backbone's output at ``input_size``: the seed head's Flatten size depends on it."""
+    """(C, h, w) of the backbone's output at ``input_size``: the original head's Flatten size depends on it."""
     was_training = backbone.training
     backbone.eval()  # batch-norm must not update its running statistics on the probe
     with torch.no_grad():
@@ -256,7 +257,7 @@ def _head(kind: str, feature_shape: tuple[int, int, int], num_outputs: int, drop
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         return nn.Sequential(*layers, nn.Linear(channels, num_outputs))
-    # The seed's head (docs/experiments.md): at 300 px DenseNet169 flattens 9x9x1664 = 134,784 features.
+    # The original head (docs/experiments.md): at 300 px DenseNet169 flattens 9x9x1664 = 134,784 features.
     return nn.Sequential(
         nn.Flatten(),
         nn.Dropout(dropout),
@@ -289,14 +290,16 @@ def create_model(
     init), ``"imagenet"`` (torchvision's weights from the torch hub cache or downloaded; timm's from the local Hugging
     Face cache only; a :class:`CxrError` says how to provide them offline) or a path to a state dict (torchvision or
     timm layout; ``.safetensors`` for timm too) or to one of our checkpoints (whose head is reused when its shape
-    matches, e.g. the seed's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
+    matches, e.g. the original's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
     with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
     ``drop_path``: stochastic depth of timm models (Huang et al. 2016), the rate of their last block.
     """
-    if head not in HEADS:
-        raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    try:
+        head = Head(head).value  # "seed", the original head's former name, is still read
+    except ValueError:
+        raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}") from None
     if num_outputs < 1:
         raise CxrError(f"a model needs at least one output, got num_outputs={num_outputs}")
     if labels is not None and len(labels) != num_outputs:
@@ -520,5 +523,5 @@ def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_s
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (the seed reports 47.2 M for DenseNet169 + its head at 300 px)."""
+    """Number of trainable parameters (the original reports 47.2 M for DenseNet169 + its head at 300 px)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -6,7 +6,7 @@ model is built with ``num_classes=0`` so cxr's heads apply to its features:
 
 - head ``gap``: timm's own pooling (``global_pool``, with what the family puts after it, e.g. ConvNeXt's norm),
   then cxr's dropout + linear layer;
-- head ``seed``: the unpooled ``(B, C, h, w)`` map, flattened, so CNNs only.
+- head ``original``: the unpooled ``(B, C, h, w)`` map, flattened, so CNNs only.
 
 Its normalisation is the one its pretrained weights were trained with (``pretrained_cfg`` mean/std: 0.5 for the
 original ViTs, ImageNet's for most CNNs); models with a fixed input size (ViT, Swin, EVA …) are built for the
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxr.config import Head
 from cxr.errors import CxrError
 from cxr.models import weights
 
@@ -91,7 +92,7 @@ def build_timm_backbone(
     img_size = input_size if _fixed_input_size(name) else None
     if img_size is not None:
         kwargs["img_size"] = img_size
-    if head == "seed":
+    if head == Head.ORIGINAL:
         kwargs["global_pool"] = ""
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
@@ -104,17 +105,17 @@ def build_timm_backbone(
     cfg = model.pretrained_cfg
     mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
-    if head == "seed":
+    if head == Head.ORIGINAL:
         _check_seed_map(model, name, input_size)
     layer, reshape = cam_target(model, input_size, fine_cam_below)
     return TimmBackbone(model, mean, std, img_size, layer, reshape)
 
 
 def _check_seed_map(model: nn.Module, name: str, input_size: int) -> None:
-    """The seed head flattens a (C, h, w) map: transformers' tokens (or Swin's NHWC map) are not one."""
+    """The original head flattens a (C, h, w) map: transformers' tokens (or Swin's NHWC map) are not one."""
     if _is_vit(model) or getattr(model, "output_fmt", "NCHW") != "NCHW":
         raise CxrError(
-            f"head 'seed' flattens a CNN's (C, h, w) feature map; {name} is a transformer: use model.head=gap"
+            f"head 'original' flattens a CNN's (C, h, w) feature map; {name} is a transformer: use model.head=gap"
         )
 
 

@@ -4,7 +4,7 @@
 the same format) or a registered backbone name (``model.name``: torchvision and timm names, and whatever other modules
 register with :func:`cxr.models.factory.create_model`). The embedding of an image is what the model's final
 ``nn.Linear`` reads — global average pooling of the last block for a ``gap`` head, timm's own pooling for timm models,
-the 60-unit layer of the seed's head — captured with a forward pre-hook, so the model runs exactly as ``predict`` runs
+the 60-unit layer of the original head — captured with a forward pre-hook, so the model runs exactly as ``predict`` runs
 it and every architecture's own pooling is kept (He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR
 2022, and Oquab et al., "DINOv2", 2023, probe the same way: a linear layer on the frozen pooled features).
 """

@@ -122,7 +122,8 @@ def _keras22_config(model: keras.Model) -> dict:
         else:
             config = layer.get_config() | {"name": name}
         inbound = [] if previous is None else [[[previous, 0, 0, {}]]]
-        layers.append({"name": name, "class_name": layer.__class__.__name__, "config": config, "inbound_nodes": inbound})
+        kind = layer.__class__.__name__
+        layers.append({"name": name, "class_name": kind, "config": config, "inbound_nodes": inbound})
         previous = name
     for entry in layers:
         if entry["class_name"] == "Functional":

@@ -29,7 +29,7 @@ from cxr.labels import check_names
 from cxr.models.artifact import write_artifact
 from cxr.models.factory import BACKBONES, create_model
 from cxr.models.keras_h5 import KerasFile, read_keras_file
-from cxr.models.keras_layouts import ORIGINAL_FILES, Recognised, recognise
+from cxr.models.keras_layouts import ORIGINAL_FILES, Recognised, check_layout, recognise
 from cxr.models.keras_weights import load_weights
 
 
@@ -76,6 +76,7 @@ def preprocessing_of(file: KerasFile, recognised: Recognised) -> tuple[Preproces
 
 def import_keras(path: str | Path, out: str | Path, layout: str = "auto", labels: str | None = None) -> dict:
     """Write the Keras 2 model of ``path`` as a cxr model artifact at ``out``; return what was imported."""
+    check_layout(layout)  # before reading a file of hundreds of MB
     file = read_keras_file(path)
     recognised = recognise(file, layout)
     names = output_names(file, recognised, labels)

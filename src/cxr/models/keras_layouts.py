@@ -99,12 +99,16 @@ def densenet_depth(file: KerasFile, names: list[str]) -> int:
     return DENSENET_BLOCKS[blocks]
 
 
+def check_layout(layout_name: str) -> str:
+    if layout_name not in LAYOUT_CHOICES:
+        raise CxrError(f"unknown Keras layout {layout_name!r}; choose one of: {', '.join(LAYOUT_CHOICES)}")
+    return layout_name
+
+
 def recognise(file: KerasFile, layout_name: str = "auto") -> Recognised:
     """The architecture of ``file`` under ``layout_name`` (``auto``: full-model → original, weights-only →
     chexnet-keras)."""
-    if layout_name not in LAYOUT_CHOICES:
-        raise CxrError(f"unknown Keras layout {layout_name!r}; choose one of: {', '.join(LAYOUT_CHOICES)}")
-    if layout_name == "auto":
+    if check_layout(layout_name) == "auto":
         layout_name = "original" if file.kind is SaveKind.FULL_MODEL else "chexnet-keras"
     if layout_name == "original":
         return _recognise_original(file)

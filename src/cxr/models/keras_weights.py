@@ -97,36 +97,36 @@ def expected_layers(model: CxrNet, recognised: Recognised) -> dict[str, list[Slo
     head: list[Slot] = []
     for index, (prefix, linear) in enumerate(linears):
         after_flatten = index == 0 and recognised.layout.head == "seed"
-        convert = _flatten_dense(feature_shape(model, recognised.input_size)) if after_flatten else None
+        convert = _flatten_dense(feature_shape(model)) if after_flatten else None
         head += _module_slots(prefix, linear, convert)
     layers[keras_name(recognised.head_layer)] = head  # a nested Sequential is one group holding its layers' weights
     return layers
 
 
-def feature_shape(model: CxrNet, input_size: int) -> tuple[int, int, int]:
-    """(C, h, w) of the backbone's output at ``input_size``: (1664, 9, 9) for DenseNet169 at 300 px."""
-    backbone = model.backbone
-    was_training = backbone.training
-    with torch.no_grad():
-        shape = backbone.eval()(torch.zeros(1, 3, input_size, input_size)).shape[1:]
-    backbone.train(was_training)
-    return int(shape[0]), int(shape[1]), int(shape[2])
+def feature_shape(model: CxrNet) -> tuple[int, int, int]:
+    """(C, h, w) of the map the seed head flattens, from its first Linear (no forward pass): (1664, 9, 9) for
+    DenseNet169 at 300 px."""
+    channels = model.backbone.norm5.num_features
+    side = round((model.head[2].in_features / channels) ** 0.5)
+    return channels, side, side
 
 
 def mismatches(file: KerasFile, expected: dict[str, list[Slot]]) -> list[str]:
-    """Every way the file's layers differ from ``expected``: missing, extra, other weights, other shapes."""
-    found = {keras_name(name): weights for name, weights in file.layers.items()}
-    problems = [f"missing layer {name}" for name in expected if name not in found]
-    problems += [f"extra layer {name}" for name in found if name not in expected]
-    for name in (name for name in expected if name in found):
+    """Every way the file's layers differ from ``expected`` (missing, extra, other weights, other shapes), each
+    naming the layer as the file spells it."""
+    spelled = {keras_name(name): name for name in file.layers}
+    problems = [f"missing layer {name}" for name in expected if name not in spelled]
+    problems += [f"extra layer {spelled[name]}" for name in spelled if name not in expected]
+    for name in (name for name in expected if name in spelled):
+        found = file.layers[spelled[name]]
         kinds = [slot.kind for slot in expected[name]]
-        if [weight.kind for weight in found[name]] != kinds:
-            problems.append(f"layer {name}: weights {[w.kind for w in found[name]]}, expected {kinds}")
+        if [weight.kind for weight in found] != kinds:
+            problems.append(f"layer {spelled[name]}: weights {[w.kind for w in found]}, expected {kinds}")
             continue
-        for slot, weight in zip(expected[name], found[name], strict=True):
+        for slot, weight in zip(expected[name], found, strict=True):
             if tuple(weight.value.shape) != slot.keras_shape:
-                problems.append(f"layer {name} {weight.name}: expected shape {slot.keras_shape}, found "
-                                f"{tuple(weight.value.shape)}")  # fmt: skip
+                problems.append(f"layer {spelled[name]} weight {weight.name}: expected shape {slot.keras_shape}, "
+                                f"found {tuple(weight.value.shape)}")  # fmt: skip
     return problems
 
 
@@ -141,6 +141,6 @@ def load_weights(model: CxrNet, file: KerasFile, recognised: Recognised) -> None
     state = model.state_dict()
     found = {keras_name(name): weights for name, weights in file.layers.items()}
     for name, slots in expected.items():
-        for slot, weight in zip(slots, found[name], strict=True):
+        for slot, weight in zip(slots, found[name], strict=True):  # mismatches() checked kinds, order and shapes
             state[slot.target] = torch.from_numpy(np.ascontiguousarray(slot.convert(weight.value)))
     model.load_state_dict(state)

@@ -270,14 +270,15 @@ def test_keras_densenets_of_the_registry_have_keras_epsilon_and_no_final_relu():
     from cxr.models.factory import create_model
 
     torch.manual_seed(0)
-    for name in ("keras-densenet121", "keras-densenet169-unit"):
-        model = create_model(name, 2, head="gap", input_size=224).eval()
-        norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert norms and {m.eps for m in norms} == {1.001e-5}
-        assert not isinstance(model.backbone[-1], torch.nn.ReLU) and model.feature_layer is model.backbone.norm5
-        with torch.no_grad():
-            assert (model.backbone(torch.rand(1, 3, 224, 224)) < 0).any()  # the map the head sees is not rectified
-    assert create_model("keras-densenet169-unit", 1, input_size=64).input_config["std"] == [1.0, 1.0, 1.0]
+    model = create_model("keras-densenet121", 2, head="gap", input_size=224).eval()
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and {m.eps for m in norms} == {1.001e-5}
+    assert not isinstance(model.backbone[-1], torch.nn.ReLU) and model.feature_layer is model.backbone.norm5
+    with torch.no_grad():
+        assert (model.backbone(torch.rand(1, 3, 224, 224)) < 0).any()  # the map the head sees is not rectified
+    unit = create_model("keras-densenet169-unit", 1, input_size=64)
+    assert unit.input_config["mean"] == [0.0, 0.0, 0.0] and unit.input_config["std"] == [1.0, 1.0, 1.0]
+    assert {m.eps for m in unit.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1.001e-5}
 
 
 def decode_data_url(url: str) -> Image.Image:

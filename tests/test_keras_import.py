@@ -249,6 +249,21 @@ def test_a_missing_extra_or_misshapen_layer_is_refused_in_one_line_naming_it(cas
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_layout_and_labels_that_do_not_fit_the_file_are_refused_before_anything_is_built(case_c, folder):
+    out = folder / "refused.ckpt"
+    wrong = {
+        ("--layout", "original"): "a weights-only file (save_weights) has no architecture",
+        ("--labels", "Fibrosis"): r"the model has 14 output\(s\), --labels names 1",
+        ("--labels", ",".join([*CHEXNET_ORDER[:13], "Foo"])): "--labels: unknown finding 'Foo'",
+    }
+    for options, message in wrong.items():
+        with pytest.raises(CxrError, match=message):
+            args = ["import", "keras", str(case_c.file), "--out", str(out), *options]
+            runner.invoke(app, args, catch_exceptions=False)
+    assert not out.exists()
+
+
 def test_keras3_files_and_other_files_get_a_clear_message(tmp_path):
     keras = keras_files.keras
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
@@ -377,3 +392,20 @@ def test_predict_in_a_process_where_keras_and_h5py_cannot_be_imported(case_c, ar
     probabilities = json.loads(result.stdout)["probabilities"]
     assert list(probabilities) == list(CHEXNET_ORDER)
     assert np.abs(np.array(list(probabilities.values())) - keras_probabilities(case_c, artifact_c, png)).max() <= 1e-4
+
+
+def test_a_list_attribute_keras_2_split_into_chunks_is_read_whole(tmp_path):
+    """Keras 2 splits a list attribute over HDF5's 64 KB header limit into ``layer_names0``, ``layer_names1``, ..."""
+    from cxr.models.keras_h5 import SaveKind, read_keras_file
+
+    path = tmp_path / "chunked.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["layer_names0"], handle.attrs["layer_names1"] = np.array([b"input_1", b"d"]), np.array([b"out"])
+        for name, shape in (("d", (4, 3)), ("out", (3, 1))):
+            handle.create_group(name).attrs["weight_names0"] = np.array([f"{name}/kernel:0".encode()])
+            handle[name].create_dataset(f"{name}/kernel:0", data=np.ones(shape, "f"))
+        handle.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S1")
+    file = read_keras_file(path)
+    assert file.kind is SaveKind.WEIGHTS_ONLY and file.layer_names == ("input_1", "d", "out")
+    assert {name: [(w.kind, w.value.shape) for w in weights] for name, weights in file.layers.items()} == {
+        "d": [("kernel", (4, 3))], "out": [("kernel", (3, 1))]}  # fmt: skip

@@ -66,8 +66,13 @@ def _text(value) -> str:
     return str(value)
 
 
-def _names(value) -> tuple[str, ...]:
-    return tuple(_text(item) for item in np.atleast_1d(value))
+def _names(attrs, name: str) -> tuple[str, ...]:
+    """A list attribute; Keras 2 splits one over 64 KB (HDF5's object header limit) into ``name0``, ``name1``, ..."""
+    if name in attrs:
+        chunks = [attrs[name]]
+    else:
+        chunks = [attrs[f"{name}{index}"] for index in range(len(attrs)) if f"{name}{index}" in attrs]
+    return tuple(_text(item) for chunk in chunks for item in np.atleast_1d(chunk))
 
 
 def sha256(path: Path) -> str:
@@ -102,7 +107,7 @@ def read_keras_file(path: str | Path) -> KerasFile:
     with handle:
         if "model_weights" in handle:
             kind, weights_group = SaveKind.FULL_MODEL, handle["model_weights"]
-        elif "layer_names" in handle.attrs:
+        elif "layer_names" in handle.attrs or "layer_names0" in handle.attrs:
             kind, weights_group = SaveKind.WEIGHTS_ONLY, handle
         elif "layers" in handle or "vars" in handle:
             raise CxrError(
@@ -114,7 +119,7 @@ def read_keras_file(path: str | Path) -> KerasFile:
         version = _text(handle.attrs.get("keras_version", weights_group.attrs.get("keras_version", "unknown")))
         backend = _text(handle.attrs.get("backend", weights_group.attrs.get("backend", "unknown")))
         model_config = _model_config(path, handle) if kind is SaveKind.FULL_MODEL else None
-        layer_names = _names(weights_group.attrs.get("layer_names", ()))
+        layer_names = _names(weights_group.attrs, "layer_names")
         layers = {name: weights for name in layer_names if (weights := _layer_weights(path, weights_group, name))}
     return KerasFile(path, kind, version, backend, model_config, layer_names, layers, sha256(path))
 
@@ -137,7 +142,7 @@ def _layer_weights(path: Path, weights_group, layer: str) -> tuple[KerasWeight, 
         raise InputFormatError(path, f"layer {layer!r} is listed in 'layer_names' but has no group")
     group = weights_group[layer]
     weights = []
-    for name in _names(group.attrs.get("weight_names", ())):
+    for name in _names(group.attrs, "weight_names"):
         if name not in group:
             raise InputFormatError(path, f"layer {layer!r}: weight {name!r} is listed in 'weight_names' but absent")
         kind = name.rsplit("/", 1)[-1].split(":", 1)[0]

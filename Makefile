@@ -10,7 +10,7 @@ LOCK ?= requirements.lock
 DEMO_OUT ?= demo-output
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv lock demo test lint format bench clean
+.PHONY: venv lock demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
+
+# The edit-test loop: lint, then every test not marked slow (nothing that trains a model or runs a server).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -16,6 +16,17 @@ from filelock import FileLock
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "nih-sample"
 
+# The tiers (`make test-fast` runs `-m "not slow"`): a test that trains a model or runs a server is slow. Tests that
+# use a trained run through these fixtures are marked here; the others carry @pytest.mark.slow (or a module-level
+# pytestmark) where they are written.
+SLOW_FIXTURES = frozenset({"trained_run", "trained_run_copy", "synth_store"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:

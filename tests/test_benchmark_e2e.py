@@ -7,7 +7,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # the benchmark trains for a few steps
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train_e2e.py"
 

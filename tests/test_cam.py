@@ -87,6 +87,32 @@ def test_batched_grad_cam_gives_pytorch_grad_cam_s_maps():
         assert [peak(m) for m in batched] == [peak(m) for m in expected]  # the pointing game's points
 
 
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "layercam"])
+def test_every_cam_method_gives_the_packages_maps(method):
+    """Each :class:`CamMethod` against the ``grad-cam`` package's class of that method, on the model's own target
+    layer and on an earlier stage (``layer=``), per image as the package computes them."""
+    import torch
+    from pytorch_grad_cam import GradCAMPlusPlus, HiResCAM, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxr.inference.cam import grad_cam_batch
+    from cxr.models.factory import create_model
+
+    package = {"gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM}[method]
+    torch.manual_seed(0)
+    model = create_model("resnet18", 4, input_size=64).eval()
+    images = np.random.default_rng(3).random((2, 1, 64, 64), dtype=np.float32)
+    wanted = [[0, 3], [2]]
+    for layer in (None, "layer2"):
+        maps = grad_cam_batch(model, images, wanted, method=method, layer=layer)
+        target = model.backbone.get_submodule(layer) if layer else model.feature_layer
+        for image, indices, ours in zip(images, wanted, maps, strict=True):
+            copies = torch.from_numpy(image[None]).expand(len(indices), -1, -1, -1).contiguous()
+            with package(model=model, target_layers=[target]) as cam:
+                expected = cam(input_tensor=copies, targets=[ClassifierOutputTarget(i) for i in indices])
+            np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
 def test_unique_stems():
     assert unique_stems(["a/x.png", "b/x.png", "y.dcm", "c/x.png"]) == ["x", "x-2", "y", "x-3"]
 

@@ -8,6 +8,8 @@ from rich.console import Console
 from cxr.cli.demo import DemoRecipe, _fresh_output, demo_stages
 from cxr.errors import CxrError
 
+pytestmark = pytest.mark.slow  # whole pipelines: every test here trains or runs one
+
 
 def test_the_stages_cover_the_pipeline_in_order(tmp_path):
     names = [stage.name for stage in demo_stages(tmp_path, DemoRecipe())]

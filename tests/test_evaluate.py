@@ -192,10 +192,10 @@ def test_gzip_inputs_and_validation_thresholds(tmp_path, sample_dir, sample_scor
     with open(test, "rb") as source, gzip.open(tmp_path / "test.csv.gz", "wb") as target:
         shutil.copyfileobj(source, target)
     metrics, out = evaluate_predictions(tmp_path / "test.csv.gz", labels_gz, val_predictions=val, n_resamples=20)
-    assert out == tmp_path / "test-eval" and metrics["thresholds_chosen_on"] == "validation"
+    assert out == tmp_path / "test-eval" and metrics.thresholds_chosen_on == "validation"
     chosen = choose_threshold(targets["Edema"][:half].to_numpy(), probabilities["Edema"][:half], "youden")
-    assert metrics["findings"]["Edema"]["thresholds"]["youden"]["threshold"] == chosen
-    assert metrics["n_images"] == len(targets) - half
+    assert metrics.findings["Edema"].thresholds["youden"].threshold == chosen
+    assert metrics.n_images == len(targets) - half
 
 
 def test_cli_refuses_ambiguous_modes(tmp_path):
@@ -314,3 +314,26 @@ def test_run_mode_writes_predictions_metrics_thresholds_and_report(fake_run):
     again = json.loads(rescored.stdout)
     for finding in FINDINGS:
         assert again["findings"][finding]["auroc"] == pytest.approx(metrics["findings"][finding]["auroc"], abs=1e-9)
+
+
+def test_run_mode_subgroups_come_from_the_store_index_and_a_subgroup_file(fake_run, tmp_path):
+    run, store, _ = fake_run
+    images = pd.read_parquet(Path(store) / "index.parquet")["image"]
+    sites = pd.DataFrame({"Image Index": images, "site": np.where(np.arange(len(images)) % 2, "north", "south")})
+    sites.to_csv(tmp_path / "sites.csv", index=False)
+    args = ["evaluate", str(run), "--store", str(store), "--resamples", "30", "--subgroups", "sex,age,view,site",
+            "--subgroup-file", str(tmp_path / "sites.csv")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = strict_json(run / "eval" / "test" / "metrics.json")
+    groups = {attribute: list(found) for attribute, found in metrics["subgroups"].items()}
+    assert groups == {
+        "sex": ["M"],
+        "age": ["40-60"],
+        "view": ["PA"],
+        "site": ["north", "south"],
+    }  # the store: M, 50, PA
+    assert metrics["subgroups"]["sex"]["M"]["n_images"] == metrics["n_images"]
+    assert metrics["subgroup_settings"]["thresholds_chosen_on"] == "validation"
+    operating = strict_json(run / "thresholds.json")["operating"]
+    assert metrics["subgroup_settings"]["thresholds"] == pytest.approx(operating)  # the run's validation thresholds

@@ -76,27 +76,27 @@ def test_real_expert_labels_noisy_and_random_predictions(tmp_path):
     pd.concat([covered, extra]).to_csv(tmp_path / "noisy.csv", index=False)
     metrics, folder = evaluate_predictions(tmp_path / "noisy.csv", labels_path, n_resamples=200)
     kept = expert.iloc[100:]
-    assert metrics["n_images"] == len(kept) == len(expert) - 100
-    assert metrics["n_patients"] == kept["Patient ID"].nunique()
-    assert metrics["labels"] == list(SCORED) and metrics["label_set"] == "google2019"
-    assert list(metrics["not_available"]) == ["Fracture"]
+    assert metrics.n_images == len(kept) == len(expert) - 100
+    assert metrics.n_patients == kept["Patient ID"].nunique()
+    assert metrics.labels == list(SCORED) and metrics.label_set == "google2019"
+    assert list(metrics.not_available) == ["Fracture"]
     for label in SCORED:
         outputs = list(RULES[label])
         expected = roc_auc_score(kept[label] == "YES", covered[outputs].max(axis=1))
-        entry = metrics["findings"][label]
-        assert entry["auroc"] == pytest.approx(expected, abs=1e-12)
-        assert entry["auroc"] > 0.85
-        assert entry["auroc_ci"][0] < entry["auroc"] < entry["auroc_ci"][1]
-        assert entry["n_pos"] == int((kept[label] == "YES").sum())
+        entry = metrics.findings[label]
+        assert entry.auroc == pytest.approx(expected, abs=1e-12)
+        assert entry.auroc > 0.85
+        assert entry.auroc_ci[0] < entry.auroc < entry.auroc_ci[1]
+        assert entry.n_pos == int((kept[label] == "YES").sum())
     assert json.loads((folder / "metrics.json").read_text())["n_images"] == len(kept)
     assert "not available" in (folder / "report.md").read_text()
 
     random = predictions_from(expert, rng, signal=0.0)
     random.to_csv(tmp_path / "random.csv", index=False)
     chance, _ = evaluate_predictions(tmp_path / "random.csv", labels_path, n_resamples=200)
-    assert chance["n_images"] == len(expert) == 4_376
+    assert chance.n_images == len(expert) == 4_376
     for label in SCORED:
-        assert abs(chance["findings"][label]["auroc"] - 0.5) < 0.1, label
+        assert abs(chance.findings[label].auroc - 0.5) < 0.1, label
 
 
 def test_cli_on_the_excerpt(tmp_path):

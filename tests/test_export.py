@@ -45,13 +45,13 @@ def test_export_writes_metadata_and_checks_parity(exported):
     model = onnx.load(str(onnx_path))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
-    metadata = read_metadata(onnx_path)
+    metadata, spec = read_metadata(onnx_path)
     torch_side = TorchPredictor.from_path(checkpoint)
     assert metadata["labels"] == list(FINDINGS)
     assert metadata["thresholds"] == torch_side.thresholds
     assert metadata["preprocessing"] == torch_side.preprocessing.to_dict()
     assert metadata["package_version"] == torch_side.package_version
-    assert metadata["model_card"]["experiment"] == "tiny"
+    assert metadata["model_card"]["experiment"] == "tiny" and spec.labels == tuple(FINDINGS)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 9])
@@ -114,7 +114,7 @@ def test_foreign_or_incompatible_onnx_is_refused(exported, tmp_path):
     onnx.save(model, str(tmp_path / "foreign.onnx"))
     with pytest.raises(CxrError, match="without cxr metadata"):
         load_predictor(tmp_path / "foreign.onnx")
-    metadata = read_metadata(onnx_path) | {"format_version": 99}
+    metadata = read_metadata(onnx_path)[0] | {"format_version": 99}
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.save(model, str(tmp_path / "future.onnx"))

@@ -68,7 +68,8 @@ def test_seed_head_flattens_the_feature_map_of_its_input_size():
     # docs/experiments.md: at 300 px DenseNet169 flattens 9x9x1664 = 134,784 features.
     model = create_model("densenet169", 14, head="seed", dropout=0.2, input_size=300)
     assert model.head[2].in_features == 9 * 9 * 1664
-    assert model.input_config == {"input_size": 300, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert model.input_size == 300 and model.architecture.source == "torchvision"
+    assert model.architecture.mean == (0.485, 0.456, 0.406) and model.architecture.std == (0.229, 0.224, 0.225)
 
 
 def test_normalisation_is_inside_the_model():
@@ -165,7 +166,7 @@ def test_artifact_round_trip(tmp_path):
     assert artifact.labels == ["Fibrosis", "Mass"]
     assert artifact.thresholds == {"Fibrosis": 0.5, "Mass": 0.5}
     assert artifact.preprocessing == preprocessing and artifact.config == {"seed": 1}
-    assert artifact.architecture["name"] == "resnet18" and not artifact.model.training
+    assert artifact.spec.architecture.name == "resnet18" and not artifact.model.training
     images = torch.rand(3, 1, 56, 56)
     with torch.no_grad():
         assert torch.allclose(artifact.model(images), model(images))

@@ -22,6 +22,8 @@ from cxr.data.tasks import build_multi_split
 from cxr.errors import CxrError
 from cxr.labels import FINDINGS
 
+pytestmark = pytest.mark.slow  # whole pipelines: every test here trains or runs one
+
 SIZE = 64
 CHEXPERT_ONLY = ("Lung Opacity", "Lung Lesion")  # the CheXpert store gives these, the NIH store cannot
 NIH_ONLY = ("Mass", "Nodule", "Infiltration", "Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening")

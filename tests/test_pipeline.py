@@ -13,6 +13,8 @@ from conftest import cli
 from cxr.labels import FINDINGS
 from cxr.models.artifact import load_artifact
 
+pytestmark = pytest.mark.slow  # whole pipelines: every test here trains or runs one
+
 
 def test_the_run_records_its_store(trained_run, synth_store):
     config = yaml.safe_load((trained_run / "config.yaml").read_text())

@@ -52,18 +52,18 @@ def test_the_four_torchvision_names_keep_their_implementation():
 
     model = create_model("resnet18", 2, input_size=64)
     assert isinstance(model.backbone.layer4[0], torchvision.models.resnet.BasicBlock)
-    assert "source" not in model.architecture  # the artifact's architecture block is as before
+    assert model.architecture.source == "torchvision" and model.architecture.img_size is None
 
 
 def test_timm_models_normalise_with_their_weights_statistics_and_record_them(tmp_path):
     vit = create_model(VIT, 3, input_size=64)
-    assert vit.input_config["mean"] == [0.5, 0.5, 0.5] and vit.input_config["std"] == [0.5, 0.5, 0.5]
+    assert vit.architecture.mean == (0.5, 0.5, 0.5) and vit.architecture.std == (0.5, 0.5, 0.5)
     assert vit.backbone.patch_embed.grid_size == (4, 4)  # built for the run's input size
     checkpoint = _checkpoint(tmp_path / "vit.ckpt", VIT)
     artifact = load_artifact(checkpoint)
-    recorded = artifact.architecture
-    assert recorded["source"] == "timm" and recorded["img_size"] == 64
-    assert recorded["mean"] == [0.5, 0.5, 0.5] and recorded["std"] == [0.5, 0.5, 0.5]
+    recorded = artifact.spec.architecture
+    assert recorded.source == "timm" and recorded.img_size == 64
+    assert recorded.mean == (0.5, 0.5, 0.5) and recorded.std == (0.5, 0.5, 0.5)
     assert artifact.model.mean.flatten().tolist() == [0.5, 0.5, 0.5]
     x = torch.rand(2, 1, 64, 64)
     torch.manual_seed(11)
@@ -72,8 +72,8 @@ def test_timm_models_normalise_with_their_weights_statistics_and_record_them(tmp
         torch.testing.assert_close(artifact.model(x), rebuilt(x))
 
     convnext = create_model("convnext_atto", 3, input_size=64)
-    assert convnext.input_config["mean"] == list(timm.data.IMAGENET_DEFAULT_MEAN)
-    assert convnext.architecture["img_size"] is None  # CNNs take any size
+    assert convnext.architecture.mean == tuple(timm.data.IMAGENET_DEFAULT_MEAN)
+    assert convnext.architecture.img_size is None  # CNNs take any size
 
 
 def test_an_artifact_with_other_statistics_is_refused(tmp_path):
@@ -257,7 +257,7 @@ def test_onnx_export_matches_torch(name, tmp_path):
     expected = TorchPredictor.from_path(checkpoint).probabilities(inputs)
     onnx_side = OnnxPredictor(tmp_path / "m.onnx")
     np.testing.assert_allclose(onnx_side.probabilities(inputs), expected, atol=1e-4)
-    assert onnx_side.architecture["source"] == "timm"
+    assert onnx_side.architecture.source == "timm"
     if name == VIT:  # the Grad-CAM twin rebuilt from the graph, with its token reshape
         maps = grad_cam_batch(onnx_side.model, inputs[:1], [[0]])
         np.testing.assert_allclose(
@@ -311,7 +311,7 @@ def test_efficientnet_b0_trains_exports_with_parity_and_predicts(synth_store, sy
     run = _train(synth_store, tmp_path / "run", "efficientnet_b0", 1, experiment="binary-fibrosis")
     checkpoint = run / "checkpoints" / "best.ckpt"
     artifact = load_artifact(checkpoint)
-    assert artifact.architecture["name"] == "efficientnet_b0" and artifact.labels == ["Fibrosis"]
+    assert artifact.spec.architecture.name == "efficientnet_b0" and artifact.labels == ["Fibrosis"]
     result = export_onnx(checkpoint, tmp_path / "model.onnx")
     assert result["max_abs_diff"] <= 1e-4
     images = sorted(synth_data.rglob("*.png"))[:3]

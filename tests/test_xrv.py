@@ -180,13 +180,15 @@ def test_the_import_without_torchxrayvision_says_which_extra_to_install(tmp_path
 def test_artifact_records_its_labels_thresholds_preprocessing_and_source(imported, cache):
     from cxr.models.artifact import read_checkpoint
 
-    checkpoint = read_checkpoint(imported)
+    checkpoint, _ = read_checkpoint(imported)
     meta = checkpoint["cxr"]
     labels = [label for label in entry(DENSENET)["labels"] if label in FINDINGS]
     assert meta["labels"] == labels and len(labels) == 14  # its order, its NIH findings
     op_threshs = dict(zip(entry(DENSENET)["labels"], entry(DENSENET)["op_threshs"], strict=True))
     assert meta["thresholds"] == pytest.approx({label: op_threshs[label] for label in labels})
-    assert meta["architecture"] == {"name": "xrv-densenet121", "head": "gap", "dropout": 0.0, "in_chans": 1}
+    architecture = {key: meta["architecture"][key] for key in ("name", "head", "dropout", "in_chans", "mean", "std")}
+    assert architecture == {"name": "xrv-densenet121", "head": "gap", "dropout": 0.0, "in_chans": 1,
+                            "mean": [0.5], "std": [1 / 2048]}  # fmt: skip
     assert meta["preprocessing"] == {"store_size": 224, "crop": 1.0, "input_size": 224, "eval_transform": "resize"}
     record = meta["config"]["imported"]
     assert record["weights"] == DENSENET and record["file"] == str(cache[0] / file_name(DENSENET))
@@ -228,7 +230,7 @@ def test_resnet50_at_512_px_from_its_state_dict_file(tmp_path, sample_dir):
     from cxr.inference.eager import TorchPredictor
 
     predictor = TorchPredictor.from_path(out)
-    assert predictor.input_size == 512 and predictor.architecture["name"] == "xrv-resnet50"
+    assert predictor.input_size == 512 and predictor.architecture.name == "xrv-resnet50"
     theirs = reference(xrv.models.get_model(RESNET, cache_dir=str(tmp_path)).eval(), RESNET, pixels, False)[0]
     ours = predictor.probabilities(pixels)[0]
     assert np.abs(ours - [theirs[label] for label in predictor.labels]).max() <= 1e-4 and ours.std() > 0.02
@@ -282,7 +284,7 @@ def test_fine_tuning_starts_from_the_imported_weights(imported, no_xrv):
     config = load_config(None, overrides)
     outputs = ["Effusion", "Mass"]  # another task: the backbone is loaded, the head starts afresh
     module = CxrModule(config, outputs, Preprocessing(32, 1.0, 32))
-    source = {k.removeprefix("model."): v for k, v in read_checkpoint(imported)["state_dict"].items()}
+    source = {k.removeprefix("model."): v for k, v in read_checkpoint(imported)[0]["state_dict"].items()}
     tuned = module.model.state_dict()
     backbone = [key for key in tuned if key.startswith("backbone.")]
     assert backbone and all(torch.equal(tuned[key], source[key]) for key in backbone)

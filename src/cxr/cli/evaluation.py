@@ -12,6 +12,7 @@ import typer
 
 from cxr.cli._app import app
 from cxr.errors import CxrError
+from cxr.evaluation.results import EvaluationResult
 from cxr.evaluation.thresholds import ThresholdRule
 from cxr.files import to_json, write_json
 
@@ -59,14 +60,33 @@ def evaluate(
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),
     store: Path | None = typer.Option(None, "--store", help="The run's store, if it does not record one."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
-    rule: ThresholdRule = typer.Option(ThresholdRule.YOUDEN, "--rule", help="Threshold rule stored in the model."),
+    rule: ThresholdRule = typer.Option(
+        ThresholdRule.YOUDEN, "--rule", help="Threshold rule stored in the model (and for --subgroups TPR/FPR)."
+    ),
     resamples: int = typer.Option(1000, "--resamples", min=1, help="Patient-level bootstrap resamples."),
     seed: int = typer.Option(0, "--seed"),
     json_out: str | None = typer.Option(None, "--json", help="Also write the metrics JSON to FILE ('-': stdout)."),
+    subgroups: str | None = typer.Option(
+        None, "--subgroups", help="Per-group metrics and gaps, e.g. sex,age,view,sex*age (or a --subgroup-file column)."
+    ),
+    age_bins: str | None = typer.Option(
+        None, "--age-bins", help="Lower edges of the age groups (default 0,20,40,60,80)."
+    ),
+    subgroup_file: Path | None = typer.Option(
+        None, "--subgroup-file", help="CSV of more attributes (race, site, ...) by Image Index or Patient ID."
+    ),
 ) -> None:
-    """Per-label AUROC with patient-level 95% CIs, AUPRC, operating points, calibration, plots and a report."""
+    """Per-label AUROC with patient-level 95% CIs, AUPRC, operating points, calibration, plots and a report;
+    with --subgroups, the same per patient group with TPR/FPR, gaps and underdiagnosis."""
     if (run is None) == (predictions is None):
         raise CxrError("give either a RUN folder or --predictions CSV --labels DATA_ENTRY_CSV")
+    request = None
+    if subgroups is not None:
+        from cxr.evaluation.groups import SubgroupRequest
+
+        request = SubgroupRequest.parse(subgroups, age_bins, subgroup_file)
+    elif age_bins is not None or subgroup_file is not None:
+        raise CxrError("--age-bins and --subgroup-file refine --subgroups: name the attributes with --subgroups")
     if predictions is not None:
         from cxr.evaluation.evaluate import evaluate_predictions
 
@@ -76,7 +96,7 @@ def evaluate(
             if given:
                 raise CxrError(f"{name} applies to a RUN; --predictions scores the given probabilities as they are")
         metrics, folder = evaluate_predictions(
-            predictions, labels, images, out, val_predictions, preset, resamples, seed
+            predictions, labels, images, out, val_predictions, preset, resamples, seed, request, rule.value
         )
     else:
         from cxr.evaluation.evaluate import evaluate_run
@@ -96,25 +116,28 @@ def evaluate(
             if not (labels.is_file() and is_expert_file(labels)):
                 raise CxrError(f"--labels with a RUN takes Google's expert labels file; {labels} is not one "
                                "(a run is scored on its store's labels)")  # fmt: skip
-        metrics, folder = evaluate_run(run, split, tta, store, batch_size, resamples, seed, rule)
+        metrics, folder = evaluate_run(run, split, tta, store, batch_size, resamples, seed, rule, request)
         if labels is not None:  # the run's predictions, scored again against the expert labels
             from cxr.evaluation.evaluate import evaluate_run_expert
 
             _print_run_table(metrics, folder, to_stderr=True)
             metrics, folder = evaluate_run_expert(run, split, labels, resamples, seed)
     _print_run_table(metrics, folder, to_stderr=json_out == "-")
-    _emit_json(metrics, json_out)
+    _emit_json(metrics.to_dict(), json_out)
 
 
-def _print_run_table(metrics: dict, folder: Path, to_stderr: bool) -> None:
+def _print_run_table(metrics: EvaluationResult, folder: Path, to_stderr: bool) -> None:
     from cxr.evaluation.references import references_for
     from cxr.evaluation.report import label_table
+    from cxr.evaluation.subgroup_report import group_table
 
-    references = [] if metrics.get("label_set") else references_for(metrics["source"].get("preset"))
+    references = [] if metrics.label_set else references_for((metrics.source or {}).get("preset"))
     header, rows = label_table(metrics, references)
-    title = f"{metrics['n_images']} images, {metrics['n_patients']} patients; CI: patient bootstrap; report: {folder}"
+    title = f"{metrics.n_images} images, {metrics.n_patients} patients; CI: patient bootstrap; report: {folder}"
     _print_table(title, header, rows, to_stderr=to_stderr)
-    for label, reason in metrics.get("not_available", {}).items():
+    for attribute, groups in (metrics.subgroups or {}).items():
+        _print_table(f"by {attribute}", *group_table(groups), to_stderr=to_stderr)
+    for label, reason in (metrics.not_available or {}).items():
         typer.echo(f"{label}: not available ({reason})", err=to_stderr)
 
 
@@ -136,7 +159,14 @@ def compare(
 
     With --external: every RUN/eval/<split>[-<dataset>]/ of the runs (own test part, other stores, expert labels)
     side by side, each with its own CI; "not available" where a store lacks the label."""
-    from cxr.evaluation.compare import compare_sets, comparison_tables, load_compared, write_comparison
+    from cxr.evaluation.compare import (
+        add_subgroup_gaps,
+        compare_sets,
+        comparison_tables,
+        load_compared,
+        run_results,
+        write_comparison,
+    )
 
     if external:
         from cxr.evaluation.compare import side_by_side, side_by_side_rows, write_side_by_side
@@ -155,7 +185,8 @@ def compare(
     if len(set(names)) != len(names):
         raise CxrError("the same run is given twice")
     named = {name: load_compared(item, split, labels, images) for name, item in zip(names, items, strict=True)}
-    result = compare_sets(named, resamples, seed)
+    result = add_subgroup_gaps(compare_sets(named, resamples, seed), run_results(dict(zip(names, items, strict=True)),
+                                                                                 split))  # fmt: skip
     paths = write_comparison(result, out)
     for block in comparison_tables(result):
         if block[0] == "table":

@@ -106,17 +106,26 @@ def localize(
         None, "--tolerance", help="Pointing game tolerance in model-input px (default: 15 px at 224, scaled)."
     ),
     examples: int = typer.Option(2, "--examples", help="Overlay examples to write per finding."),
+    method: str = typer.Option(
+        "", "--method", help="gradcam, gradcam++, hirescam or layercam (default: the one predict and serve use)."
+    ),
+    layer: str | None = typer.Option(None, "--layer", help="Map this backbone module instead (e.g. layer3)."),
 ) -> None:
-    """Grad-CAM vs boxes: pointing game and IoU per finding → RUN/localize/ (localize.json, report.md)."""
+    """Class activation maps vs boxes: pointing game and IoU per finding → RUN/localize/ (localize.json, report.md)."""
     from rich.console import Console
     from rich.table import Table
 
     from cxr.evaluation.localize import localize_run
+    from cxr.inference.cam import DEFAULT_METHOD, CamMethod
 
-    document = localize_run(run, split=split, store=store, fraction=fraction, tolerance=tolerance, examples=examples)
+    if method and method not in set(CamMethod):
+        raise CxrError(f"unknown --method {method!r}; choose one of: {', '.join(CamMethod)}")
+    document = localize_run(
+        run, split, store, fraction, tolerance, examples, method=method or DEFAULT_METHOD, layer=layer
+    )
     columns = ("finding", "cases", "pointing game", "strict", "mean IoU", "center baseline", "random baseline")
     table = Table(*columns, title_justify="left")
-    table.title = f"Grad-CAM localization, {split} split"
+    table.title = f"{document['method']['name']} on {document['method']['layer']}, {split} split"
     for name, item in {**document["findings"], "all": document["overall"]}.items():
         table.add_row(
             name,

@@ -12,6 +12,7 @@ This module owns the format on disk, both ways: :class:`Store` reads a finished 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -209,6 +210,11 @@ class Store:
             if not (self.path / name).is_file():
                 raise CxrError(f"{self.path} is damaged: {name} is missing (prepare it again with --force)")
         self._images: np.ndarray | None = None
+
+    @property
+    def manifest_sha256(self) -> str:
+        """SHA-256 of ``manifest.json``'s bytes: names this store (its counts, geometry, versions) without its path."""
+        return hashlib.sha256((self.path / "manifest.json").read_bytes()).hexdigest()
 
     @property
     def size(self) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, InputFormatError
 from cxr.evaluation.bootstrap import (
     bootstrap_auroc,
     paired_p_value,
@@ -22,10 +22,11 @@ from cxr.evaluation.bootstrap import (
     percentile_interval,
     resample_counts,
 )
-from cxr.evaluation.evaluate import summary_labels
 from cxr.evaluation.metrics import macro_average
-from cxr.evaluation.predictions import ScoredSet, load_predictions, read_scored_set
+from cxr.evaluation.predictions import ScoredSet, load_predictions, read_scored_set, summary_labels
 from cxr.evaluation.report import fmt, fmt_ci, render_html, render_markdown
+from cxr.evaluation.results import EvaluationResult
+from cxr.evaluation.subgroup_report import gaps_side_by_side
 from cxr.files import write_json
 
 
@@ -162,7 +163,7 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
              f"Paired {boot['unit']}-level bootstrap ({boot['resamples']} resamples, seed {boot['seed']}): every "
              "resample draws one set of patients for all runs; p-values are two-sided, and the smallest one "
              f"{boot['resamples']} resamples can give is {2 / (boot['resamples'] + 1):.4f}.")  # fmt: skip
-    blocks = [("h1", "Comparison of runs"), ("p", intro), *comparison_tables(result)]
+    blocks = [("h1", "Comparison of runs"), ("p", intro), *comparison_tables(result), *gap_blocks(result)]
     if len(result["runs"]) > 1:
         paths["forest"] = plot_forest(result, out_dir / "forest.png")
         blocks += [("h2", "Differences"), ("img", paths["forest"], "AUROC differences vs the first run")]
@@ -184,13 +185,22 @@ def scored_folders(run: str | Path, split: str = "test") -> dict[str, Path]:
     return found
 
 
-def _kind(metrics: dict) -> str:
-    if metrics.get("label_set"):
-        return f"expert labels ({metrics['label_set']})"
-    scored = metrics.get("store_scored")
+def _kind(metrics: EvaluationResult) -> str:
+    if metrics.label_set:
+        return f"expert labels ({metrics.label_set})"
+    scored = metrics.store_scored
     if scored is None:
         return "internal"
-    return f"external ({scored['dataset']})" if scored["external"] else f"internal ({scored['dataset']})"
+    return f"external ({scored.dataset})" if scored.external else f"internal ({scored.dataset})"
+
+
+def read_result(folder: str | Path) -> EvaluationResult:
+    """The typed result of ``folder/metrics.json`` (written by ``cxr evaluate``)."""
+    path = Path(folder) / "metrics.json"
+    try:
+        return EvaluationResult.from_dict(json.loads(path.read_text()))
+    except ValueError as error:  # json.JSONDecodeError is one too
+        raise InputFormatError(path, str(error)) from None
 
 
 def side_by_side(runs: list[str | Path], split: str = "test") -> dict:
@@ -203,21 +213,50 @@ def side_by_side(runs: list[str | Path], split: str = "test") -> dict:
     """
     result: dict = {"split": split, "sets": [], "kind": {}, "n_images": {}, "labels": [], "auroc": {}}
     result["not_available"] = {}
+    scored: dict[str, EvaluationResult] = {}
     for run in runs:
         for folder_name, folder in scored_folders(run, split).items():
-            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics = read_result(folder)
             name = f"{Path(run).name}:{folder_name}"
             result["sets"].append(name)
-            result["kind"][name], result["n_images"][name] = _kind(metrics), metrics["n_images"]
-            findings = metrics["findings"]
-            entry = {label: {"auroc": v["auroc"], "auroc_ci": v["auroc_ci"]} for label, v in findings.items()}
-            entry["macro"] = {"auroc": metrics["macro_auroc"], "auroc_ci": metrics["macro_auroc_ci"]}
+            result["kind"][name], result["n_images"][name] = _kind(metrics), metrics.n_images
+            entry = {label: {"auroc": v.auroc, "auroc_ci": v.auroc_ci} for label, v in metrics.findings.items()}
+            entry["macro"] = {"auroc": metrics.macro_auroc, "auroc_ci": metrics.macro_auroc_ci}
             result["auroc"][name] = entry
-            result["not_available"][name] = metrics.get("not_available", {})
-            result["labels"] += [label for label in metrics["findings"] if label not in result["labels"]]
+            result["not_available"][name] = metrics.not_available or {}
+            result["labels"] += [label for label in metrics.findings if label not in result["labels"]]
+            scored[name] = metrics
     for name in result["sets"]:
         result["auroc"][name] = {key: result["auroc"][name].get(key) for key in [*result["labels"], "macro"]}
+    add_subgroup_gaps(result, scored)
     return result
+
+
+def add_subgroup_gaps(result: dict, named: dict[str, EvaluationResult]) -> dict:
+    """``result["subgroup_gaps"]`` (header and rows of :func:`gaps_side_by_side`) where any set has subgroups."""
+    if any(metrics.subgroups for metrics in named.values()):
+        header, rows = gaps_side_by_side(named)
+        result["subgroup_gaps"] = {"header": header, "rows": rows}
+    return result
+
+
+def run_results(items: dict[str, str | Path], split: str) -> dict[str, EvaluationResult]:
+    """The ``eval/<split>/metrics.json`` results of the items that are run folders and have one."""
+    folders = {name: Path(item) / "eval" / split for name, item in items.items()}
+    return {name: read_result(folder) for name, folder in folders.items() if (folder / "metrics.json").is_file()}
+
+
+def gap_blocks(result: dict) -> list[tuple]:
+    """Report blocks of the subgroup gaps side by side (none when no set has subgroups)."""
+    gaps = result.get("subgroup_gaps")
+    if not gaps:
+        return []
+    note = (
+        "TPR gap = group TPR - median over the attribute's groups (sex: F - M); underdiagnosis gap the same on "
+        "the share of sick images called normal; [95% CI] from each set's own patient bootstrap; "
+        "* = CI excludes 0."
+    )
+    return [("h2", "Subgroup gaps"), ("p", note), ("table", gaps["header"], gaps["rows"])]
 
 
 def side_by_side_rows(result: dict) -> list[list[str]]:
@@ -245,7 +284,7 @@ def write_side_by_side(result: dict, out_dir: str | Path) -> dict[str, Path]:
     intro = (f"Sets: {sets}. Different images: each AUROC has its own patient-level bootstrap CI and no difference "
              "is tested. Macro means are over each set's own labels.")  # fmt: skip
     blocks = [("h1", "Internal and external results"), ("p", intro), ("h2", "AUROC [95% CI]"),
-              ("table", ["Finding", *names], rows)]  # fmt: skip
+              ("table", ["Finding", *names], rows), *gap_blocks(result)]  # fmt: skip
     paths["markdown"] = out_dir / "comparison.md"
     paths["markdown"].write_text(render_markdown(blocks))
     paths["html"] = out_dir / "comparison.html"

@@ -21,6 +21,7 @@ map can point. Writes ``RUN/localize/localize.json``, ``cases.csv``, ``report.md
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import pandas as pd
 from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.imaging.preprocessing import to_unit
-from cxr.inference.cam import grad_cam_batch, overlay, png_bytes
+from cxr.inference.cam import DEFAULT_METHOD, CamMethod, grad_cam_batch, overlay, png_bytes
 from cxr.inference.eager import TorchPredictor
 
 DEFAULT_FRACTION = 0.5
@@ -100,8 +101,13 @@ def localize_run(
     fraction: float = DEFAULT_FRACTION,
     tolerance: float | None = None,
     examples: int = 2,
+    method: str = DEFAULT_METHOD,
+    layer: str | None = None,
+    out: str | Path | None = None,
 ) -> dict:
-    """Score the Grad-CAM maps of ``RUN/checkpoints/best.ckpt`` against the store's boxes; write ``RUN/localize``.
+    """Score the class activation maps of ``RUN/checkpoints/best.ckpt`` against the store's boxes; write
+    ``RUN/localize`` (or ``out``). ``method``: a :class:`~cxr.inference.cam.CamMethod`; ``layer``: a backbone module
+    to map instead of the model's own Grad-CAM layer (``benchmarks/cam_methods.py`` compares both).
 
     ``tolerance`` is in model-input pixels (default: Zhang et al.'s 15 px at 224, scaled). Returns the document
     written to ``localize.json``: ``{"findings": {finding: {"cases", "pointing_game", "pointing_game_strict",
@@ -118,19 +124,31 @@ def localize_run(
     predictor.preprocessing.check_store(store)
     cases = localization_cases(store, run, split, predictor.labels)
     tolerance = ZHANG_TOLERANCE * predictor.input_size if tolerance is None else float(tolerance)
-    out = run / "localize"
+    method = CamMethod(method)
+    if layer:
+        try:
+            predictor.model.backbone.get_submodule(layer)
+        except AttributeError:
+            raise CxrError(f"{run}: the model has no layer {layer!r} (a module name in its backbone)") from None
+    out = Path(out) if out else run / "localize"
     (out / "examples").mkdir(parents=True, exist_ok=True)
     for stale in (out / "examples").glob("*.png"):  # a rerun must not list the examples of an earlier one
         stale.unlink()
-    scores = pd.DataFrame(_score_cases(cases, store, predictor, tolerance, fraction, examples, out / "examples"))
+    cam = functools.partial(grad_cam_batch, predictor.model, method=method, layer=layer)
+    scores = pd.DataFrame(_score_cases(cases, store, predictor, cam, tolerance, fraction, examples, out / "examples"))
     document = _summarise(scores, run, split, store, fraction, tolerance)
+    document["method"] = {
+        "name": method.value,
+        "layer": layer or predictor.model.architecture.cam_layer,
+        "what": "the map of the box's finding, batched as the grad-cam package computes it (cxr.inference.cam)",
+    }
     (out / "localize.json").write_text(json.dumps(document, indent=2) + "\n")
     scores.to_csv(out / "cases.csv", index=False)
     (out / "report.md").write_text(_report(document, sorted(p.name for p in (out / "examples").glob("*.png"))))
     return document
 
 
-def _score_cases(cases: pd.DataFrame, store, predictor, tolerance: float, fraction: float, examples: int, out: Path):
+def _score_cases(cases, store, predictor, cam, tolerance: float, fraction: float, examples: int, out: Path):
     """One scored row per (image, finding) of ``cases``; the first ``examples`` per finding are drawn into ``out``.
 
     Images go through Grad-CAM :data:`IMAGES_PER_PASS` at a time (:func:`cxr.inference.cam.grad_cam_batch`: one forward
@@ -144,7 +162,7 @@ def _score_cases(cases: pd.DataFrame, store, predictor, tolerance: float, fracti
         views = [pre.view(store.image(int(row))) for row, _ in part]
         findings = [sorted(image_boxes["finding"].unique()) for _, image_boxes in part]
         indices = [[predictor.labels.index(finding) for finding in names] for names in findings]
-        maps = grad_cam_batch(predictor.model, to_unit(np.stack(views)[:, None]), indices)
+        maps = cam(to_unit(np.stack(views)[:, None]), indices)
         for (_, image_boxes), view, names, image_maps in zip(part, views, findings, maps, strict=True):
             image = str(image_boxes["image"].iloc[0])
             for finding, cam_map in zip(names, image_maps, strict=True):
@@ -189,8 +207,6 @@ def _summarise(scores: pd.DataFrame, run: Path, split: str, store, fraction: flo
         "run": str(run),
         "split": split,
         "store": str(store.path),
-        "method": "Grad-CAM (pytorch_grad_cam's GradCAM maps, batched) on the model's feature layer, map of the "
-        "box's finding",
         "rule": {
             "pointing_game": f"the map's maximum (centre of its plateau) within {tolerance:.1f} px of a box of the "
             "finding (Zhang et al. 2016: 15 px at 224 px, scaled to the input)",
@@ -226,9 +242,10 @@ def _write_example(path: Path, view: np.ndarray, cam_map: np.ndarray, boxes, cas
 
 def _report(document: dict, example_files: list[str]) -> str:
     lines = [
-        f"# Grad-CAM localization: {document['split']} split",
+        f"# Heatmap localization ({document['method']['name']}): {document['split']} split",
         "",
-        f"Run `{document['run']}`, store `{document['store']}`. {document['method']}.",
+        f"Run `{document['run']}`, store `{document['store']}`. {document['method']['name']} on the model's "
+        f"`{document['method']['layer']}`: {document['method']['what']}.",
         "",
         *(f"- {name.replace('_', ' ').capitalize()}: {rule}." for name, rule in document["rule"].items()),
         "",

@@ -34,6 +34,12 @@ class ScoredSet:
     probabilities: np.ndarray  # (n, K) float64 in [0, 1]
 
 
+def summary_labels(labels: list[str]) -> list[str]:
+    """Labels averaged into macro/micro AUROC: every output but "No Finding" (unless it is the only one)."""
+    findings = [label for label in labels if label != NO_FINDING]
+    return findings or list(labels)
+
+
 def match_columns(columns: list[str], path: str | Path) -> tuple[str, dict[str, str]]:
     """The id column and ``{label: column}`` of a predictions file's header, labels in canonical order.
 

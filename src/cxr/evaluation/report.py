@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,10 @@ import numpy as np
 from cxr.evaluation.metrics import pr_curve, roc_curve
 from cxr.evaluation.predictions import ScoredSet
 from cxr.evaluation.references import Reference
+from cxr.evaluation.results import EvaluationResult
+from cxr.evaluation.subgroup_report import subgroup_blocks, subgroup_plots
+from cxr.evaluation.tables import figure_grid as _figure
+from cxr.evaluation.tables import fmt, fmt_ci
 from cxr.evaluation.thresholds import RULES
 from cxr.labels import FINDINGS
 
@@ -28,31 +31,19 @@ RULE_TITLES = {
 }
 
 
-def _figure(n_panels: int, columns: int = 5, panel: float = 2.6):
-    from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
-
-    columns = min(columns, n_panels)
-    rows = math.ceil(n_panels / columns)
-    figure = Figure(figsize=(panel * columns, panel * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for extra in axes[n_panels:]:
-        extra.set_visible(False)
-    return figure, axes
-
-
-def _curve_grid(data: ScoredSet, metrics: dict, path: Path, kind: str) -> Path:
+def _curve_grid(data: ScoredSet, metrics: EvaluationResult, path: Path, kind: str) -> Path:
     figure, axes = _figure(len(data.labels))
     for k, (label, ax) in enumerate(zip(data.labels, axes, strict=False)):
-        entry = metrics["findings"][label]
+        entry = metrics.findings[label]
         if kind == "roc":
             x, y = roc_curve(data.targets[:, k], data.probabilities[:, k])
             ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-            ax.set_title(f"{label}\nAUROC {fmt(entry['auroc'])}", fontsize=8)
+            ax.set_title(f"{label}\nAUROC {fmt(entry.auroc)}", fontsize=8)
         else:
             x, y = pr_curve(data.targets[:, k], data.probabilities[:, k])
             x, y = np.r_[0.0, x], np.r_[y[:1], y]  # precision P_k holds over (R_{k-1}, R_k], as AP sums it
-            ax.axhline(entry["prevalence"], color="0.7", lw=0.8, ls="--")  # a random classifier's precision
-            ax.set_title(f"{label}\nAUPRC {fmt(entry['auprc'])}", fontsize=8)
+            ax.axhline(entry.prevalence, color="0.7", lw=0.8, ls="--")  # a random classifier's precision
+            ax.set_title(f"{label}\nAUPRC {fmt(entry.auprc)}", fontsize=8)
         if len(x) > 2000:  # tens of thousands of steps draw the same picture as 2,000
             keep = np.unique(np.linspace(0, len(x) - 1, 2000).astype(int))
             x, y = x[keep], y[keep]
@@ -65,29 +56,28 @@ def _curve_grid(data: ScoredSet, metrics: dict, path: Path, kind: str) -> Path:
     return path
 
 
-def plot_roc_grid(data: ScoredSet, metrics: dict, path: str | Path) -> Path:
+def plot_roc_grid(data: ScoredSet, metrics: EvaluationResult, path: str | Path) -> Path:
     """One ROC panel per label (false positive rate vs sensitivity), AUROC in the title."""
     return _curve_grid(data, metrics, Path(path), "roc")
 
 
-def plot_pr_grid(data: ScoredSet, metrics: dict, path: str | Path) -> Path:
+def plot_pr_grid(data: ScoredSet, metrics: EvaluationResult, path: str | Path) -> Path:
     """One precision-recall panel per label; the dashed line is the prevalence (a random classifier)."""
     return _curve_grid(data, metrics, Path(path), "pr")
 
 
-def plot_reliability(metrics: dict, path: str | Path) -> Path:
+def plot_reliability(metrics: EvaluationResult, path: str | Path) -> Path:
     """Reliability diagram: observed frequency vs mean predicted probability per bin, pooled and per label."""
     figure, (ax, hist) = _figure(2, panel=4.0)
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-    for entry in metrics["findings"].values():
-        curve = entry["reliability"]
-        ax.plot(curve["mean_predicted"], curve["observed"], lw=0.7, alpha=0.35)
-    pooled = metrics["calibration"]["reliability"]
-    ax.plot(pooled["mean_predicted"], pooled["observed"], "o-", color="black", lw=1.6, label="pooled")
+    for entry in metrics.findings.values():
+        ax.plot(entry.reliability.mean_predicted, entry.reliability.observed, lw=0.7, alpha=0.35)
+    pooled = metrics.calibration.reliability
+    ax.plot(pooled.mean_predicted, pooled.observed, "o-", color="black", lw=1.6, label="pooled")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed frequency")
-    ax.set_title(f"ECE {fmt(metrics['calibration']['ece'], 4)}, Brier {fmt(metrics['calibration']['brier'], 4)}")
+    ax.set_title(f"ECE {fmt(metrics.calibration.ece, 4)}, Brier {fmt(metrics.calibration.brier, 4)}")
     ax.legend(loc="upper left", fontsize=8)
-    hist.bar(pooled["bin_lower"], pooled["count"], width=1 / len(pooled["count"]), align="edge", color="0.5")
+    hist.bar(pooled.bin_lower, pooled.count, width=1 / len(pooled.count), align="edge", color="0.5")
     hist.set(yscale="log", xlabel="predicted probability", ylabel="(image, label) pairs", xlim=(0, 1))
     figure.savefig(path, dpi=90)
     return Path(path)
@@ -113,58 +103,45 @@ def plot_training_curves(metrics_csv: str | Path, path: str | Path) -> Path | No
     return Path(path)
 
 
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A number for a table; NaN/None as an en dash."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def fmt_ci(value: float | None, interval: list | None) -> str:
-    """``0.812 [0.790, 0.833]``."""
-    if not interval or interval[0] is None or not math.isfinite(interval[0]):
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(interval[0])}, {fmt(interval[1])}]"
-
-
-def label_table(metrics: dict, references: list[Reference]) -> tuple[list[str], list[list[str]]]:
+def label_table(metrics: EvaluationResult, references: list[Reference]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-label AUROC table, with one column per reference."""
     header = ["Finding", "AUROC [95% CI]", "AUPRC", "Prevalence", "n_pos", "n", *[r.name for r in references]]
     rows = []
-    for label, entry in metrics["findings"].items():
-        row = [label, fmt_ci(entry["auroc"], entry["auroc_ci"]), fmt(entry["auprc"]), fmt(entry["prevalence"], 4)]
-        row += [str(entry["n_pos"]), str(entry["n"]), *[fmt(r.auroc.get(label), 2) for r in references]]
+    for label, entry in metrics.findings.items():
+        row = [label, fmt_ci(entry.auroc, entry.auroc_ci), fmt(entry.auprc), fmt(entry.prevalence, 4)]
+        row += [str(entry.n_pos), str(entry.n), *[fmt(r.auroc.get(label), 2) for r in references]]
         rows.append(row)
     # A published macro/micro is over the 14 findings: beside ours only when ours averages the same labels.
-    same_labels = set(metrics["macro_labels"]) == set(FINDINGS)
-    for name, key in (("macro", "macro_auroc"), ("micro", "micro_auroc")):
-        row = [f"**{name}**", fmt_ci(metrics[key], metrics.get(f"{key}_ci")), "", "", "", str(metrics["n_images"])]
+    same_labels = set(metrics.macro_labels) == set(FINDINGS)
+    summaries = (("macro", "macro_auroc", metrics.macro_auroc, metrics.macro_auroc_ci),
+                 ("micro", "micro_auroc", metrics.micro_auroc, metrics.micro_auroc_ci))  # fmt: skip
+    for name, key, value, interval in summaries:
+        row = [f"**{name}**", fmt_ci(value, interval), "", "", "", str(metrics.n_images)]
         rows.append(row + [fmt(getattr(r, key) if same_labels else None, 2) for r in references])
     return header, rows
 
 
-def threshold_table(metrics: dict, rule: str) -> tuple[list[str], list[list[str]]]:
+def threshold_table(metrics: EvaluationResult, rule: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of sensitivity/specificity/PPV/NPV/F1 at one rule's thresholds."""
     header = ["Finding", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1"]
     rows = []
-    for label, entry in metrics["findings"].items():
-        at = entry["thresholds"][rule]
-        rows.append(
-            [label, fmt(at["threshold"], 4), *[fmt(at[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "f1")]]
-        )
+    for label, entry in metrics.findings.items():
+        at = entry.thresholds[rule]
+        rows.append([label, fmt(at.threshold, 4), *[fmt(v) for v in (at.sensitivity, at.specificity, at.ppv,
+                                                                      at.npv, at.f1)]])  # fmt: skip
     return header, rows
 
 
-def calibration_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
+def calibration_table(metrics: EvaluationResult) -> tuple[list[str], list[list[str]]]:
     """Header and rows of ECE and Brier per label, then pooled."""
-    rows = [[label, fmt(e["ece"], 4), fmt(e["brier"], 4)] for label, e in metrics["findings"].items()]
-    pooled = metrics["calibration"]
-    rows.append(["**pooled**", fmt(pooled["ece"], 4), fmt(pooled["brier"], 4)])
-    return ["Finding", f"ECE ({pooled['bins']} bins)", "Brier"], rows
+    rows = [[label, fmt(e.ece, 4), fmt(e.brier, 4)] for label, e in metrics.findings.items()]
+    pooled = metrics.calibration
+    rows.append(["**pooled**", fmt(pooled.ece, 4), fmt(pooled.brier, 4)])
+    return ["Finding", f"ECE ({pooled.bins} bins)", "Brier"], rows
 
 
 def build_blocks(
-    metrics: dict,
+    metrics: EvaluationResult,
     plots: dict[str, Path],
     title: str,
     references: list[Reference],
@@ -174,21 +151,22 @@ def build_blocks(
 ) -> list[tuple]:
     """The report's content as render-neutral blocks: ``("h1"|"h2"|"p"|"pre", text)``, ``("table", header, rows)``,
     ``("img", path, caption)``."""
-    boot = metrics["bootstrap"]
+    boot = metrics.bootstrap
     blocks: list[tuple] = [("h1", title)]
     if source:
         blocks.append(("p", source))
-    blocks.append(("p", f"{metrics['n_images']} images of {metrics['n_patients']} patients. "
-                        f"95% CIs: {boot['method']} bootstrap over {boot['unit']}s ({boot['resamples']} resamples, "
-                        f"seed {boot['seed']}): images of one patient are resampled together."))  # fmt: skip
+    blocks.append(("p", f"{metrics.n_images} images of {metrics.n_patients} patients. "
+                        f"95% CIs: {boot.method} bootstrap over {boot.unit}s ({boot.resamples} resamples, "
+                        f"seed {boot.seed}): images of one patient are resampled together."))  # fmt: skip
     blocks += [("h2", "AUROC per finding"), ("table", *label_table(metrics, references))]
-    blocks.append(("p", f"macro/micro over: {', '.join(metrics['macro_labels'])}."))
+    blocks.append(("p", f"macro/micro over: {', '.join(metrics.macro_labels)}."))
     blocks += [("p", f"{r.name}: {r.citation}.") for r in references]
     blocks.append(("h2", "Operating points"))
-    blocks.append(("p", f"Thresholds chosen on: **{metrics['thresholds_chosen_on']}**; applied to the evaluated set."))
+    blocks.append(("p", f"Thresholds chosen on: **{metrics.thresholds_chosen_on}**; applied to the evaluated set."))
     for rule in RULES:
         blocks += [("h2", f"At {RULE_TITLES[rule]}"), ("table", *threshold_table(metrics, rule))]
     blocks += [("h2", "Calibration"), ("table", *calibration_table(metrics))]
+    blocks += subgroup_blocks(metrics, plots)
     captions = {
         "roc": "ROC curves",
         "pr": "Precision-recall curves",
@@ -196,7 +174,8 @@ def build_blocks(
         "training": "Training",
     }
     blocks.append(("h2", "Plots"))
-    blocks += [("img", path, captions.get(name, name)) for name, path in plots.items()]
+    blocks += [("img", path, captions.get(name, name)) for name, path in plots.items()
+               if not name.startswith("subgroups:")]  # fmt: skip
     if counts:
         blocks += [("h2", "Data"), ("table", ["part", "images"], [[str(k), str(v)] for k, v in counts.items()])]
     if config:
@@ -267,7 +246,7 @@ def render_html(blocks: list[tuple]) -> str:
 
 def write_report(
     out_dir: str | Path,
-    metrics: dict,
+    metrics: EvaluationResult,
     data: ScoredSet,
     title: str,
     references: list[Reference],
@@ -284,6 +263,7 @@ def write_report(
         "pr": plot_pr_grid(data, metrics, out_dir / "pr.png"),
         "reliability": plot_reliability(metrics, out_dir / "reliability.png"),
     }
+    plots |= subgroup_plots(metrics, out_dir)
     if training_log is not None and Path(training_log).is_file():
         curve = plot_training_curves(training_log, out_dir / "training.png")
         if curve is not None:

@@ -1,4 +1,6 @@
-"""Grad-CAM heatmaps (Selvaraju et al., 2017, arXiv:1610.02391), the ``grad-cam`` package's maps, and their geometry.
+"""Class activation maps — Grad-CAM (Selvaraju et al., 2017, arXiv:1610.02391) and its variants Grad-CAM++
+(Chattopadhay et al., 2018, arXiv:1710.11063), HiResCAM (Draelos & Carin, 2020, arXiv:2011.08891) and LayerCAM (Jiang
+et al., 2021, IEEE TIP 30) — as the ``grad-cam`` package computes them, and their geometry.
 
 The map is computed at the model input (``S x S``; the target is the model's ``feature_layer``: the last block —
 DenseNet's rectified dense block, ResNet's ``layer4`` — from 224 px, their stride-16 block below, see ``cxr.models``)
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 
 import cv2
@@ -25,13 +28,33 @@ import numpy as np
 from cxr.imaging.preprocessing import Preprocessing
 
 
-def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int]) -> np.ndarray:
-    """Grad-CAM maps ``float32 (len(label_indices), S, S)`` in ``[0, 1]`` for one model input ``(1, S, S)``."""
-    return grad_cam_batch(model, np.asarray(model_input)[None], [list(label_indices)])[0]
+class CamMethod(StrEnum):
+    """How activations ``A`` (C, h, w) and the gradients ``G`` of a logit with respect to them make a map (each then
+    ReLU'd, min-max scaled and resized as the ``grad-cam`` package does)."""
+
+    GRADCAM = "gradcam"  # channel weights = spatial mean of G; the weighted sum of A
+    GRADCAM_PLUS_PLUS = "gradcam++"  # weights from second/third-order terms of G, positive gradients only
+    HIRESCAM = "hirescam"  # the element-wise product G * A summed over channels (no spatial averaging)
+    LAYERCAM = "layercam"  # ReLU(G) * A summed over channels: positive evidence per location
+
+
+DEFAULT_METHOD = CamMethod.GRADCAM
+"""The method of ``cxr predict --cam``, ``cxr serve`` and ``cxr localize`` (``benchmarks/cam_methods.py`` compares
+them against synthetic boxes; ``docs/benchmarks.md``, "Heatmaps")."""
+
+
+def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int], method: str = DEFAULT_METHOD) -> np.ndarray:
+    """Maps ``float32 (len(label_indices), S, S)`` in ``[0, 1]`` for one model input ``(1, S, S)``."""
+    return grad_cam_batch(model, np.asarray(model_input)[None], [list(label_indices)], method=method)[0]
 
 
 def grad_cam_batch(
-    model, model_inputs: np.ndarray, label_indices: Sequence[Sequence[int]], chunk: int = 32
+    model,
+    model_inputs: np.ndarray,
+    label_indices: Sequence[Sequence[int]],
+    chunk: int = 32,
+    method: str = DEFAULT_METHOD,
+    layer: str | None = None,
 ) -> list[np.ndarray]:
     """Grad-CAM maps of several inputs ``(N, 1, S, S)``: per input ``i``, ``float32 (len(label_indices[i]), S, S)``.
 
@@ -39,10 +62,13 @@ def grad_cam_batch(
     one forward pass per input, not one per (input, label), and per label only the backward pass from the logits to
     the target layer, not through the whole network and its weights. The inputs of a chunk share each pass: in eval
     mode nothing mixes samples, so the gradient of a sum of logits, one per input, is every input's own gradient.
-    ``cxr localize`` maps hundreds of images this way.
+    ``cxr localize`` maps hundreds of images this way. ``method``: a :class:`CamMethod`; ``layer``: another target
+    than the model's ``feature_layer``, by its module name in the backbone (e.g. an earlier stage).
     """
     import torch
 
+    method = CamMethod(method)
+    target = model.backbone.get_submodule(layer) if layer else model.feature_layer
     model.eval()
     device = next(model.parameters()).device
     inputs = np.ascontiguousarray(model_inputs, dtype=np.float32)
@@ -53,13 +79,15 @@ def grad_cam_batch(
             maps += [np.zeros((0, size, size), np.float32) for _ in wanted]
             continue
         activations, gradients = _activations_and_gradients(
-            model, torch.from_numpy(inputs[start : start + chunk]).to(device), wanted
+            model, target, torch.from_numpy(inputs[start : start + chunk]).to(device), wanted
         )
-        maps += [_gradcam_maps(activations[i], gradients[: len(indices), i], size) for i, indices in enumerate(wanted)]
+        maps += [
+            _cam_maps(method, activations[i], gradients[: len(indices), i], size) for i, indices in enumerate(wanted)
+        ]
     return maps
 
 
-def _activations_and_gradients(model, batch, wanted: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _activations_and_gradients(model, target, batch, wanted: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """The target layer's activations ``(N, C, h, w)`` (after the model's ``cam_reshape``, if any) and, per round
     ``r``, the gradient of input ``i``'s logit ``wanted[i][r]`` with respect to them, ``(R, N, C, h, w)`` (zero where
     input ``i`` has fewer labels).
@@ -76,7 +104,7 @@ def _activations_and_gradients(model, batch, wanted: list[list[int]]) -> tuple[n
         return captured[-1]
 
     parameters = [p for p in model.parameters() if p.requires_grad]
-    handle = model.feature_layer.register_forward_hook(leaf)
+    handle = target.register_forward_hook(leaf)
     try:
         for parameter in parameters:
             parameter.requires_grad_(False)
@@ -102,12 +130,26 @@ def _activations_and_gradients(model, batch, wanted: list[list[int]]) -> tuple[n
     return activations.float().cpu().numpy(), gradients.float().cpu().numpy()
 
 
-def _gradcam_maps(activations: np.ndarray, gradients: np.ndarray, size: int) -> np.ndarray:
-    """Maps ``(R, size, size)`` of one input from its activations ``(C, h, w)`` and gradients ``(R, C, h, w)``,
-    step for step as ``pytorch_grad_cam.GradCAM``: channel weights = mean gradient, ReLU of the weighted sum,
-    min-max scaled, bilinearly resized to the input, min-max scaled again."""
-    weights = np.mean(gradients, axis=(2, 3))
-    cams = np.maximum((weights[:, :, None, None] * activations[None]).sum(axis=1), 0)
+def _cam_maps(method: CamMethod, activations: np.ndarray, gradients: np.ndarray, size: int) -> np.ndarray:
+    """Maps ``(R, size, size)`` of one input from its activations ``(C, h, w)`` and gradients ``(R, C, h, w)``, step
+    for step as the ``grad-cam`` package's class of the same method: the channel-summed map, ReLU, min-max scaled,
+    bilinearly resized to the input, min-max scaled again."""
+    if method == CamMethod.GRADCAM:
+        weights = np.mean(gradients, axis=(2, 3))
+        cams = (weights[:, :, None, None] * activations[None]).sum(axis=1)
+    elif method == CamMethod.GRADCAM_PLUS_PLUS:
+        squared = gradients**2
+        cubed = squared * gradients
+        # Chattopadhay et al.'s eq. 19 with an epsilon, and no weight where the gradient is 0, as the package does.
+        alpha = squared / (2 * squared + np.sum(activations, axis=(1, 2))[None, :, None, None] * cubed + 1e-6)
+        alpha = np.where(gradients != 0, alpha, 0)
+        weights = np.sum(np.maximum(gradients, 0) * alpha, axis=(2, 3))
+        cams = (weights[:, :, None, None] * activations[None]).sum(axis=1)
+    elif method == CamMethod.HIRESCAM:
+        cams = (gradients * activations[None]).sum(axis=1)
+    else:  # LayerCAM
+        cams = (np.maximum(gradients, 0) * activations[None]).sum(axis=1)
+    cams = np.maximum(cams, 0)
     out = np.empty((len(cams), size, size), dtype=np.float32)
     for r, cam in enumerate(cams):
         out[r] = _unit_range(np.maximum(cv2.resize(_unit_range(cam).astype(np.float32), (size, size)), 0))

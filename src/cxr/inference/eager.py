@@ -20,12 +20,13 @@ class TorchPredictor:
         self.artifact = artifact
         self.model = artifact.model
         self.path = Path(artifact.path)
-        self.labels = list(artifact.labels)
-        self.thresholds = {label: float(artifact.thresholds[label]) for label in self.labels}
-        self.preprocessing = artifact.preprocessing
-        self.package_version = artifact.package_version
-        self.architecture = dict(artifact.architecture)
-        self.card = model_card(self.path, artifact.config, self.architecture, self.preprocessing)
+        self.spec = artifact.spec
+        self.labels = list(self.spec.labels)
+        self.thresholds = dict(self.spec.thresholds)
+        self.preprocessing = self.spec.preprocessing
+        self.package_version = self.spec.package_version
+        self.architecture = artifact.model.architecture  # as rebuilt: the recorded one, completed for schema 1
+        self.card = model_card(self.path, self.spec)
         self.device = next(self.model.parameters()).device
 
     @classmethod

@@ -4,8 +4,10 @@ The graph is the model plus a sigmoid (input ``image`` ``float32 (B, 1, S, S)`` 
 ``probabilities`` ``(B, K)``), exported with torch's dynamo-based exporter at opset 18 with a dynamic batch
 axis and the weights inside the file, under their torch names. The artifact's labels, preprocessing,
 thresholds, version and model card go into ``metadata_props`` (see :mod:`cxr.inference.onnx`), so
-``cxr predict model.onnx`` needs nothing else. Before the file is moved into place, onnxruntime and torch
-must agree on a few inputs within ``tolerance`` (max |Δp|); otherwise the export fails and leaves nothing.
+``cxr predict model.onnx`` needs nothing else; the exporter's debugging records (stack traces naming this machine's
+paths) are removed, and so are absolute paths in the recorded training config. Before the file is moved into place,
+onnxruntime and torch must agree on a few inputs within ``tolerance`` (max |Δp|); otherwise the export fails and leaves
+nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def export_onnx(
                 optimize=False,
             )
         model = onnx.load(os.fspath(partial))
+        strip_debug_metadata(model)
         _set_metadata(model, export_metadata(predictor))
         onnx.checker.check_model(model)
         onnx.save(model, os.fspath(partial))
@@ -97,19 +100,38 @@ class _WithSigmoid(torch.nn.Module):
 
 
 def export_metadata(predictor) -> dict:
-    """The JSON document stored under the ``cxr`` key of the ONNX metadata."""
+    """The JSON document stored under the ``cxr`` key of the ONNX metadata: the format header, the model card and
+    the artifact's :class:`~cxr.models.spec.ModelSpec` without paths of this machine (``ModelSpec.portable``)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "package_version": predictor.package_version,
         "exported_by": __version__,
-        "labels": list(predictor.labels),
-        "preprocessing": predictor.preprocessing.to_dict(),
-        "thresholds": predictor.thresholds,
-        "architecture": predictor.architecture,
-        "model_card": predictor.card,
-        "source": predictor.path.name,
-    }
+        "exported_from": predictor.path.name,
+        "model_card": predictor.card.to_dict(),
+    } | predictor.spec.portable().to_dict()
+
+
+def strip_debug_metadata(model) -> None:
+    """Remove what the exporter records for debugging from every graph, node and value: its Python stack traces (the
+    absolute paths of cxr's and torch's sources on this machine), module hierarchies, FX node names and the exported
+    program's signature. None of it is needed to run the graph; an exported model should not tell where it was made."""
+    graphs = [model.graph]
+    for graph in graphs:  # and the subgraphs of control-flow nodes, as they are found
+        graphs += [a.g for node in graph.node for a in node.attribute if a.HasField("g")]
+        graphs += [g for node in graph.node for a in node.attribute for g in a.graphs]
+        del graph.metadata_props[:]
+        graph.doc_string = ""
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            del value.metadata_props[:]
+            value.doc_string = ""
+    for function in model.functions:
+        del function.metadata_props[:]
+        for node in function.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
 
 
 def _set_metadata(model, metadata: dict) -> None:

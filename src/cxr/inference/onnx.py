@@ -20,21 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import CxrError
-from cxr.imaging.preprocessing import Preprocessing
+from cxr.models.spec import ModelCard, ModelSpec
 
 METADATA_KEY = "cxr"
 FORMAT = "cxr-onnx"
 FORMAT_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-REQUIRED_FIELDS = ("labels", "preprocessing", "thresholds", "package_version", "architecture")
 WEIGHT_PREFIX = "model."  # the exported graph wraps the classifier as attribute ``model`` (see cxr.inference.export)
 PARITY_TOLERANCE = 1e-4
 """Most |Δp| allowed between onnxruntime and torch: at export, and for the Grad-CAM twin rebuilt from a file."""
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The ``cxr`` metadata of an exported model; :class:`CxrError` if the file is not one of our exports."""
+def read_metadata(path: str | Path) -> tuple[dict, ModelSpec]:
+    """The ``cxr`` metadata of an exported model and its validated :class:`ModelSpec`; :class:`CxrError` if the file
+    is not one of our exports."""
     import onnx
 
     path = Path(path)
@@ -48,7 +48,7 @@ def read_metadata(path: str | Path) -> dict:
     return _parse_metadata(path, {prop.key: prop.value for prop in model.metadata_props})
 
 
-def _parse_metadata(path: Path, props: dict[str, str]) -> dict:
+def _parse_metadata(path: Path, props: dict[str, str]) -> tuple[dict, ModelSpec]:
     if METADATA_KEY not in props:
         raise CxrError(f"{path}: an ONNX model without cxr metadata; export it with `cxr export` from a checkpoint")
     try:
@@ -62,10 +62,7 @@ def _parse_metadata(path: Path, props: dict[str, str]) -> dict:
             f"{path}: exported with format version {metadata.get('format_version')}, this cxr reads version "
             f"{FORMAT_VERSION}; export it again with this version of cxr"
         )
-    missing = [field for field in REQUIRED_FIELDS if field not in metadata]
-    if missing:
-        raise CxrError(f"{path}: cxr metadata lacks {', '.join(missing)}")
-    return metadata
+    return metadata, ModelSpec.from_dict(metadata, f"{path}: cxr metadata")
 
 
 def parity_inputs(size: int, seed: int = 0) -> np.ndarray:
@@ -101,13 +98,14 @@ class OnnxPredictor:
         except Exception as error:
             raise CxrError(f"{self.path}: not an ONNX model onnxruntime can load ({error})") from error
         # The metadata as onnxruntime reads it: the `onnx` package (and protobuf) is not needed to serve.
-        metadata = _parse_metadata(self.path, dict(self.session.get_modelmeta().custom_metadata_map))
-        self.labels: list[str] = list(metadata["labels"])
-        self.preprocessing = Preprocessing.from_dict(metadata["preprocessing"], f"{self.path}: preprocessing")
-        self.thresholds: dict[str, float] = {k: float(v) for k, v in metadata["thresholds"].items()}
-        self.package_version: str = str(metadata["package_version"])
-        self.card: dict = dict(metadata.get("model_card") or {})
-        self.architecture: dict = dict(metadata.get("architecture") or {})
+        metadata, self.spec = _parse_metadata(self.path, dict(self.session.get_modelmeta().custom_metadata_map))
+        self.labels: list[str] = list(self.spec.labels)
+        self.preprocessing = self.spec.preprocessing
+        self.thresholds: dict[str, float] = dict(self.spec.thresholds)
+        self.package_version: str = self.spec.package_version
+        card = metadata.get("model_card")
+        self.card: ModelCard = ModelCard.from_dict(card, self.spec) if isinstance(card, dict) else self.spec.card()
+        self.architecture = self.spec.architecture
 
     @property
     def input_size(self) -> int:

@@ -17,8 +17,9 @@ import numpy as np
 
 from cxr.errors import CxrError
 from cxr.imaging.preprocessing import Preprocessing
+from cxr.models.spec import DISCLAIMER, ArchitectureSpec, ModelCard, ModelSpec
 
-DISCLAIMER = "Research software, not a medical device: not for diagnosis or clinical decisions."
+__all__ = ["DISCLAIMER", "Predictor", "model_card", "probabilities", "resolve_model_path"]
 
 
 class Predictor(Protocol):
@@ -26,12 +27,13 @@ class Predictor(Protocol):
 
     backend: str
     path: Path
+    spec: ModelSpec
     labels: list[str]
     thresholds: dict[str, float]
     preprocessing: Preprocessing
     package_version: str
-    card: dict
-    architecture: dict
+    card: ModelCard
+    architecture: ArchitectureSpec
 
     @property
     def input_size(self) -> int: ...
@@ -63,53 +65,17 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
-def model_card(path: Path, config: dict, architecture: dict, preprocessing: Preprocessing) -> dict:
-    """What the model is: architecture, training data and experiment, test AUROC if ``cxr evaluate`` measured it.
-
-    The test metrics are read from ``RUN/eval/test/metrics.json`` when the checkpoint sits in a run directory
-    (``RUN/checkpoints/*.ckpt``).
-    """
-    config = config or {}
-    card = {
-        "architecture": architecture.get("name"),
-        "head": architecture.get("head"),
-        "input_size": preprocessing.input_size,
-        "experiment": _first(config, ("experiment",)),
-        "task": _first(config, ("task", "target")),
-        "trained_on": _training_data(config),
-        "test_auroc": None,
-        "disclaimer": DISCLAIMER,
-    }
+def model_card(path: Path, spec: ModelSpec) -> ModelCard:
+    """What the model is (:meth:`ModelSpec.card`: architecture, training data by name and count, experiment), with the
+    test AUROC when ``cxr evaluate`` measured it: read from ``RUN/eval/test/metrics.json`` when the checkpoint sits in
+    a run directory (``RUN/checkpoints/*.ckpt``)."""
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     metrics_path = run_dir / "eval" / "test" / "metrics.json" if run_dir else None
+    test_auroc = None
     if metrics_path and metrics_path.is_file():
         try:
-            metrics = json.loads(metrics_path.read_text())
-            card["test_auroc"] = _first(metrics, ("macro_auroc",))
-        except (OSError, json.JSONDecodeError):
+            value = json.loads(metrics_path.read_text()).get("macro_auroc")
+            test_auroc = float(value) if isinstance(value, int | float) else None
+        except (OSError, json.JSONDecodeError, AttributeError):
             pass  # a card without AUROC is better than no prediction
-    return card
-
-
-def _training_data(config: dict) -> str | None:
-    """The source of the training store (its manifest's ``source`` and image count), when the config names it."""
-    store = _first(config, ("store",))
-    if not store:  # runs trained before the config recorded its store
-        return None
-    try:
-        manifest = json.loads((Path(store) / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return str(store)
-    images = (manifest.get("counts") or {}).get("images")
-    return f"{manifest.get('source', store)}" + (f" ({images:,} images)" if isinstance(images, int) else "")
-
-
-def _first(mapping: dict, *paths: tuple[str, ...]):
-    """The first of several nested keys that is present and scalar, else ``None``."""
-    for keys in paths:
-        value = mapping
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str | int | float | bool | Path):
-            return str(value) if isinstance(value, Path) else value
-    return None
+    return spec.card(test_auroc)

@@ -216,8 +216,8 @@ class Service:
             "server_version": __version__,
             "backend": predictor.backend,
             "model": predictor.path.name,
-            "architecture": dict(predictor.architecture),
-            "card": dict(predictor.card),
+            "architecture": predictor.architecture.to_dict(),
+            "card": predictor.card.to_dict(),
         }
 
 

@@ -1,15 +1,16 @@
 """The checkpoint is the model artifact: weights + everything ``predict``, ``export`` and ``serve`` need.
 
 A Lightning checkpoint (``RUN/checkpoints/best.ckpt``) carries a top-level ``"cxr"`` block (``docs/architecture.md``,
-"The model artifact"): format and version, package version, output labels, architecture, preprocessing
-(:class:`cxr.imaging.preprocessing.Preprocessing`: store size and crop, eval view, input size), per-label
-thresholds chosen on validation, and the merged config. The weights are the LightningModule's ``model.*`` entries
-of ``state_dict``.
+"The model artifact"): the format header and :meth:`cxr.models.spec.ModelSpec.to_dict` — labels, thresholds chosen on
+validation, the architecture, the preprocessing, the merged config, the training data by name and count, provenance.
+The weights are the LightningModule's ``model.*`` entries of ``state_dict``. The same spec, read and validated the
+same way, is the metadata of an ONNX export (:mod:`cxr.inference.onnx`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +19,8 @@ from cxr import __version__
 from cxr.errors import CxrError
 from cxr.files import replacing
 from cxr.imaging.preprocessing import Preprocessing
-from cxr.labels import check_names
-from cxr.models.factory import CxrNet, rebuild_model, recorded_architecture
+from cxr.models.factory import CxrNet, rebuild_model
+from cxr.models.spec import DEFAULT_THRESHOLD, ModelSpec, Provenance, TrainingData
 from cxr.provenance import environment
 
 FORMAT = "cxr-model"
@@ -32,72 +33,83 @@ class ModelArtifact:
     """A loaded model artifact; ``model`` is in eval mode on the requested device."""
 
     model: CxrNet
-    labels: list[str]
-    preprocessing: Preprocessing
-    thresholds: dict[str, float]
-    config: dict
-    package_version: str
+    spec: ModelSpec
     path: Path
-    architecture: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.spec.thresholds)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
+
+    @property
+    def config(self) -> dict:
+        return self.spec.config
+
+    @property
+    def package_version(self) -> str:
+        return self.spec.package_version
 
 
 def make_preprocessing(model: CxrNet, store_size: int, crop: float, eval_view: str = "resize") -> Preprocessing:
     """The :class:`Preprocessing` of ``model`` (its input size) fed from a store of ``store_size`` px and ``crop``."""
-    return Preprocessing(store_size, crop, model.input_config["input_size"], eval_view)
+    return Preprocessing(store_size, crop, model.input_size, eval_view)
 
 
-def artifact_metadata(
-    labels: list[str],
-    architecture: dict,
+def model_spec(
+    model: CxrNet,
+    labels: Sequence[str],
     preprocessing: Preprocessing,
     thresholds: dict[str, float] | None = None,
     config: dict | None = None,
-) -> dict:
-    """The ``"cxr"`` block of a checkpoint; thresholds default to 0.5 per label until validation chooses them."""
-    labels = check_names(labels)
-    thresholds = _check_thresholds(labels, thresholds or dict.fromkeys(labels, 0.5))
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "labels": labels,
-        "architecture": recorded_architecture(architecture),
-        "preprocessing": preprocessing.to_dict(),
-        "thresholds": thresholds,
-        "config": dict(config or {}),
-        "environment": environment(),  # versions and machine that wrote it (cxr.provenance)
-    }
+    training_data: Sequence[TrainingData] = (),
+    source: dict | None = None,
+) -> ModelSpec:
+    """The description of ``model`` as an artifact records it; thresholds are 0.5 per label until validation chooses
+    them. Validated here, so a file that could not be read back is never written."""
+    if preprocessing.input_size != model.input_size:
+        raise CxrError(
+            f"preprocessing gives {preprocessing.input_size} px inputs to a model built for {model.input_size} px"
+        )
+    labels = tuple(labels)
+    return ModelSpec(
+        labels=labels,
+        thresholds=dict.fromkeys(labels, DEFAULT_THRESHOLD) if thresholds is None else dict(thresholds),
+        architecture=model.architecture,
+        preprocessing=preprocessing,
+        config=dict(config or {}),
+        training_data=tuple(training_data),
+        provenance=Provenance(__version__, environment(), source),
+    )
 
 
-def _check_thresholds(labels: list[str], thresholds: dict[str, float]) -> dict[str, float]:
-    unknown = sorted(set(thresholds) - set(labels))
-    missing = [label for label in labels if label not in thresholds]
-    if unknown or missing:
-        raise CxrError(f"thresholds must name exactly the model's labels; unknown {unknown}, missing {missing}")
-    out = {label: float(thresholds[label]) for label in labels}
-    bad = {label: value for label, value in out.items() if not 0.0 <= value <= 1.0}
-    if bad:
-        raise CxrError(f"thresholds must be probabilities in [0, 1]: {bad}")
-    return out
+def artifact_block(spec: ModelSpec) -> dict:
+    """The ``"cxr"`` block of a checkpoint: the format header and the spec."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION} | spec.to_dict()
 
 
 def write_artifact(
     path: str | Path,
     model: CxrNet,
-    labels: list[str],
+    labels: Sequence[str],
     preprocessing: Preprocessing,
     thresholds: dict[str, float] | None = None,
     config: dict | None = None,
+    training_data: Sequence[TrainingData] = (),
+    source: dict | None = None,
 ) -> Path:
-    """Write a minimal artifact (``state_dict`` + ``"cxr"`` block) that :func:`load_artifact` reads."""
-    if len(labels) != model.num_outputs:
-        raise CxrError(f"{len(labels)} labels for a model with {model.num_outputs} outputs")
-    built_for = model.input_config["input_size"]
-    if preprocessing.input_size != built_for:
-        raise CxrError(f"preprocessing gives {preprocessing.input_size} px inputs to a model built for {built_for} px")
+    """Write a minimal artifact (``state_dict`` + ``"cxr"`` block) that :func:`load_artifact` reads. ``source``
+    records where imported weights came from (file name, SHA-256, URL)."""
+    spec = model_spec(model, labels, preprocessing, thresholds, config, training_data, source)
     checkpoint = {
         "state_dict": {STATE_PREFIX + key: value.detach().cpu() for key, value in model.state_dict().items()},
-        "cxr": artifact_metadata(labels, model.architecture, preprocessing, thresholds, config),
+        "cxr": artifact_block(spec),
     }
     return _atomic_save(checkpoint, Path(path))
 
@@ -108,8 +120,9 @@ def _atomic_save(checkpoint: dict, path: Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, refusing anything that is not a cxr model artifact with a clear message."""
+def read_checkpoint(path: str | Path) -> tuple[dict, ModelSpec]:
+    """The raw checkpoint dict and its validated :class:`ModelSpec`, refusing anything that is not a cxr model
+    artifact with a clear message."""
     path = Path(path)
     if not path.is_file():
         raise CxrError(f"model not found: {path}")
@@ -130,44 +143,34 @@ def read_checkpoint(path: str | Path) -> dict:
             f"{path}: model format_version {meta.get('format_version')} (package {meta.get('package_version')}), "
             f"this cxr {__version__} reads version {FORMAT_VERSION}; use a matching cxr release"
         )
-    return checkpoint
+    return checkpoint, ModelSpec.from_dict(meta, str(path))
 
 
 def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> ModelArtifact:
     """Rebuild the model of a checkpoint with nothing else (no config file, no store): eval mode on ``device``."""
-    checkpoint = read_checkpoint(path)
-    meta = checkpoint["cxr"]
-    arch = meta["architecture"]
-    preprocessing = Preprocessing.from_dict(meta["preprocessing"], f"{path}: preprocessing")
-    model = rebuild_model(arch, meta["labels"], preprocessing.input_size)
+    checkpoint, spec = read_checkpoint(path)
+    model = rebuild_model(spec.architecture, spec.labels, spec.preprocessing.input_size)
     state = {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise CxrError(f"{path}: weights do not match the recorded architecture {arch}: {error}") from error
-    return ModelArtifact(
-        model=model.to(device).eval(),
-        labels=list(meta["labels"]),
-        preprocessing=preprocessing,
-        thresholds=dict(meta["thresholds"]),
-        config=dict(meta.get("config", {})),
-        package_version=str(meta["package_version"]),
-        path=Path(path),
-        architecture=dict(arch),
-    )
+        raise CxrError(
+            f"{path}: weights do not match the recorded architecture {spec.architecture}: {error}"
+        ) from error
+    return ModelArtifact(model=model.to(device).eval(), spec=spec, path=Path(path))
 
 
 def set_thresholds(path: str | Path, thresholds: dict[str, float]) -> None:
-    """Replace ``cxr.thresholds`` of a checkpoint in place, atomically (chosen on validation by ``cxr evaluate``)."""
-    checkpoint = read_checkpoint(path)
-    checkpoint["cxr"]["thresholds"] = _check_thresholds(checkpoint["cxr"]["labels"], thresholds)
+    """Replace the thresholds of a checkpoint in place, atomically (chosen on validation by ``cxr evaluate``)."""
+    checkpoint, spec = read_checkpoint(path)
+    checkpoint["cxr"]["thresholds"] = spec.with_thresholds(thresholds).thresholds
     _atomic_save(checkpoint, Path(path))
 
 
 def strip_training_state(path: str | Path) -> None:
     """Drop what only ``--resume`` needs (optimizer and scheduler states, loop and callback states) from a model
     artifact, in place and atomically; weights, the ``cxr`` block and Lightning's version stay."""
-    checkpoint = read_checkpoint(path)
+    checkpoint, _ = read_checkpoint(path)
     # current_model_state / averaging_state: the raw weights and step count beside train.ema's averaged weights.
     for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks", "current_model_state", "averaging_state"):
         checkpoint.pop(key, None)

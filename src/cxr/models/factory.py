@@ -29,6 +29,7 @@ from torch import nn
 
 from cxr.config import Head
 from cxr.errors import CxrError
+from cxr.models.spec import ArchitectureSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,45 +38,44 @@ log = logging.getLogger(__name__)
 
 
 class CxrNet(nn.Module):
-    """Backbone + head with the input convention of the project; ``.feature_layer`` is the Grad-CAM target and
-    ``.cam_reshape`` (None for CNNs) turns its output into ``(B, C, h, w)``."""
+    """Backbone + head with the input convention of the project, built from its :class:`ArchitectureSpec`
+    (``.architecture``, what an artifact records); ``.feature_layer`` is the Grad-CAM target and ``.cam_reshape``
+    (None for CNNs) turns its output into ``(B, C, h, w)``."""
 
     def __init__(
         self,
         backbone: nn.Module,
         head: nn.Module,
-        feature_layer_name: str,
-        architecture: dict,
+        architecture: ArchitectureSpec,
         input_size: int,
         labels: Sequence[str] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
         cam_reshape: nn.Module | None = None,
     ):
         super().__init__()
+        if architecture.mean is None or architecture.cam_layer is None:
+            raise CxrError(f"{architecture.name}: a model is built from a complete architecture (mean, std, cam_layer)")
         self.backbone = backbone
         self.head = head
         # Not persistent: the statistics belong to the preprocessing contract (the architecture in the artifact),
         # not to the weights, and random-init models keep their family's so one artifact format fits every model.
         # One value per channel the backbone takes: the grey input is repeated to that many (torchxrayvision's: 1).
-        channels = len(tuple(mean))
-        self.register_buffer("mean", torch.tensor(tuple(mean)).view(1, channels, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(tuple(std)).view(1, channels, 1, 1), persistent=False)
-        self._feature_layer_name = feature_layer_name
+        channels = len(architecture.mean)
+        self.register_buffer("mean", torch.tensor(architecture.mean).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(architecture.std).view(1, channels, 1, 1), persistent=False)
         self.cam_reshape = cam_reshape
-        self.architecture = dict(architecture)
-        self.input_config = {"input_size": int(input_size), "mean": list(mean), "std": list(std)}
+        self.architecture = architecture
+        self.input_size = int(input_size)
         self.labels = list(labels) if labels is not None else None
 
     @property
     def feature_layer(self) -> nn.Module:
         """The Grad-CAM target for ``pytorch_grad_cam``: the last block (the map the head sees) from 224 px up, the
         last stride-16 block below (see ``FINE_CAM_BELOW``); a ViT's last ``norm1`` (tokens: see ``cam_reshape``)."""
-        return self.backbone.get_submodule(self._feature_layer_name)
+        return self.backbone.get_submodule(self.architecture.cam_layer)
 
     @property
     def num_outputs(self) -> int:
-        return int(self.architecture["num_outputs"])
+        return self.architecture.num_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` of grayscale images ``(B, 1, S, S)`` with values in ``[0, 1]``."""
@@ -151,7 +151,7 @@ def _load_cxr_state(model: CxrNet, state: dict, path: str) -> None:
     try:
         model.backbone.load_state_dict(backbone)
     except RuntimeError as error:
-        raise CxrError(f"{path}: checkpoint does not fit {model.architecture['name']}: {error}") from error
+        raise CxrError(f"{path}: checkpoint does not fit {model.architecture.name}: {error}") from error
     head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
     own = model.head.state_dict()
     if head.keys() == own.keys() and all(head[k].shape == own[k].shape for k in own):
@@ -298,6 +298,7 @@ def create_model(
     labels: Sequence[str] | None = None,
     grad_checkpointing: bool = False,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    backbone_config: dict | None = None,
 ) -> CxrNet:
     """Build a classifier for ``(B, 1, input_size, input_size)`` inputs returning ``(B, num_outputs)`` logits.
 
@@ -308,7 +309,7 @@ def create_model(
     matches, e.g. the seed's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
-    with.
+    with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
     """
     if head not in HEADS:
         raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
@@ -322,6 +323,11 @@ def create_model(
     is_cxr_file = pretrained not in ("none", "imagenet") and _is_cxr_checkpoint(Path(pretrained))
     if name in ARCHITECTURES:
         model = _torchvision_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+    elif _is_foundation_name(name):
+        if is_cxr_file and backbone_config is None:  # an earlier run's checkpoint: its backbone as it recorded it
+            backbone_config = _read_checkpoint_meta(Path(pretrained))["architecture"].get("backbone_config")
+        spec = _foundation_spec(name, head, input_size, "none" if is_cxr_file else pretrained, backbone_config)
+        model = _foundation_net(name, spec, num_outputs, head, dropout, input_size, labels)
     else:
         model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
     if normalization is not None:
@@ -333,6 +339,11 @@ def create_model(
     return model
 
 
+def _read_checkpoint_meta(path: Path) -> dict:
+    """The ``"cxr"`` block of one of our checkpoints."""
+    return torch.load(path, map_location="cpu", weights_only=True)["cxr"]
+
+
 def _is_cxr_checkpoint(path: Path) -> bool:
     """Whether ``path`` is one of our checkpoints (``model.pretrained``/``init_from`` of an earlier run)."""
     if path.suffix == ".safetensors" or not path.is_file():
@@ -342,16 +353,6 @@ def _is_cxr_checkpoint(path: Path) -> bool:
     except Exception:  # not a PyTorch file: the architecture's loader says so
         return False
     return isinstance(payload, dict) and isinstance(payload.get("cxr"), dict) and "state_dict" in payload
-
-
-def _architecture(name: str, head: str, dropout: float, num_outputs: int) -> dict:
-    return {
-        "name": str(name),
-        "head": Head(head).value,
-        "dropout": float(dropout),
-        "in_chans": 1,
-        "num_outputs": num_outputs,
-    }
 
 
 def _torchvision_net(
@@ -376,19 +377,18 @@ def _torchvision_net(
     if pretrained not in ("none", "imagenet") and not is_cxr_file:
         _load_torchvision_state(tv_model, _read_weights(Path(pretrained))[1], name, pretrained)
     backbone, _ = spec.cut(tv_model)
-    feature_layer_name = spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block
-    feature_shape = _feature_shape(backbone, input_size, spec.in_chans)
-    architecture = _architecture(name, head, dropout, num_outputs)
-    return CxrNet(
-        backbone,
-        _head(head, feature_shape, num_outputs, dropout),
-        feature_layer_name,
-        architecture,
-        input_size,
-        labels,
+    architecture = ArchitectureSpec(
+        name=str(name),
+        num_outputs=num_outputs,
+        head=Head(head).value,
+        dropout=float(dropout),
+        source="torchvision",
         mean=spec.mean,
         std=spec.std,
+        cam_layer=spec.fine_block if input_size < FINE_CAM_BELOW else spec.last_block,
     )
+    feature_shape = _feature_shape(backbone, input_size, spec.in_chans)
+    return CxrNet(backbone, _head(head, feature_shape, num_outputs, dropout), architecture, input_size, labels)
 
 
 def _timm_net(
@@ -413,30 +413,61 @@ def _timm_net(
         head_module = nn.Sequential(*layers, nn.Linear(spec.model.num_features, num_outputs))
     else:
         head_module = _head(head, _feature_shape(spec.model, input_size), num_outputs, dropout)
-    architecture = _architecture(name, head, dropout, num_outputs)
-    architecture.update(source="timm", mean=list(spec.mean), std=list(spec.std), img_size=spec.img_size)
-    return CxrNet(
-        spec.model,
-        head_module,
-        spec.feature_layer,
-        architecture,
-        input_size,
-        labels,
-        mean=spec.mean,
-        std=spec.std,
-        cam_reshape=spec.cam_reshape,
+    architecture = ArchitectureSpec(
+        name=str(name),
+        num_outputs=num_outputs,
+        head=Head(head).value,
+        dropout=float(dropout),
+        source="timm",
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        img_size=spec.img_size,
+        cam_layer=spec.feature_layer,
     )
+    return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
+
+
+def _is_foundation_name(name: str) -> bool:
+    from cxr.models.foundation import is_foundation_name
+
+    return is_foundation_name(name)
+
+
+def _foundation_spec(name: str, head: str, input_size: int, pretrained: str, recorded: dict | None):
+    from cxr.models.foundation import build_foundation_backbone
+
+    return build_foundation_backbone(name, Head(head).value, input_size, pretrained, recorded)
+
+
+def _foundation_net(name, spec, num_outputs: int, head: str, dropout: float, input_size: int, labels) -> CxrNet:
+    """A registered foundation backbone (pooled features) + dropout + linear: head ``gap`` only."""
+    layers = [nn.Dropout(dropout)] if dropout > 0 else []
+    architecture = ArchitectureSpec(
+        name=str(name),
+        num_outputs=num_outputs,
+        head=Head(head).value,
+        dropout=float(dropout),
+        source="foundation",
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        img_size=spec.img_size,
+        cam_layer=spec.feature_layer,
+        backbone_config=spec.config,
+    )
+    head_module = nn.Sequential(*layers, nn.Linear(spec.num_features, num_outputs))
+    return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
 
 
 def _check_normalization(model: CxrNet, normalization: tuple[Sequence[float], Sequence[float]]) -> None:
     mean, std = ([float(v) for v in values] for values in normalization)
     if not (
-        torch.allclose(model.mean.flatten(), torch.tensor(mean))
+        model.mean.numel() == len(mean)
+        and torch.allclose(model.mean.flatten(), torch.tensor(mean))
         and torch.allclose(model.std.flatten(), torch.tensor(std))
     ):
         raise CxrError(
-            f"{model.architecture['name']} normalises with mean {model.input_config['mean']}, std "
-            f"{model.input_config['std']} here, the checkpoint recorded mean {mean}, std {std}: was it written by "
+            f"{model.architecture.name} normalises with mean {list(model.architecture.mean)}, std "
+            f"{list(model.architecture.std)} here, the checkpoint recorded mean {mean}, std {std}: was it written by "
             "another timm version? Use the versions it names (its 'environment' block)"
         )
 
@@ -445,11 +476,15 @@ def _set_grad_checkpointing(model: CxrNet) -> None:
     """Activation checkpointing: timm's own switch; DenseNet's ``memory_efficient`` dense layers; per ResNet block
     ``torch.utils.checkpoint`` (the module tree and so the checkpoint keys stay as they are)."""
     backbone = model.backbone
-    if model.architecture.get("source") == "timm":
+    if model.architecture.source == "timm":
         from cxr.models.timm_backbones import set_grad_checkpointing
 
         set_grad_checkpointing(backbone)
-    elif "densenet" in model.architecture["name"]:  # torchxrayvision's xrv-densenet121 too
+    elif model.architecture.source == "foundation":
+        from cxr.models.foundation import set_grad_checkpointing as set_foundation_checkpointing
+
+        set_foundation_checkpointing(backbone)
+    elif "densenet" in model.architecture.name:  # torchxrayvision's xrv-densenet121 too
         for module in backbone.modules():
             if hasattr(module, "memory_efficient"):
                 module.memory_efficient = True
@@ -466,31 +501,29 @@ def _checkpointed(forward: Callable, module: nn.Module, x: torch.Tensor) -> torc
     return forward(module, x)
 
 
-RECORDED_KEYS = ("name", "head", "dropout", "in_chans")
-"""What every artifact records of the architecture; timm models add :data:`TIMM_KEYS`."""
-TIMM_KEYS = ("source", "mean", "std", "img_size")
-
-
-def recorded_architecture(architecture: dict) -> dict:
-    """The part of ``CxrNet.architecture`` an artifact stores: enough for :func:`rebuild_model`."""
-    keys = RECORDED_KEYS + (TIMM_KEYS if architecture.get("source") == "timm" else ())
-    return {key: architecture[key] for key in keys}
-
-
-def rebuild_model(architecture: dict, labels: Sequence[str], input_size: int) -> CxrNet:
-    """The randomly initialised twin of a recorded architecture (its weights come from the artifact or graph)."""
-    if architecture.get("img_size") not in (None, input_size):
-        raise CxrError(f"architecture built for {architecture['img_size']} px, preprocessing gives {input_size} px")
-    normalization = (architecture["mean"], architecture["std"]) if "mean" in architecture else None
-    return create_model(
-        architecture["name"],
+def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_size: int) -> CxrNet:
+    """The randomly initialised twin of a recorded architecture (its weights come from the artifact or graph), with
+    the normalisation and Grad-CAM layer the artifact recorded."""
+    if architecture.img_size not in (None, input_size):
+        raise CxrError(f"architecture built for {architecture.img_size} px, preprocessing gives {input_size} px")
+    normalization = (architecture.mean, architecture.std) if architecture.mean is not None else None
+    model = create_model(
+        architecture.name,
         len(labels),
-        head=architecture.get("head", "gap"),
-        dropout=float(architecture.get("dropout", 0.0)),
+        head=architecture.head,
+        dropout=architecture.dropout,
         input_size=input_size,
         labels=list(labels),
         normalization=normalization,
+        backbone_config=architecture.backbone_config,
     )
+    if architecture.cam_layer and architecture.cam_layer != model.architecture.cam_layer:
+        try:
+            model.backbone.get_submodule(architecture.cam_layer)
+        except AttributeError as error:
+            raise CxrError(f"{architecture.name}: no layer {architecture.cam_layer!r} for Grad-CAM") from error
+        model.architecture = replace(model.architecture, cam_layer=architecture.cam_layer)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -10,6 +10,7 @@ depend on the number of workers.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import numpy as np
 from cxr.errors import CxrError
 from cxr.synth.anatomy import sample_pose
 from cxr.synth.cohort import ImageRecord, plan_cohort
+from cxr.synth.effects import GroupEffect, strengths
 from cxr.synth.layouts import chexpert_path, chexpert_tables
 from cxr.synth.phantom import Box, Patient, render, sample_patient
 
@@ -45,11 +47,15 @@ def patient(seed: int, patient_id: int, sex: str) -> Patient:
     return sample_patient(np.random.default_rng([seed, 1, patient_id]), patient_id, sex)
 
 
-def render_record(record: ImageRecord, size: int, seed: int) -> tuple[np.ndarray, dict[str, Box]]:
-    """The pixels and boxes of one dataset image; blacklisted images are degraded (rotated, blurred, noisy)."""
+def render_record(
+    record: ImageRecord, size: int, seed: int, effects: tuple[GroupEffect, ...] = ()
+) -> tuple[np.ndarray, dict[str, Box]]:
+    """The pixels and boxes of one dataset image; blacklisted images are degraded (rotated, blurred, noisy);
+    ``effects`` draw some findings fainter in their group (:mod:`cxr.synth.effects`)."""
     rng = np.random.default_rng([seed, 2, record.index])
     pose = sample_pose(rng, record.view, degraded=record.blacklisted)
-    radiograph = render(patient(seed, record.patient_id, record.sex), pose, record.findings, size, rng)
+    faint = strengths(record, effects)
+    radiograph = render(patient(seed, record.patient_id, record.sex), pose, record.findings, size, rng, faint)
     return radiograph.image, radiograph.boxes
 
 
@@ -68,11 +74,11 @@ def _write_png(path: Path, image: np.ndarray, rgba: bool) -> None:
 
 
 def _render_chunk(
-    out: str, size: int, seed: int, records: list[ImageRecord], layout: str = "nih"
+    out: str, size: int, seed: int, records: list[ImageRecord], layout: str = "nih", effects: tuple = ()
 ) -> list[tuple[int, dict[str, Box]]]:
     results = []
     for record in records:
-        image, boxes = render_record(record, size, seed)
+        image, boxes = render_record(record, size, seed, effects)
         if layout == "chexpert":
             _write_jpeg(Path(out) / chexpert_path(record), image)
         else:
@@ -95,18 +101,19 @@ def _worker_init() -> None:
 
 
 def _render_all(
-    out: Path, size: int, seed: int, records: list[ImageRecord], workers: int, layout: str = "nih"
-) -> Iterator[tuple]:
+    out: Path, size: int, seed: int, records: list[ImageRecord], workers: int, layout: str = "nih",
+    effects: tuple[GroupEffect, ...] = (),
+) -> Iterator[tuple]:  # fmt: skip
     chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)]
     if workers == 1:
         for chunk in chunks:
-            yield from _render_chunk(str(out), size, seed, chunk, layout)
+            yield from _render_chunk(str(out), size, seed, chunk, layout, effects)
         return
     # Not fork: the caller may hold threads (torch, a progress bar) that a forked child would inherit mid-state.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = [pool.submit(_render_chunk, str(out), size, seed, chunk, layout) for chunk in chunks]
+        futures = [pool.submit(_render_chunk, str(out), size, seed, chunk, layout, effects) for chunk in chunks]
         for future in as_completed(futures):
             yield from future.result()
 
@@ -151,13 +158,16 @@ def generate(
     workers: int | None = None,
     progress: bool = False,
     layout: str = "nih",
+    effects: tuple[GroupEffect, ...] = (),
 ) -> Path:
     """Write a synthetic NIH-format dataset of ``images`` radiographs (``size`` px square) to ``out``; return it.
 
     ``prevalence`` is ``"nih"`` (NIH's label frequencies, No Finding ~54%) or ``"flat"`` (every finding ~21%).
     ``workers`` processes render in parallel (default: all cores); the output is byte-identical for a seed
     whatever the number of workers. ``layout`` ``"chexpert"`` writes the same cohort as CheXpert ships its data
-    (:mod:`cxr.synth.layouts`). Raises :class:`~cxr.errors.CxrError` for bad arguments or a non-empty ``out``.
+    (:mod:`cxr.synth.layouts`). ``effects`` plant group effects (a finding drawn fainter in one group; listed in
+    ``group_effects.json``; none: the files are exactly those without the option). Raises
+    :class:`~cxr.errors.CxrError` for bad arguments or a non-empty ``out``.
     """
     out = Path(out)
     if not MIN_SIZE <= size <= MAX_SIZE:
@@ -175,7 +185,7 @@ def generate(
             (out / folder / "images").mkdir(parents=True, exist_ok=True)
     workers = min(workers or os.cpu_count() or 1, max(1, len(records) // CHUNK))
     boxes: dict[int, dict[str, Box]] = {}
-    results = _render_all(out, size, seed, records, workers, layout)
+    results = _render_all(out, size, seed, records, workers, layout, tuple(effects))
     if progress:
         from rich.progress import Progress
 
@@ -191,4 +201,7 @@ def generate(
             (out / name).write_bytes(content)
     else:
         write_metadata(out, records, boxes, size, seed)
+    if effects:
+        planted = [{"finding": e.finding, "condition": e.condition, "strength": e.strength} for e in effects]
+        (out / "group_effects.json").write_text(json.dumps(planted, indent=2) + "\n")
     return out

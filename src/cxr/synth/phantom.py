@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ from cxr.synth import structures
 from cxr.synth.anatomy import LEFT, RIGHT, Anatomy, Pose, Scene, posed, sample_anatomy
 from cxr.synth.findings import INTRAPULMONARY, PAINTERS, modify_anatomy, plan_lesions
 from cxr.synth.lesion import Lesion
-from cxr.synth.radiograph import expose, normal_layers
+from cxr.synth.radiograph import Layers, expose, normal_layers
 
 Box = tuple[float, float, float, float]
 
@@ -50,11 +51,30 @@ def footprint_box(footprint: np.ndarray, threshold: float = 0.1) -> Box | None:
     return float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)
 
 
-def render(patient: Patient, pose: Pose, findings: Iterable[str], size: int, rng: np.random.Generator) -> Radiograph:
+def _fade(before: Layers, after: Layers, strength: float) -> None:
+    """Move every layer of ``after`` back towards ``before``, keeping ``strength`` of the change a sign made."""
+
+    def blend(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        return (old + np.float32(strength) * (new - old)).astype(new.dtype)
+
+    for name, value in list(vars(after).items()):
+        old = getattr(before, name)
+        faded = {key: blend(old[key], array) for key, array in value.items()} if isinstance(value, dict) else None
+        setattr(after, name, faded if faded is not None else blend(old, value))
+
+
+def render(
+    patient: Patient, pose: Pose, findings: Iterable[str], size: int, rng: np.random.Generator,
+    strength: Mapping[str, float] | None = None,
+) -> Radiograph:  # fmt: skip
     """Render one radiograph of ``patient`` in ``pose`` showing ``findings``; ``rng`` draws only the film noise.
 
-    Raises ``RuntimeError`` if a finding leaves no visible sign (a bug: every label must be drawn).
+    ``strength`` (finding -> factor below 1) draws a finding's sign fainter (a planted group effect,
+    :mod:`cxr.synth.effects`): the density layers end that fraction of the way from before the sign to after it;
+    its box is unchanged. Raises ``RuntimeError`` if a finding leaves no visible sign (a bug: every label must be
+    drawn).
     """
+    strength = strength or {}
     present = set(findings)
     unknown = present - set(FINDINGS)
     if unknown:
@@ -66,7 +86,10 @@ def render(patient: Patient, pose: Pose, findings: Iterable[str], size: int, rng
     for finding, painter in PAINTERS.items():
         if finding in present:
             lesion = patient.lesions[finding].placed(anatomy)
+            before = copy.deepcopy(layers) if finding in strength else None
             footprints[finding] = painter(scene, anatomy, layers, lesion)
+            if before is not None:
+                _fade(before, layers, strength[finding])
     for finding in present & {"Atelectasis", "Fibrosis"}:
         # Volume loss: where the lung was before its dome rose is part of the sign.
         lesion = patient.lesions[finding]

@@ -33,6 +33,7 @@ from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.imaging.preprocessing import Preprocessing
 from cxr.models.artifact import load_artifact, strip_training_state
+from cxr.models.spec import TrainingData
 from cxr.provenance import environment
 from cxr.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from cxr.training.module import CxrModule, EpochMetricsCSV, WeightEMA
@@ -289,7 +290,10 @@ def fit(
     pos_weight = _pos_weight(split) if config.train.pos_weight else None
     # Built before the run folder exists: a model that cannot be built (ImageNet weights offline, a wrong
     # model.init_from) must not leave a folder that can be neither restarted nor resumed.
-    module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume)
+    training_data = tuple(
+        TrainingData(str(s.manifest.get("dataset", "nih")), len(s.index), s.manifest_sha256) for s in stores
+    )
+    module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume, training_data=training_data)
     if config.optim.layer_decay != 1.0:
         layer_depths(module.model)  # a model without ViT blocks is refused here, not after the run folder exists
     if rank_zero_only.rank == 0:  # other DDP ranks start after rank 0 wrote these (or read them under torchrun)

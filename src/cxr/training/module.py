@@ -31,8 +31,9 @@ from cxr.data.device_augment import augment_batch
 from cxr.data.loaders import train_view_of
 from cxr.files import replacing
 from cxr.imaging.preprocessing import Preprocessing, to_unit
-from cxr.models.artifact import artifact_metadata
+from cxr.models.artifact import artifact_block, model_spec
 from cxr.models.factory import create_model
+from cxr.models.spec import TrainingData
 from cxr.training.losses import auc_margin, masked_bce
 from cxr.training.optim import build_optimizer, cosine_schedule
 
@@ -117,9 +118,11 @@ class CxrModule(L.LightningModule):
         preprocessing: Preprocessing,
         pos_weight: list[float] | None = None,
         resume: bool = False,
+        training_data: tuple[TrainingData, ...] = (),
     ):
         super().__init__()
         self.config, self.outputs, self.preprocessing = config, list(outputs), preprocessing
+        self.training_data = tuple(training_data)  # the model card names the stores by dataset, count and hash
         spec = config.model
         # On --resume every weight comes from last.ckpt: loading ImageNet or model.init_from first would only make
         # a resume fail on a node without the torch hub cache or after the earlier run was moved.
@@ -210,9 +213,10 @@ class CxrModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The checkpoint is the model artifact: labels, preprocessing and config travel with the weights.
-        checkpoint["cxr"] = artifact_metadata(
-            self.outputs, self.model.architecture, self.preprocessing, config=to_dict(self.config)
+        spec = model_spec(
+            self.model, self.outputs, self.preprocessing, config=to_dict(self.config), training_data=self.training_data
         )
+        checkpoint["cxr"] = artifact_block(spec)
 
 
 class WeightEMA(WeightAveraging):

@@ -6,6 +6,10 @@ radiographs", arXiv:1901.07042, 2019), from its published column layout:
 - ``mimic-cxr-2.0.0-metadata.csv[.gz]``: ``dicom_id, subject_id, study_id, ViewPosition, ...``, one row per image;
 - ``mimic-cxr-2.0.0-split.csv[.gz]``: ``dicom_id, study_id, subject_id, split`` (``train``/``validate``/``test``).
 
+- optionally MIMIC-IV's ``patients.csv[.gz]`` (``subject_id, gender, anchor_age, anchor_year``), copied into the
+  folder: it gives each image's ``sex`` and its ``age`` at the study (``anchor_age`` moved by the study's year minus
+  ``anchor_year``; both dates are shifted alike), for subgroup evaluation. Without it both are unknown.
+
 Study labels are joined to each of the study's images; an image whose study has no label row keeps NaN labels.
 Images live at ``files/p<first two digits>/p<subject_id>/s<study_id>/<dicom_id>.jpg``. Uncertain (-1.0) follows
 the same policy as CheXpert.
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from cxr.data.attributes import age_from_anchor
 from cxr.data.datasets.base import (
     LabelledDataset,
     candidates,
@@ -33,6 +39,19 @@ from cxr.data.datasets.chexpert import LABELS, MAPPING, Uncertainty, apply_polic
 PREFIX = "mimic-cxr-2.0.0-"
 LABEL_FILES = (f"{PREFIX}chexpert.csv", f"{PREFIX}negbio.csv")
 SPLITS = ("train", "validate", "test")
+PATIENTS_FILE = "patients.csv"
+"""MIMIC-IV's patients table (hosp module), optional."""
+
+
+def _demographics(path: Path, meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Sex and age at the study of every metadata row from MIMIC-IV's ``patients.csv`` (NaN/"" where unlisted)."""
+    patients = read_csv(path, ("subject_id", "gender", "anchor_age", "anchor_year"))
+    _integers(path, patients, ("subject_id",))
+    check_unique(path, patients["subject_id"], "subject_id")
+    rows = patients.set_index("subject_id").reindex(meta["subject_id"].to_numpy())
+    study = meta["StudyDate"] if "StudyDate" in meta else pd.Series("", index=meta.index)
+    age = age_from_anchor(rows["anchor_age"].to_numpy(), rows["anchor_year"].to_numpy(), study.to_numpy())
+    return rows["gender"].fillna("").to_numpy(), age.to_numpy()
 
 
 def detect(root: Path) -> bool:
@@ -53,7 +72,7 @@ def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> Lab
     check_unique(label_path, studies["study_id"], "study_id")
     raw_study = parse_labels(label_path, studies, LABELS)
     raw_study.index = studies["study_id"].to_numpy()
-    meta = read_csv(meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+    meta = read_csv(meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"), optional=["StudyDate"])
     _integers(meta_path, meta, ("subject_id", "study_id"))
     check_unique(meta_path, meta["dicom_id"], "dicom_id")
     split = pd.Series("", index=meta["dicom_id"].to_numpy())
@@ -70,6 +89,9 @@ def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> Lab
         + ".jpg",
         "patient_id": subject, "view": meta["ViewPosition"], "split": split.to_numpy(), "study_id": meta["study_id"],
     }).reset_index(drop=True)  # fmt: skip
+    patients_path = candidates(root, [PATIENTS_FILE])
+    if patients_path:
+        images["sex"], images["age"] = _demographics(patients_path[0], meta)
     files = {"labels": label_path, "metadata": meta_path, "split": split_path[0] if split_path else None}
     rejects = rejects_table([])
     dataset = finish("mimic", root, files, images, apply_policy(raw, uncertainty), MAPPING, uncertain=raw == -1.0,

@@ -35,7 +35,7 @@ def from_nih(dataset: NIHDataset) -> LabelledDataset:
     root, table = dataset.root, dataset.metadata
     images = pd.DataFrame({
         "image": table["image"], "patient_id": table["patient_id"].astype(str), "view": table["view"],
-        "split": table["split"],
+        "split": table["split"], "sex": table["sex"], "age": table["age"],
     })  # fmt: skip
     labels = table[[*FINDINGS, NO_FINDING]].astype("float32")
     return finish("nih", root, dict(dataset.files), images, labels, MAPPING)

@@ -6,6 +6,8 @@ numbered folders (``ImageDir``/``ImageID``).
 (``"['normal', ' pleural effusion']"``); items are stripped and empty items dropped. Rows whose cell is not such a
 list (103 in the released file, written ``nan``) are rejected with their line. ``Projection`` is one of ``PA``,
 ``L``, ``AP``, ``AP_horizontal``, ``COSTAL``, ``EXCLUDE``, ``UNK``; every image is kept with it as ``view``.
+``PatientSex_DICOM`` is kept as ``sex``, and the age at the study (``StudyDate_DICOM``'s year minus
+``PatientBirth``) as ``age``, for subgroup evaluation.
 Labels are read from the whole report, so a label not listed for an image is negative (0).
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.data.attributes import age_at_study
 from cxr.data.datasets.base import (
     LabelledDataset,
     Mapping,
@@ -102,9 +105,16 @@ def parse_label_list(text: str) -> list[str] | None:
     return [item.strip() for item in value if item.strip()]
 
 
+def _age(rows: pd.DataFrame) -> pd.Series | float:
+    """Age at the study from ``PatientBirth`` (a year) and ``StudyDate_DICOM``; NaN where either is missing."""
+    if "PatientBirth" not in rows or "StudyDate_DICOM" not in rows:
+        return np.nan
+    return age_at_study(rows["PatientBirth"], rows["StudyDate_DICOM"]).to_numpy()
+
+
 def read(root: Path) -> LabelledDataset:
     path = require_file(root, FILE_NAMES, "PadChest")
-    table = read_csv(path, COLUMNS, optional=["PatientSex_DICOM"])
+    table = read_csv(path, COLUMNS, optional=["PatientSex_DICOM", "PatientBirth", "StudyDate_DICOM"])
     check_unique(path, table["ImageID"], "ImageID")
     # ~30k distinct cells among 160k rows: parse each once.
     codes, cells = pd.factorize(table["Labels"])
@@ -126,6 +136,6 @@ def read(root: Path) -> LabelledDataset:
     rows = table[kept]
     images = pd.DataFrame({
         "image": rows["ImageDir"] + "/" + rows["ImageID"], "patient_id": rows["PatientID"],
-        "view": rows["Projection"], "split": "", "sex": rows.get("PatientSex_DICOM", ""),
+        "view": rows["Projection"], "split": "", "sex": rows.get("PatientSex_DICOM", ""), "age": _age(rows),
     })  # fmt: skip
     return finish("padchest", root, {"metadata": path}, images, labels, MAPPING, rejects=rejects)

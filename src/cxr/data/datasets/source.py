@@ -17,17 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.data.attributes import harmonise_age, harmonise_sex
 from cxr.data.datasets.base import LabelledDataset
 from cxr.data.splits import assert_patient_disjoint
 from cxr.errors import CxrError
 from cxr.labels import COMMON_LABELS
 
 INDEX_COLUMNS: tuple[str, ...] = (
-    "image", "row", "patient_id", "split", "official_split", "blacklisted", "view", "source_width", "source_height",
-    *COMMON_LABELS,
+    "image", "row", "patient_id", "split", "official_split", "blacklisted", "view", "sex", "age", "source_width",
+    "source_height", *COMMON_LABELS,
 )  # fmt: skip
 """index.parquet of a store prepared from a non-NIH dataset (``image`` is the path relative to the folder;
-``blacklisted`` is False throughout, kept so that NIH's task filters apply unchanged)."""
+``blacklisted`` is False throughout, kept so that NIH's task filters apply unchanged; ``sex`` ``F``/``M``/``""`` and
+``age`` in years or NaN, harmonised by :mod:`cxr.data.attributes` for subgroup evaluation)."""
 
 OFFICIAL = {"train": "train_val", "validate": "train_val", "valid": "test", "test": "test"}
 """Official split names -> the store's ``train_val`` / ``test``."""
@@ -75,6 +77,8 @@ def store_source(dataset: LabelledDataset, seed: int = 0, test_fraction: float =
     metadata = pd.DataFrame({
         "image": images["image"].astype(str), "patient_id": patients.astype(str), "split": split,
         "official_split": official, "blacklisted": False, "view": images["view"].astype(str),
+        "sex": harmonise_sex(images["sex"] if "sex" in images else pd.Series("", index=images.index)).to_numpy(),
+        "age": harmonise_age(images["age"] if "age" in images else pd.Series(np.nan, index=images.index)).to_numpy(),
     })  # fmt: skip
     metadata = pd.concat([metadata, dataset.harmonised.astype("float32")], axis=1)
     repeated = metadata["image"][metadata["image"].duplicated()]

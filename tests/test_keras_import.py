@@ -126,10 +126,9 @@ def artifact_c(case_c) -> Path:
 
 def keras_probabilities(case: Case, artifact: Path, png: Path) -> np.ndarray:
     """Keras' ``model.predict`` on the pixels cxr's preprocessing of the artifact makes of ``png``."""
-    from cxr.imaging.preprocessing import Preprocessing
     from cxr.models.artifact import read_checkpoint
 
-    preprocessing = Preprocessing.from_dict(read_checkpoint(artifact)["cxr"]["preprocessing"])
+    preprocessing = read_checkpoint(artifact)[1].preprocessing
     pixels = preprocessing.model_input(decode_grayscale(png))
     return np.asarray(case.model.predict(keras_files.keras_input(pixels, case.imagenet), verbose=0))[0]
 
@@ -166,22 +165,25 @@ def test_cxr_predict_equals_keras_predict_for_every_output_in_order(name, reques
 def test_artifacts_record_architecture_preprocessing_thresholds_and_source(case_a, artifact_a, artifact_c):
     from cxr.models.artifact import load_artifact, read_checkpoint
 
-    meta = read_checkpoint(artifact_a)["cxr"]
-    assert meta["architecture"] == {"name": "keras-densenet169-unit", "head": "seed", "dropout": 0.2, "in_chans": 1}
+    meta = read_checkpoint(artifact_a)[0]["cxr"]
+    architecture = {"name": "keras-densenet169-unit", "head": "seed", "dropout": 0.2, "in_chans": 1, "num_outputs": 14}
+    assert {key: meta["architecture"][key] for key in architecture} == architecture
+    assert meta["architecture"]["mean"] == [0.0] * 3 and meta["architecture"]["std"] == [1.0] * 3  # pixels / 255 only
     # 300Crop169Adam: the multilabel-adam preset's 75 % center crop at 300 px
     assert meta["preprocessing"] == {"store_size": 300, "crop": 0.75, "input_size": 300, "eval_transform": "resize"}
     assert meta["thresholds"] == dict.fromkeys(FINDINGS, 0.5) and meta["labels"] == list(FINDINGS)
-    record = meta["config"]["imported"]
+    record = meta["source"]
     assert record["file"] == "300Crop169Adam.hdf5" and record["keras_version"] == "2.2.2"
     assert record["sha256"] == hashlib.sha256(case_a.file.read_bytes()).hexdigest()
     assert record["preset"] == "multilabel-adam" and record["saved_as"] == "full-model"
 
     artifact = load_artifact(artifact_c)
-    assert artifact.architecture["name"] == "keras-densenet121" and artifact.architecture["head"] == "gap"
-    assert artifact.model.input_config["mean"] == pytest.approx([0.485, 0.456, 0.406])  # CheXNet-Keras: ImageNet
+    architecture = artifact.spec.architecture
+    assert architecture.name == "keras-densenet121" and architecture.head == "gap" and architecture.cam_layer == "norm5"
+    assert architecture.mean == pytest.approx([0.485, 0.456, 0.406])  # CheXNet-Keras: / 255, then ImageNet mean/std
     assert artifact.preprocessing.to_dict() == {"store_size": 224, "crop": 1.0, "input_size": 224,
                                                 "eval_transform": "resize"}  # fmt: skip
-    assert artifact.config["imported"]["saved_as"] == "weights-only" and artifact.labels == list(CHEXNET_ORDER)
+    assert artifact.spec.provenance.source["saved_as"] == "weights-only" and artifact.labels == list(CHEXNET_ORDER)
     bn = [m for m in artifact.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bn and all(m.eps == pytest.approx(1.001e-5) for m in bn)
 
@@ -190,12 +192,12 @@ def test_artifacts_record_architecture_preprocessing_thresholds_and_source(case_
 def test_binary_models_are_named_by_file_or_by_labels(case_b, artifact_b, folder):
     from cxr.models.artifact import read_checkpoint
 
-    assert read_checkpoint(artifact_b)["cxr"]["labels"] == ["Fibrosis"]
+    assert read_checkpoint(artifact_b)[1].labels == ("Fibrosis",)
     balanced = shutil.copy(case_b.file, folder / "binary_balanced.hdf5")
     out = folder / "binary_balanced.ckpt"
     result = runner.invoke(app, ["import", "keras", str(balanced), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert read_checkpoint(out)["cxr"]["labels"] == [ANY_FINDING]
+    assert read_checkpoint(out)[1].labels == (ANY_FINDING,)
     assert "preset binary-finding" in result.output
     unknown = shutil.copy(case_b.file, folder / "my_model.hdf5")
     with pytest.raises(CxrError, match=r"1 output\(s\), the original layout names 14.*--labels"):
@@ -292,7 +294,7 @@ def test_keras_densenets_of_the_registry_have_keras_epsilon_and_no_final_relu():
     with torch.no_grad():
         assert (model.backbone(torch.rand(1, 3, 224, 224)) < 0).any()  # the map the head sees is not rectified
     unit = create_model("keras-densenet169-unit", 1, input_size=64)
-    assert unit.input_config["mean"] == [0.0, 0.0, 0.0] and unit.input_config["std"] == [1.0, 1.0, 1.0]
+    assert unit.architecture.mean == (0.0, 0.0, 0.0) and unit.architecture.std == (1.0, 1.0, 1.0)
     assert {m.eps for m in unit.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1.001e-5}
 
 
@@ -353,7 +355,7 @@ def test_fine_tuning_starts_from_the_imported_weights(artifact_a, no_keras):
                  "model.dropout=0", "model.pretrained=none", "data.input_size=32", "data.store_size=32",
                  "optim.lr=1e-3"]  # fmt: skip
     module = CxrModule(load_config(None, overrides), ["Effusion", "Mass"], Preprocessing(32, 1.0, 32))
-    source = {k.removeprefix("model."): v for k, v in read_checkpoint(artifact_a)["state_dict"].items()}
+    source = {k.removeprefix("model."): v for k, v in read_checkpoint(artifact_a)[0]["state_dict"].items()}
     tuned = module.model.state_dict()
     backbone = [key for key in tuned if key.startswith("backbone.")]
     assert backbone and all(torch.equal(tuned[key], source[key]) for key in backbone)

@@ -15,7 +15,8 @@ fine-tunes (``model.init_from=``) like any other. What the artifact records:
   CheXNet-Keras a resize to 224. The original fed pixels / 255 without mean/std (``keras-densenet*-unit``),
   CheXNet-Keras / 255 then ImageNet mean/std; three identical channels, inside the model;
 - thresholds 0.5 until ``cxr evaluate`` chooses them on validation;
-- the source: file name (no folder), SHA-256, Keras version and backend, layout, the preset it reproduces.
+- its provenance (``source``): file name (no folder), SHA-256, Keras version and backend, layout, the preset it
+  reproduces.
 """
 
 from __future__ import annotations
@@ -99,8 +100,7 @@ def import_keras(path: str | Path, out: str | Path, layout: str = "auto", labels
     config = {
         "experiment": f"keras {recognised.layout.name} {file.path.name}",
         "model": {"name": name, "head": head, "dropout": recognised.dropout},
-        "imported": record,
     }
-    write_artifact(out, model.eval(), names, preprocessing, None, config)
+    write_artifact(out, model.eval(), names, preprocessing, None, config, source=record)
     return record | {"out": str(out), "architecture": name, "input_size": recognised.input_size,
                      "preprocessing": preprocessing.to_dict()}  # fmt: skip

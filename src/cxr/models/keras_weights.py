@@ -136,7 +136,7 @@ def load_weights(model: CxrNet, file: KerasFile, recognised: Recognised) -> None
     problems = mismatches(file, expected)
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise CxrError(f"{file.path}: does not fit {model.architecture['name']} with the {recognised.layout.name} "
+        raise CxrError(f"{file.path}: does not fit {model.architecture.name} with the {recognised.layout.name} "
                        f"head: {shown}")  # fmt: skip
     state = model.state_dict()
     found = {keras_name(name): weights for name, weights in file.layers.items()}

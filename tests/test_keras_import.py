@@ -255,7 +255,7 @@ def test_a_missing_extra_or_misshapen_layer_is_refused_in_one_line_naming_it(cas
 def test_layout_and_labels_that_do_not_fit_the_file_are_refused_before_anything_is_built(case_c, folder):
     out = folder / "refused.ckpt"
     wrong = {
-        ("--layout", "original"): "a weights-only file (save_weights) has no architecture",
+        ("--layout", "original"): r"a weights-only file \(save_weights\) has no architecture",
         ("--labels", "Fibrosis"): r"the model has 14 output\(s\), --labels names 1",
         ("--labels", ",".join([*CHEXNET_ORDER[:13], "Foo"])): "--labels: unknown finding 'Foo'",
     }

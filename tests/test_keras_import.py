@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import build_once
 from cxr.cli import app
 from cxr.errors import CxrError
 from cxr.imaging.decode import decode_grayscale
+from cxr.imaging.preprocessing import Preprocessing
 from cxr.labels import ANY_FINDING, CHEXNET_ORDER, FINDINGS
 
 keras_files = pytest.importorskip("keras_files", reason="the dev extra installs keras (parity reference)")
@@ -37,100 +40,94 @@ SAMPLE = "00000013_003.png"
 runner = CliRunner()
 
 
-@dataclass
-class Case:
-    """A Keras reference model, the file it was saved to, and what the import must give."""
+@dataclass(frozen=True)
+class Reference:
+    """A Keras reference to build: its file name, model, writer, outputs, and the preprocessing the import must record
+    (Keras is fed the pixels it makes)."""
 
-    model: object
-    file: Path
-    labels: list[str]
+    file_name: str
+    model: Callable[[], object]
+    writer: Callable[[object, Path], Path]
+    labels: tuple[str, ...]
     imagenet: bool
-    size: int
+    preprocessing: Preprocessing
+    seed: int
 
 
-def resized_sample(sample_dir: Path, folder: Path, size: int) -> Path:
-    """The NIH sample resized to the model's input size, as a PNG."""
-    path = folder / f"sample-{size}.png"
-    if not path.exists():
-        Image.open(sample_dir / "images" / SAMPLE).convert("L").resize((size, size), Image.BILINEAR).save(path)
-    return path
+REFERENCES = {
+    # (a) the original project's 300 px multi-label model, under its published name: the multilabel-adam preset's crop
+    "a": Reference("300Crop169Adam.hdf5", lambda: keras_files.original_model(300, 14, 0.2),
+                   keras_files.write_full_model, FINDINGS, False, Preprocessing(300, 0.75, 300), 1),
+    # (b) the original project's 224 px binary model: the binary-fibrosis preset's 300 -> center crop 224
+    "b": Reference("fibrosis.hdf5", lambda: keras_files.original_model(224, 1, 0.2), keras_files.write_full_model,
+                   ("Fibrosis",), False, Preprocessing(300, 1.0, 224, "center_crop"), 2),
+    # (c) CheXNet-Keras' weights-only file
+    "c": Reference("brucechou1983_CheXNet_Keras_0.3.0_weights.h5", keras_files.chexnet_keras_model,
+                   keras_files.write_weights_only, CHEXNET_ORDER, True, Preprocessing(224, 1.0, 224), 3),
+}  # fmt: skip
 
 
-def build(factory, writer, folder: Path, name: str, sample: Path, imagenet: bool, seed: int) -> Path:
-    """Calibrate ``factory()``'s model on the sample and noise, write it with ``writer``; return (model, path)."""
-    keras_files.keras.utils.set_random_seed(seed)
-    model = factory()
+@dataclass(frozen=True)
+class Case:
+    """A built reference: the Keras file, its import, the PNG, and Keras' ``model.predict`` on that PNG."""
+
+    reference: Reference
+    file: Path
+    artifact: Path
+    png: Path
+    keras: np.ndarray
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.reference.labels)
+
+
+def build_case(reference: Reference, sample_dir: Path, folder: Path) -> None:
+    """Build, calibrate and save the Keras model, record its probabilities on the NIH sample resized to its input
+    size, and import the file with ``cxr import keras``."""
+    folder.mkdir(parents=True)
+    keras_files.keras.utils.set_random_seed(reference.seed)
+    model = reference.model()
     size = int(model.input.shape[1])
-    pixels = np.asarray(Image.open(sample).resize((size, size)), dtype="f")[None] / 255
-    noise = np.random.default_rng(seed).random(pixels.shape, dtype="f")
-    images = np.concatenate([keras_files.keras_input(p, imagenet) for p in (pixels, noise)])
-    keras_files.calibrate(model, images, seed)
-    return model, writer(model, folder / name)
+    png = folder / "sample.png"
+    Image.open(sample_dir / "images" / SAMPLE).convert("L").resize((size, size), Image.BILINEAR).save(png)
+    pixels = reference.preprocessing.model_input(decode_grayscale(png))
+    noise = np.random.default_rng(reference.seed).random(pixels.shape, dtype="f")
+    images = np.concatenate([keras_files.keras_input(p, reference.imagenet) for p in (pixels, noise)])
+    keras_files.calibrate(model, images, reference.seed)
+    reference.writer(model, folder / reference.file_name)
+    probabilities = model.predict(keras_files.keras_input(pixels, reference.imagenet), verbose=0)[0]
+    (folder / "keras.json").write_text(json.dumps([float(p) for p in probabilities]))
+    result = runner.invoke(app, ["import", "keras", str(folder / reference.file_name), "--out", str(folder / "m.ckpt")])
+    assert result.exit_code == 0, result.output
+
+
+def case(tmp_path_factory, sample_dir: Path, key: str) -> Case:
+    """Reference ``key``, built once per session, also across xdist workers."""
+    reference = REFERENCES[key]
+    folder = build_once(tmp_path_factory, f"keras-{key}", lambda out: build_case(reference, sample_dir, out))
+    keras = np.array(json.loads((folder / "keras.json").read_text()))
+    return Case(reference, folder / reference.file_name, folder / "m.ckpt", folder / "sample.png", keras)
+
+
+@pytest.fixture(scope="module")
+def case_a(tmp_path_factory, sample_dir) -> Case:
+    return case(tmp_path_factory, sample_dir, "a")
+
+
+@pytest.fixture(scope="module")
+def case_b(tmp_path_factory, sample_dir) -> Case:
+    return case(tmp_path_factory, sample_dir, "b")
+
+
+@pytest.fixture(scope="module")
+def case_c(tmp_path_factory, sample_dir) -> Case:
+    return case(tmp_path_factory, sample_dir, "c")
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("keras")
-
-
-@pytest.fixture(scope="module")
-def case_a(folder, sample_dir) -> Case:
-    """(a) the original project's 300 px multi-label model, under its published file name."""
-    sample = resized_sample(sample_dir, folder, 300)
-    model, path = build(lambda: keras_files.original_model(300, 14, 0.2), keras_files.write_full_model, folder,
-                        "300Crop169Adam.hdf5", sample, False, 1)  # fmt: skip
-    return Case(model, path, list(FINDINGS), False, 300)
-
-
-@pytest.fixture(scope="module")
-def case_b(folder, sample_dir) -> Case:
-    """(b) the original project's 224 px binary model (Fibrosis)."""
-    sample = resized_sample(sample_dir, folder, 224)
-    model, path = build(lambda: keras_files.original_model(224, 1, 0.2), keras_files.write_full_model, folder,
-                        "fibrosis.hdf5", sample, False, 2)  # fmt: skip
-    return Case(model, path, ["Fibrosis"], False, 224)
-
-
-@pytest.fixture(scope="module")
-def case_c(folder, sample_dir) -> Case:
-    """(c) CheXNet-Keras' weights-only file."""
-    sample = resized_sample(sample_dir, folder, 224)
-    model, path = build(keras_files.chexnet_keras_model, keras_files.write_weights_only, folder,
-                        "brucechou1983_CheXNet_Keras_0.3.0_weights.h5", sample, True, 3)  # fmt: skip
-    return Case(model, path, list(CHEXNET_ORDER), True, 224)
-
-
-def imported(case: Case) -> Path:
-    """``cxr import keras`` of the case's file (once per module: the artifact sits beside the file)."""
-    out = case.file.with_suffix(".ckpt")
-    if not out.exists():
-        result = runner.invoke(app, ["import", "keras", str(case.file), "--out", str(out)])
-        assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def artifact_a(case_a) -> Path:
-    return imported(case_a)
-
-
-@pytest.fixture(scope="module")
-def artifact_b(case_b) -> Path:
-    return imported(case_b)
-
-
-@pytest.fixture(scope="module")
-def artifact_c(case_c) -> Path:
-    return imported(case_c)
-
-
-def keras_probabilities(case: Case, artifact: Path, png: Path) -> np.ndarray:
-    """Keras' ``model.predict`` on the pixels cxr's preprocessing of the artifact makes of ``png``."""
-    from cxr.models.artifact import read_checkpoint
-
-    preprocessing = read_checkpoint(artifact)[1].preprocessing
-    pixels = preprocessing.model_input(decode_grayscale(png))
-    return np.asarray(case.model.predict(keras_files.keras_input(pixels, case.imagenet), verbose=0))[0]
 
 
 @pytest.fixture
@@ -146,26 +143,26 @@ def no_keras(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["case_a", "case_b", "case_c"])
-def test_cxr_predict_equals_keras_predict_for_every_output_in_order(name, request, sample_dir, folder):
+def test_cxr_predict_equals_keras_predict_for_every_output_in_order(name, request):
+    from cxr.models.artifact import read_checkpoint
+
     case: Case = request.getfixturevalue(name)
-    out = imported(case)  # the module's artifact
-    png = resized_sample(sample_dir, folder, case.size)
-    result = runner.invoke(app, ["predict", str(out), str(png), "--json"])
+    assert read_checkpoint(case.artifact)[1].preprocessing == case.reference.preprocessing  # what Keras was fed
+    result = runner.invoke(app, ["predict", str(case.artifact), str(case.png), "--json"])
     assert result.exit_code == 0, result.output
     ours = json.loads(result.stdout)["probabilities"]
     assert list(ours) == case.labels  # the file's order, cxr's names
-    theirs = keras_probabilities(case, out, png)
-    assert np.abs(np.array(list(ours.values())) - theirs).max() <= 1e-4
-    assert theirs.min() > 1e-3 and theirs.max() < 1 - 1e-3  # not saturated: numbers that can differ
-    if len(theirs) > 1:
-        assert theirs.std() > 0.02
+    assert np.abs(np.array(list(ours.values())) - case.keras).max() <= 1e-4
+    assert case.keras.min() > 1e-3 and case.keras.max() < 1 - 1e-3  # not saturated: numbers that can differ
+    if len(case.keras) > 1:
+        assert case.keras.std() > 0.02
 
 
 @pytest.mark.slow
-def test_artifacts_record_architecture_preprocessing_thresholds_and_source(case_a, artifact_a, artifact_c):
+def test_artifacts_record_architecture_preprocessing_thresholds_and_source(case_a, case_c):
     from cxr.models.artifact import load_artifact, read_checkpoint
 
-    meta = read_checkpoint(artifact_a)[0]["cxr"]
+    meta = read_checkpoint(case_a.artifact)[0]["cxr"]
     architecture = {"name": "keras-densenet169-unit", "head": "seed", "dropout": 0.2, "in_chans": 1, "num_outputs": 14}
     assert {key: meta["architecture"][key] for key in architecture} == architecture
     assert meta["architecture"]["mean"] == [0.0] * 3 and meta["architecture"]["std"] == [1.0] * 3  # pixels / 255 only
@@ -177,7 +174,7 @@ def test_artifacts_record_architecture_preprocessing_thresholds_and_source(case_
     assert record["sha256"] == hashlib.sha256(case_a.file.read_bytes()).hexdigest()
     assert record["preset"] == "multilabel-adam" and record["saved_as"] == "full-model"
 
-    artifact = load_artifact(artifact_c)
+    artifact = load_artifact(case_c.artifact)
     architecture = artifact.spec.architecture
     assert architecture.name == "keras-densenet121" and architecture.head == "gap" and architecture.cam_layer == "norm5"
     assert architecture.mean == pytest.approx([0.485, 0.456, 0.406])  # CheXNet-Keras: / 255, then ImageNet mean/std
@@ -189,10 +186,10 @@ def test_artifacts_record_architecture_preprocessing_thresholds_and_source(case_
 
 
 @pytest.mark.slow
-def test_binary_models_are_named_by_file_or_by_labels(case_b, artifact_b, folder):
+def test_binary_models_are_named_by_file_or_by_labels(case_b, folder):
     from cxr.models.artifact import read_checkpoint
 
-    assert read_checkpoint(artifact_b)[1].labels == ("Fibrosis",)
+    assert read_checkpoint(case_b.artifact)[1].labels == ("Fibrosis",)
     balanced = shutil.copy(case_b.file, folder / "binary_balanced.hdf5")
     out = folder / "binary_balanced.ckpt"
     result = runner.invoke(app, ["import", "keras", str(balanced), "--out", str(out)])
@@ -308,9 +305,10 @@ def decode_data_url(url: str) -> Image.Image:
 
 
 @pytest.mark.slow
-def test_predict_evaluate_export_serve_and_grad_cam_without_keras(artifact_b, tmp_path, no_keras):
+def test_predict_evaluate_export_serve_and_grad_cam_without_keras(case_b, tmp_path, no_keras):
     """The binary (Fibrosis) artifact of the original layout, scored against NIH-format labels as the binary presets
     are, exported to ONNX (refused beyond 1e-4 of torch) and served."""
+    artifact_b = case_b.artifact
     import pandas as pd
     from fastapi.testclient import TestClient
 
@@ -343,14 +341,14 @@ def test_predict_evaluate_export_serve_and_grad_cam_without_keras(artifact_b, tm
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_the_imported_weights(artifact_a, no_keras):
+def test_fine_tuning_starts_from_the_imported_weights(case_a, no_keras):
     """``model.name=keras-densenet169-unit model.init_from=MODEL.ckpt``: the imported backbone, then optimizer steps
     that lower the loss on a batch (at 32 px; the seed head's Flatten differs there, so it starts afresh)."""
     from cxr.config import load_config
-    from cxr.imaging.preprocessing import Preprocessing
     from cxr.models.artifact import read_checkpoint
     from cxr.training.module import CxrModule
 
+    artifact_a = case_a.artifact
     overrides = ["model.name=keras-densenet169-unit", f"model.init_from={artifact_a}", "model.head=seed",
                  "model.dropout=0", "model.pretrained=none", "data.input_size=32", "data.store_size=32",
                  "optim.lr=1e-3"]  # fmt: skip
@@ -377,23 +375,22 @@ def test_fine_tuning_starts_from_the_imported_weights(artifact_a, no_keras):
 
 
 @pytest.mark.slow
-def test_predict_in_a_process_where_keras_and_h5py_cannot_be_imported(case_c, artifact_c, sample_dir, folder):
+def test_predict_in_a_process_where_keras_and_h5py_cannot_be_imported(case_c, tmp_path):
     """`cxr predict` on the PNG in a fresh process without Keras or h5py gives Keras' numbers."""
-    png = resized_sample(sample_dir, folder, 224)
     code = textwrap.dedent(
         f"""
         import sys
         sys.modules["keras"] = sys.modules["h5py"] = sys.modules["tensorflow"] = None
         from cxr.cli import main
-        sys.argv = ["cxr", "predict", {str(artifact_c)!r}, {str(png)!r}, "--json"]
+        sys.argv = ["cxr", "predict", {str(case_c.artifact)!r}, {str(case_c.png)!r}, "--json"]
         main()
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=folder, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     probabilities = json.loads(result.stdout)["probabilities"]
     assert list(probabilities) == list(CHEXNET_ORDER)
-    assert np.abs(np.array(list(probabilities.values())) - keras_probabilities(case_c, artifact_c, png)).max() <= 1e-4
+    assert np.abs(np.array(list(probabilities.values())) - case_c.keras).max() <= 1e-4
 
 
 def test_a_list_attribute_keras_2_split_into_chunks_is_read_whole(tmp_path):

@@ -65,10 +65,9 @@ def calibrate(model: keras.Model, images: np.ndarray, seed: int) -> None:
             layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape), mean, variance])
     last = model.layers[-1].layers[-1] if isinstance(model.layers[-1], keras.Sequential) else model.layers[-1]
     kernel, bias = (np.asarray(w) for w in last.get_weights())
-    # One training-mode pass (its layers are the model's): moving statistics set, and the last Dense's input.
-    inputs = np.asarray(
-        keras.ops.convert_to_numpy(keras.Model(model.input, _before_last(model))(images, training=True))
-    )
+    model(images, training=True)  # moving statistics := the batch's
+    before_last = keras.Model(model.input, _before_last(model))  # its layers are the model's
+    inputs = np.asarray(keras.ops.convert_to_numpy(before_last(images, training=False)))  # without dropout
     logits = inputs @ kernel
     kernel *= 1.5 / logits.std()
     bias = rng.uniform(-1.5, 0.5, bias.shape) - (inputs @ kernel).mean(0)

@@ -17,6 +17,8 @@ PRESETS = [
     "chexnet",
     "demo",
     "disease-only",
+    "finetune-eva-x-small",
+    "finetune-mae-vit-small",
     "modern-224",
     "modern-512",
     "multilabel-adam",

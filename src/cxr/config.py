@@ -138,9 +138,10 @@ class ModelConfig:
     name: str = "densenet169"  # cxr.models.factory.BACKBONES (torchvision) or any timm architecture; checked when built
     head: Head = Head.SEED
     dropout: float = 0.2
-    pretrained: str = "imagenet"  # "imagenet", "none", or a path to weights
+    pretrained: str = "imagenet"  # "imagenet" (X-ray and foundation models: their published weights), "none", a path
     init_from: str | None = None  # a previous run's checkpoint (the seed chained Adam → SGD → balanced)
     grad_checkpointing: bool = False  # recompute activations in the backward: less memory, more compute
+    drop_path: float = 0.0  # timm models: stochastic depth rate of the last block (ViT fine-tuning recipes: 0.1-0.2)
 
 
 @dataclass

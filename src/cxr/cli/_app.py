@@ -12,7 +12,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-STAGES = ("synth", "data", "training", "evaluation", "inference", "pacs", "models", "zeroshot", "demo")
+STAGES = ("synth", "data", "training", "evaluation", "inference", "pacs", "models", "zeroshot", "probe", "demo")
 """The modules of ``cxr.cli`` that register commands; this order is the order of ``cxr --help``."""
 
 

@@ -21,6 +21,7 @@ from cxr.evaluation.expert import RULES as EXPERT_RULES
 from cxr.evaluation.predictions import (
     join_labels,
     load_predictions,
+    match_columns,
     read_val_predictions,
     summary_labels,
     write_scored_set,
@@ -147,6 +148,10 @@ def evaluate_predictions(
         data, not_available = load_expert_predictions(predictions, labels_csv, images_list)
     else:
         data = load_predictions(predictions, labels_csv, images_list)
+        header = [str(column).strip() for column in pd.read_csv(predictions, nrows=0).columns]
+        predicted = match_columns(header, predictions)[1]
+        not_available = {label: "not available: the labels file does not provide this label" for label in predicted
+                         if label not in data.labels}  # fmt: skip
     thresholds = None
     if val_predictions is not None:
         val = (
@@ -174,6 +179,7 @@ def evaluate_predictions(
     if expert:
         metrics.label_set = LABEL_SET
         metrics.expert_rules = {label: list(outputs) for label, outputs in EXPERT_RULES.items()}
+    if expert or not_available:
         metrics.not_available = not_available
     predictions = Path(predictions)
     out = (
@@ -191,6 +197,8 @@ def evaluate_predictions(
             + (", ".join(f"{k} ({v})" for k, v in not_available.items()) or "none")
             + "."
         )
+    elif not_available:
+        source += f" Predicted but not scored (the labels file lacks them): {', '.join(not_available)}."
     references = [] if expert else references_for(preset)
     write_report(out, metrics, data, f"Evaluation of {predictions.name}", references, source=source)
     return metrics, out

@@ -29,6 +29,7 @@ from torch import nn
 
 from cxr.config import Head
 from cxr.errors import CxrError
+from cxr.models import weights as weight_sources
 from cxr.models.spec import ArchitectureSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,10 +97,13 @@ def _imagenet_model(name: str) -> nn.Module:
     import torchvision.models as tvm
 
     weights = tvm.get_model_weights(name).DEFAULT
-    try:
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if weight_sources.offline() and not cache.is_file():  # CXR_OFFLINE=1 covers torch hub's downloads too
+        command = f"model.pretrained=imagenet for {name}"
+        raise weight_sources.unavailable(cache.name, cache.parent, "CXR_OFFLINE=1", command, f"download {weights.url}")
+    try:  # torch hub: a progress bar, a .partial file renamed when complete, the SHA-256 prefix in the name checked
         return getattr(tvm, name)(weights=weights)
     except Exception as error:  # URLError, a timeout, a corrupt or partial cache file: all mean "no weights"
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
         raise CxrError(
             f"cannot load ImageNet weights for {name} ({type(error).__name__}: {error}). Offline? Download "
             f"{weights.url} on a machine with internet and copy it to {cache}, or pass model.pretrained=<path to "
@@ -299,6 +303,7 @@ def create_model(
     grad_checkpointing: bool = False,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     backbone_config: dict | None = None,
+    drop_path: float = 0.0,
 ) -> CxrNet:
     """Build a classifier for ``(B, 1, input_size, input_size)`` inputs returning ``(B, num_outputs)`` logits.
 
@@ -310,6 +315,7 @@ def create_model(
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
     with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
+    ``drop_path``: stochastic depth of timm models (Huang et al. 2016), the rate of their last block.
     """
     if head not in HEADS:
         raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
@@ -319,6 +325,10 @@ def create_model(
         raise CxrError(f"{len(labels)} label names for {num_outputs} outputs")
     if not 0.0 <= dropout < 1.0:
         raise CxrError(f"dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= drop_path < 1.0 or (drop_path > 0 and (name in ARCHITECTURES or _is_foundation_name(name))):
+        raise CxrError(
+            f"model.drop_path={drop_path}: a rate in [0, 1) for timm models (stochastic depth), 0 for {name}"
+        )
     pretrained = str(pretrained)
     is_cxr_file = pretrained not in ("none", "imagenet") and _is_cxr_checkpoint(Path(pretrained))
     if name in ARCHITECTURES:
@@ -329,7 +339,7 @@ def create_model(
         spec = _foundation_spec(name, head, input_size, "none" if is_cxr_file else pretrained, backbone_config)
         model = _foundation_net(name, spec, num_outputs, head, dropout, input_size, labels)
     else:
-        model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
+        model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file, drop_path)
     if normalization is not None:
         _check_normalization(model, normalization)
     if is_cxr_file:
@@ -400,14 +410,19 @@ def _timm_net(
     input_size: int,
     labels: Sequence[str] | None,
     is_cxr_file: bool,
+    drop_path: float = 0.0,
 ) -> CxrNet:
-    from cxr.models import timm_backbones
+    from cxr.models import timm_backbones, vit_checkpoints
 
-    if not timm_backbones.is_timm_name(name):
-        raise timm_backbones.unknown_model_error(name, ARCHITECTURES)
-    spec = timm_backbones.build_timm_backbone(
-        name, Head(head).value, input_size, "none" if is_cxr_file else pretrained, FINE_CAM_BELOW
-    )
+    weights = "none" if is_cxr_file else pretrained
+    if vit_checkpoints.is_registered(name):  # X-ray ViTs with their publishers' checkpoints (vit_registry)
+        spec = vit_checkpoints.build_backbone(name, Head(head).value, input_size, weights, FINE_CAM_BELOW, drop_path)
+    elif timm_backbones.is_timm_name(name):
+        spec = timm_backbones.build_timm_backbone(
+            name, Head(head).value, input_size, weights, FINE_CAM_BELOW, drop_path=drop_path
+        )
+    else:
+        raise timm_backbones.unknown_model_error(name, ARCHITECTURES + tuple(vit_checkpoints.XRAY_VITS))
     if head == Head.GAP:  # timm's own pooling (and whatever its family puts after it) gives (B, num_features)
         layers = [nn.Dropout(dropout)] if dropout > 0 else []
         head_module = nn.Sequential(*layers, nn.Linear(spec.model.num_features, num_outputs))

@@ -135,6 +135,7 @@ class CxrModule(L.LightningModule):
             input_size=config.data.input_size,
             labels=outputs,
             grad_checkpointing=spec.grad_checkpointing,
+            drop_path=spec.drop_path,
         )
         weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
         self.register_buffer("pos_weight", weight, persistent=False)

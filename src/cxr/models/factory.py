@@ -215,6 +215,23 @@ XRV_MEAN, XRV_STD = (0.5,), (1 / 2048,)
 XRV_DENSENET = replace(DENSENET, torchvision="densenet121", mean=XRV_MEAN, std=XRV_STD)
 XRV_RESNET = replace(RESNET, torchvision="resnet50", mean=XRV_MEAN, std=XRV_STD)
 
+# Keras' DenseNet as keras-applications <= 1.0.4 built it (Keras 2.1-2.2.2, the original project's six models and
+# CheXNet-Keras; imported by `cxr import keras`, cxr.models.keras_import): BatchNormalization epsilon 1.001e-5, and no
+# ReLU after the final BatchNormalization `bn`, which feeds the head directly. `-unit`: fed pixels / 255 with no
+# mean/std (the original project); the others: ImageNet mean/std (Keras' own DenseNet preprocess_input, CheXNet-Keras).
+KERAS_BN_EPSILON = 1.001e-5
+UNIT_MEAN, UNIT_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def _keras_densenet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
+    for module in tv_model.features.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = KERAS_BN_EPSILON
+    return tv_model.features, tv_model.classifier.in_features
+
+
+KERAS_DENSENET = Backbone(_keras_densenet_features, last_block="norm5", fine_block="denseblock3")
+
 BACKBONES: dict[str, Backbone] = {
     "densenet121": DENSENET,
     "densenet169": DENSENET,
@@ -222,9 +239,14 @@ BACKBONES: dict[str, Backbone] = {
     "resnet50": RESNET,
     "xrv-densenet121": XRV_DENSENET,
     "xrv-resnet50": XRV_RESNET,
+    "keras-densenet121": replace(KERAS_DENSENET, torchvision="densenet121"),
+    "keras-densenet169": replace(KERAS_DENSENET, torchvision="densenet169"),
+    "keras-densenet121-unit": replace(KERAS_DENSENET, torchvision="densenet121", mean=UNIT_MEAN, std=UNIT_STD),
+    "keras-densenet169-unit": replace(KERAS_DENSENET, torchvision="densenet169", mean=UNIT_MEAN, std=UNIT_STD),
 }
 """The torchvision architectures (constructors of the same name; ``xrv-*``: the layout of torchxrayvision's
-classifiers, whose weights ``cxr import torchxrayvision`` brings); every other ``model.name`` is timm's."""
+classifiers, whose weights ``cxr import torchxrayvision`` brings; ``keras-*``: Keras' DenseNets of 2018, whose weights
+``cxr import keras`` brings); every other ``model.name`` is timm's."""
 ARCHITECTURES = tuple(BACKBONES)
 
 

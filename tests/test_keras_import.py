@@ -163,7 +163,8 @@ def test_artifacts_record_architecture_preprocessing_thresholds_and_source(case_
     from cxr.models.artifact import load_artifact, read_checkpoint
 
     meta = read_checkpoint(case_a.artifact)[0]["cxr"]
-    architecture = {"name": "keras-densenet169-unit", "head": "seed", "dropout": 0.2, "in_chans": 1, "num_outputs": 14}
+    architecture = {"name": "keras-densenet169-unit", "head": "original", "dropout": 0.2, "in_chans": 1}
+    architecture["num_outputs"] = 14
     assert {key: meta["architecture"][key] for key in architecture} == architecture
     assert meta["architecture"]["mean"] == [0.0] * 3 and meta["architecture"]["std"] == [1.0] * 3  # pixels / 255 only
     # 300Crop169Adam: the multilabel-adam preset's 75 % center crop at 300 px
@@ -343,13 +344,13 @@ def test_predict_evaluate_export_serve_and_grad_cam_without_keras(case_b, tmp_pa
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_imported_weights(case_a, no_keras):
     """``model.name=keras-densenet169-unit model.init_from=MODEL.ckpt``: the imported backbone, then optimizer steps
-    that lower the loss on a batch (at 32 px; the seed head's Flatten differs there, so it starts afresh)."""
+    that lower the loss on a batch (at 32 px; the original head's Flatten differs there, so it starts afresh)."""
     from cxr.config import load_config
     from cxr.models.artifact import read_checkpoint
     from cxr.training.module import CxrModule
 
     artifact_a = case_a.artifact
-    overrides = ["model.name=keras-densenet169-unit", f"model.init_from={artifact_a}", "model.head=seed",
+    overrides = ["model.name=keras-densenet169-unit", f"model.init_from={artifact_a}", "model.head=original",
                  "model.dropout=0", "model.pretrained=none", "data.input_size=32", "data.store_size=32",
                  "optim.lr=1e-3"]  # fmt: skip
     module = CxrModule(load_config(None, overrides), ["Effusion", "Mass"], Preprocessing(32, 1.0, 32))

@@ -4,7 +4,7 @@ Two layouts are known, in :data:`LAYOUTS`:
 
 - ``original``: the original NIH project's six models (Keras 2.2.2, full-model HDF5): DenseNet169 without its final
   ReLU, then a nested ``Sequential`` head Flatten → Dropout → Dense 256 ReLU → Dropout → Dense 60 ReLU → Dropout →
-  Dense K sigmoid (cxr's ``seed`` head), fed pixels / 255 with no mean/std; the input size, K and the dropout are
+  Dense K sigmoid (cxr's ``original`` head), fed pixels / 255 with no mean/std; the input size, K and the dropout are
   read from the stored ``model_config``. Its outputs: the 14 findings in alphabetical order, or one (named by
   :data:`ORIGINAL_FILES` from the file name, else by ``--labels``).
 - ``chexnet-keras``: brucechou1983/CheXNet-Keras (Keras 2.1.4, weights-only HDF5): DenseNet121 without its final
@@ -35,7 +35,7 @@ class Layout:
     """How one project built and fed its Keras model; ``unit``: pixels / 255 without mean/std."""
 
     name: str
-    head: str  # cxr's head: "seed" (Flatten + three Dense) or "gap" (average pooling + one Dense)
+    head: str  # cxr's head: "original" (Flatten + three Dense) or "gap" (average pooling + one Dense)
     unit: bool
     labels: tuple[str, ...]  # its output order when it has len(labels) outputs
     input_size: int | None = None  # fixed by the project (weights-only files do not record it)
@@ -43,7 +43,7 @@ class Layout:
 
 
 LAYOUTS: dict[str, Layout] = {
-    "original": Layout("original", "seed", True, FINDINGS, None, "the original NIH project's DenseNet169 models"),
+    "original": Layout("original", "original", True, FINDINGS, None, "the original NIH project's DenseNet169 models"),
     "chexnet-keras": Layout("chexnet-keras", "gap", False, CHEXNET_ORDER, 224, "brucechou1983/CheXNet-Keras"),
 }
 LAYOUT_CHOICES = ("auto", *LAYOUTS)
@@ -133,7 +133,7 @@ def _recognise_original(file: KerasFile) -> Recognised:
     if len(heads) != 1:
         raise InputFormatError(file.path, "model_config: expected one nested Sequential head after the DenseNet "
                                f"(the original project's), found {len(heads)} nested models")  # fmt: skip
-    num_outputs, dropout = _seed_head(file, heads[0])
+    num_outputs, dropout = _original_head(file, heads[0])
     return Recognised(LAYOUTS["original"], depth, input_size, num_outputs, dropout, heads[0]["name"])
 
 
@@ -151,7 +151,7 @@ SEED_UNITS = (256, 60)
 SEED_ACTIVATIONS = ("relu", "relu", "sigmoid")
 
 
-def _seed_head(file: KerasFile, head: dict) -> tuple[int, float]:
+def _original_head(file: KerasFile, head: dict) -> tuple[int, float]:
     """(outputs, dropout) of the original project's head, checked layer by layer against :data:`SEED_HEAD`."""
     config = head.get("config", [])
     layers = config.get("layers", []) if isinstance(config, dict) else config  # Keras 2.2.0-2.2.4 stored a list
@@ -168,7 +168,7 @@ def _seed_head(file: KerasFile, head: dict) -> tuple[int, float]:
                                f"(256, 60, K) with {SEED_ACTIVATIONS}")  # fmt: skip
     rates = {float(layer["config"]["rate"]) for layer in layers if layer["class_name"] == "Dropout"}
     if len(rates) != 1:
-        raise InputFormatError(file.path, f"{where}: dropout rates {sorted(rates)}; cxr's seed head has one rate")
+        raise InputFormatError(file.path, f"{where}: dropout rates {sorted(rates)}; cxr's original head has one rate")
     return units[2], rates.pop()
 
 

@@ -3,7 +3,7 @@
 The file is read with h5py only (:mod:`cxr.models.keras_h5`), its architecture recognised
 (:mod:`cxr.models.keras_layouts`), and every weight placed into cxr's twin of it — ``keras-densenet121/169`` of
 :data:`cxr.models.factory.BACKBONES` (BatchNormalization epsilon 1.001e-5, no ReLU after the final ``bn``) with the
-``seed`` or ``gap`` head — matched by layer name and shape. Every mismatch (a missing, extra or misshapen layer) is
+``original`` or ``gap`` head — matched by layer name and shape. Every mismatch (a missing, extra or misshapen layer) is
 reported in one line before anything is written. The conversions (Keras is channels-last):
 
 - Conv2D kernels ``(kh, kw, in, out)`` → ``(out, in, kh, kw)``; Dense kernels ``(in, out)`` → ``(out, in)``;
@@ -96,7 +96,7 @@ def expected_layers(model: CxrNet, recognised: Recognised) -> dict[str, list[Slo
     linears = [(f"head.{name}", m) for name, m in model.head.named_modules() if isinstance(m, torch.nn.Linear)]
     head: list[Slot] = []
     for index, (prefix, linear) in enumerate(linears):
-        after_flatten = index == 0 and recognised.layout.head == "seed"
+        after_flatten = index == 0 and recognised.layout.head == "original"
         convert = _flatten_dense(feature_shape(model)) if after_flatten else None
         head += _module_slots(prefix, linear, convert)
     layers[keras_name(recognised.head_layer)] = head  # a nested Sequential is one group holding its layers' weights
@@ -104,7 +104,7 @@ def expected_layers(model: CxrNet, recognised: Recognised) -> dict[str, list[Slo
 
 
 def feature_shape(model: CxrNet) -> tuple[int, int, int]:
-    """(C, h, w) of the map the seed head flattens, from its first Linear (no forward pass): (1664, 9, 9) for
+    """(C, h, w) of the map the original head flattens, from its first Linear (no forward pass): (1664, 9, 9) for
     DenseNet169 at 300 px."""
     channels = model.backbone.norm5.num_features
     side = round((model.head[2].in_features / channels) ** 0.5)

@@ -162,7 +162,8 @@ def test_grad_cam_points_at_what_a_trained_model_detects():
     import torch
     from torch import nn
 
-    from cxr.models.factory import CxrNet
+    from cxr.models.factory import IMAGENET_MEAN, IMAGENET_STD, CxrNet
+    from cxr.models.spec import ArchitectureSpec
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -172,8 +173,8 @@ def test_grad_cam_points_at_what_a_trained_model_detects():
         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
     )  # fmt: skip
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1))
-    architecture = {"name": "tiny", "head": "gap", "dropout": 0.0, "in_chans": 1, "num_outputs": 1}
-    model = CxrNet(backbone, head, "5", architecture, input_size=48, labels=["Mass"])
+    architecture = ArchitectureSpec("tiny", 1, mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="5")
+    model = CxrNet(backbone, head, architecture, input_size=48, labels=["Mass"])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
         images, labels, _ = disc_images(rng, 32)

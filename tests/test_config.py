@@ -50,7 +50,7 @@ def _optim(config: Config) -> dict:
 def test_presets_carry_the_seed_and_chexnet_settings():
     # docs/experiments.md, the table and "Shared by all six".
     adam = load_config("multilabel-adam")
-    assert (adam.model.name, adam.model.head, adam.model.dropout) == ("densenet169", "seed", 0.2)
+    assert (adam.model.name, adam.model.head, adam.model.dropout) == ("densenet169", "original", 0.2)
     assert (adam.optim.name, adam.optim.lr, adam.optim.betas, adam.optim.decay) == ("adam", 1e-4, (0.9, 0.999), 0.0)
     assert (adam.data.store_size, adam.data.crop, adam.data.input_size) == (300, 0.75, 300)
     assert (adam.data.rotation, adam.data.shift, adam.data.hflip) == (15.0, 0.15, True)
@@ -61,7 +61,11 @@ def test_presets_carry_the_seed_and_chexnet_settings():
     assert _optim(sgd) == SEED_SGD and sgd.model.dropout == 0.1
 
     balanced = load_config("multilabel-balanced")
-    assert balanced.task.sampling == "seed_balanced" and balanced.optim.name == "adam" and balanced.model.dropout == 0.1
+    assert (
+        balanced.task.sampling == "original_balanced"
+        and balanced.optim.name == "adam"
+        and balanced.model.dropout == 0.1
+    )
 
     disease = load_config("disease-only")
     assert disease.task.drop_no_finding and not disease.task.drop_blacklisted and disease.task.split == "ratio"
@@ -119,7 +123,7 @@ def test_overrides_are_typed():
         ("train.epochs=2.5", "train.epochs must be an integer"),
         ("optim.lr=fast", "optim.lr must be a number"),
         ("data.hflip=maybe", "data.hflip must be true or false"),
-        ("model.head=mlp", "model.head must be one of gap, seed"),
+        ("model.head=mlp", "model.head must be one of gap, original"),
         ("optim.scheduler=step", "optim.scheduler must be one of none, plateau, cosine"),
         ("optim.betas=[0.9]", "optim.betas must be a list of 2"),
         ("optim=1", "'optim' is a section"),
@@ -159,6 +163,12 @@ def test_user_presets_come_first_and_the_shipped_ones_stay(tmp_path, monkeypatch
     assert load_config("chexnet").train.epochs == 3  # a user's preset shadows the shipped one of that name
     assert load_config("demo").experiment == "demo"  # the shipped presets are still found
     assert "tiny" in available_experiments() and "multilabel-adam" in available_experiments()
+
+
+def test_values_renamed_from_seed_are_still_read():
+    """Until 2026-12 "seed" named the original project in two values; old configs and checkpoints still say so."""
+    old = load_config(None, ["model.head=seed", "task.sampling=seed_balanced"])
+    assert (old.model.head, old.task.sampling) == ("original", "original_balanced")
 
 
 def test_merged_config_round_trips_through_yaml(tmp_path):

@@ -303,7 +303,7 @@ def test_run_mode_writes_predictions_metrics_thresholds_and_report(fake_run):
 
     html, markdown = (out / "report.html").read_text(), (out / "report.md").read_text()
     assert html.count("data:image/png;base64,") == 4  # ROC, PR, reliability, training curves, embedded
-    for text in ("seed multilabel-sgd", "CheXNet", "arXiv:1711.05225", "Experiment config", "Youden"):
+    for text in ("original multilabel-sgd", "CheXNet", "arXiv:1711.05225", "Experiment config", "Youden"):
         assert text in markdown and text in html
     assert "![Training](training.png)" in markdown and (out / "training.png").is_file()
 

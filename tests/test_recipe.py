@@ -21,7 +21,8 @@ from cxr.config import find_experiment, load_config, to_dict
 from cxr.errors import CxrError
 from cxr.imaging.preprocessing import Preprocessing
 from cxr.models.artifact import load_artifact
-from cxr.models.factory import CxrNet, create_model
+from cxr.models.factory import IMAGENET_MEAN, IMAGENET_STD, CxrNet, create_model
+from cxr.models.spec import ArchitectureSpec
 from cxr.training.checkpointing import LastCheckpoint
 from cxr.training.fit import build_trainer
 from cxr.training.losses import auc_margin, masked_bce
@@ -55,8 +56,8 @@ def _config(*overrides: str):
 
 def _linear_net(outputs: int = len(LABELS)) -> CxrNet:
     """A CxrNet without batch norm or dropout: flatten → linear (exact arithmetic for EMA and accumulation)."""
-    architecture = {"name": "linear", "head": "gap", "dropout": 0.0, "in_chans": 3, "num_outputs": outputs}
-    return CxrNet(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, outputs), "0", architecture, SIZE, labels=LABELS)
+    architecture = ArchitectureSpec("linear", outputs, mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="0")
+    return CxrNet(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, outputs), architecture, SIZE, labels=LABELS)
 
 
 def _module(config, model: nn.Module | None = None) -> CxrModule:
@@ -218,8 +219,8 @@ def _vit_net(depth: int = 12) -> CxrNet:
     """timm's ViT-Tiny at 64 px inside a CxrNet (backbone without classifier + a linear head)."""
     timm = pytest.importorskip("timm")
     backbone = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=0, depth=depth)
-    architecture = {"name": "vit_tiny_patch16_224", "head": "gap", "dropout": 0.0, "in_chans": 3, "num_outputs": 3}
-    return CxrNet(backbone, nn.Linear(backbone.num_features, 3), "blocks", architecture, 64, labels=LABELS)
+    architecture = ArchitectureSpec("vit_tiny_patch16_224", 3, mean=IMAGENET_MEAN, std=IMAGENET_STD, cam_layer="blocks")
+    return CxrNet(backbone, nn.Linear(backbone.num_features, 3), architecture, 64, labels=LABELS)
 
 
 def test_layer_decay_scales_each_vit_block_by_its_depth():

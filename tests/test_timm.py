@@ -148,12 +148,12 @@ def _hub_cache(root: Path, repo_id: str, state: dict) -> None:
     save_file(state, repo / "snapshots" / commit / "model.safetensors")
 
 
-def test_imagenet_weights_come_from_the_local_hub_cache_only(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+def test_imagenet_weights_offline_come_from_the_local_hub_cache(tmp_path, monkeypatch):
+    """Offline, the layout `hf download` leaves is read; downloading is tests/test_weights.py's (a loopback hub)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     repo_id = timm.models.get_pretrained_cfg("convnext_atto").hf_hub_id
-    with pytest.raises(CxrError, match=rf"not in the Hugging Face cache .*huggingface-cli download {repo_id}"):
+    with pytest.raises(CxrError, match=rf"not in {tmp_path / 'hub'} .*HF_HUB_OFFLINE=1.*hf download {repo_id}"):
         create_model("convnext_atto", 2, pretrained="imagenet", input_size=64)
     state = _random_timm_state("convnext_atto", seed=8)
     _hub_cache(tmp_path / "hub", repo_id, state)
@@ -179,7 +179,7 @@ def test_a_cxr_checkpoint_of_a_timm_model_initialises_another_run(tmp_path):
 def test_grad_cam_targets_per_family(name, layer, cells):
     torch.manual_seed(0)
     model = create_model(name, 3, input_size=64).eval()
-    assert model._feature_layer_name == layer
+    assert model.architecture.cam_layer == layer
     x = torch.rand(3, 1, 64, 64)
     maps = grad_cam_batch(model, x.numpy(), [[0, 1], [2], [0, 1, 2]])
     assert [m.shape for m in maps] == [(2, 64, 64), (1, 64, 64), (3, 64, 64)]
@@ -194,9 +194,9 @@ def test_grad_cam_targets_per_family(name, layer, cells):
 
 
 def test_from_224_px_a_cnns_target_is_its_last_stage():
-    assert create_model("convnext_atto", 2, input_size=224)._feature_layer_name == "stages.3"
-    assert create_model("efficientnet_b0", 2, input_size=224)._feature_layer_name == "blocks.6"
-    assert create_model("resnet18d", 2, input_size=128)._feature_layer_name == "layer3"  # stride 16 below 224
+    assert create_model("convnext_atto", 2, input_size=224).architecture.cam_layer == "stages.3"
+    assert create_model("efficientnet_b0", 2, input_size=224).architecture.cam_layer == "blocks.6"
+    assert create_model("resnet18d", 2, input_size=128).architecture.cam_layer == "layer3"  # stride 16 below 224
 
 
 def test_vit_maps_equal_the_grad_cam_package_with_its_reshape_transform():

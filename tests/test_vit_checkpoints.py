@@ -164,11 +164,13 @@ def test_published_weights_come_through_the_weights_module(tmp_path, monkeypatch
 
 def test_offline_the_weights_module_names_the_command_and_the_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_OFFLINE", "1")
-    with pytest.raises(CxrError, match=r"missing and CXR_OFFLINE is set.*model.pretrained=<path>"):
+    with pytest.raises(CxrError, match=rf"needs vit.pth, which is not in {tmp_path} .*CXR_OFFLINE=1.*file's path"):
         weights.url_file("https://example.org/w/vit.pth", tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(CxrError, match=r"huggingface-cli download MapleF/eva_x --revision 2552ff7"):
+    with pytest.raises(
+        CxrError, match=r"hf download MapleF/eva_x eva_x_small_patch16_merged520k_mim.pt --revision 2552ff7"
+    ):
         weights.hf_file("MapleF/eva_x", "eva_x_small_patch16_merged520k_mim.pt", "2552ff7", command="cxr train")
 
 

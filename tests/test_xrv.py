@@ -25,13 +25,15 @@ from typer.testing import CliRunner
 from cxr.cli import app
 from cxr.errors import CxrError
 from cxr.imaging.decode import decode_grayscale
-from cxr.labels import FINDINGS
+from cxr.labels import COMMON_FINDINGS, FINDINGS
+from cxr.models.weights import sha256_of
 
 xrv = pytest.importorskip("torchxrayvision", reason="the dev extra installs torchxrayvision (parity reference)")
 
 DENSENET = "densenet121-res224-all"
 RESNET = "resnet50-res512-all"
 SAMPLE = "00000013_003.png"
+EXTRA = ("Lung Lesion", "Fracture", "Lung Opacity", "Enlarged Cardiomediastinum")  # its outputs beyond NIH's 14
 runner = CliRunner()
 
 
@@ -98,9 +100,7 @@ def imported(cache, tmp_path_factory) -> Path:
     args = ["import", "torchxrayvision", DENSENET, "--out", str(out), "--cache-dir", str(cache[0])]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "dropped (not among cxr's findings): Lung Lesion, Fracture, Lung Opacity, Enlarged Cardiomediastinum" in (
-        result.output
-    )
+    assert "wrote" in result.output and "18 outputs" in result.output and "dropped" not in result.output
     return out
 
 
@@ -136,7 +136,7 @@ def no_xrv(monkeypatch):
         import torchxrayvision  # noqa: F401
 
 
-def test_every_classifier_keeps_its_nih_findings_in_its_order():
+def test_every_classifier_keeps_all_its_outputs_in_its_order():
     from cxr.models.xrv import kept_outputs, xrv_models
 
     models = xrv_models()
@@ -146,21 +146,25 @@ def test_every_classifier_keeps_its_nih_findings_in_its_order():
     assert models[RESNET].architecture == "xrv-resnet50" and models[RESNET].input_size == 512
     for model in models.values():
         rows, labels, dropped = kept_outputs(model.labels)
-        assert labels == [label for label in model.labels if label in FINDINGS]
-        assert [model.labels[row] for row in rows] == labels
-        assert sorted(labels + dropped) == sorted(label for label in model.labels if label)
-    assert kept_outputs(models["densenet121-res224-rsna"].labels)[1:] == (["Pneumonia"], ["Lung Opacity"])
+        assert labels == [label for label in model.labels if label] and dropped == []  # every non-empty output
+        assert [model.labels[row] for row in rows] == labels and set(labels) <= set(COMMON_FINDINGS)
+    assert kept_outputs(models["densenet121-res224-rsna"].labels)[1:] == (["Pneumonia", "Lung Opacity"], [])
     assert len(kept_outputs(models["densenet121-res224-nih"].labels)[1]) == 14
+    assert len(kept_outputs(models[DENSENET].labels)[1]) == 18
 
 
-def test_missing_weights_and_unknown_names_are_clear_errors(tmp_path):
+def test_missing_weights_offline_and_unknown_names_are_clear_errors(tmp_path, monkeypatch):
+    """Offline (``CXR_OFFLINE=1``) a missing weights file is one line naming the command, the file's URL and the
+    folder, and nothing is written (downloading it: tests/test_weights.py)."""
+    monkeypatch.setenv("CXR_OFFLINE", "1")
     out = tmp_path / "m.ckpt"
     with pytest.raises(CxrError) as error:
         runner.invoke(app, ["import", "torchxrayvision", RESNET, "--out", str(out), "--cache-dir", str(tmp_path)],
                       catch_exceptions=False)  # fmt: skip
     message = str(error.value)
-    assert str(tmp_path / file_name(RESNET)) in message and entry(RESNET)["weights_url"] in message
-    assert "Nothing is downloaded" in message and not out.exists() and not list(tmp_path.iterdir())
+    assert f"cxr import torchxrayvision {RESNET} needs {file_name(RESNET)}, which is not in {tmp_path}" in message
+    assert entry(RESNET)["weights_url"] in message and "CXR_OFFLINE=1" in message and "\n" not in message
+    assert not out.exists() and not list(tmp_path.iterdir())
     with pytest.raises(CxrError, match="unknown torchxrayvision classifier 'densenet121-res999'.*resnet50-res512-all"):
         runner.invoke(app, ["import", "torchxrayvision", "densenet121-res999", "--out", str(out)],
                       catch_exceptions=False)  # fmt: skip
@@ -182,8 +186,8 @@ def test_artifact_records_its_labels_thresholds_preprocessing_and_source(importe
 
     checkpoint, _ = read_checkpoint(imported)
     meta = checkpoint["cxr"]
-    labels = [label for label in entry(DENSENET)["labels"] if label in FINDINGS]
-    assert meta["labels"] == labels and len(labels) == 14  # its order, its NIH findings
+    labels = [label for label in entry(DENSENET)["labels"] if label]
+    assert meta["labels"] == labels and len(labels) == 18  # its order, all its outputs
     op_threshs = dict(zip(entry(DENSENET)["labels"], entry(DENSENET)["op_threshs"], strict=True))
     assert meta["thresholds"] == pytest.approx({label: op_threshs[label] for label in labels})
     architecture = {key: meta["architecture"][key] for key in ("name", "head", "dropout", "in_chans", "mean", "std")}
@@ -192,7 +196,7 @@ def test_artifact_records_its_labels_thresholds_preprocessing_and_source(importe
     assert meta["preprocessing"] == {"store_size": 224, "crop": 1.0, "input_size": 224, "eval_transform": "resize"}
     record = meta["config"]["imported"]
     assert record["weights"] == DENSENET and record["file"] == str(cache[0] / file_name(DENSENET))
-    assert record["dropped_outputs"] == ["Lung Lesion", "Fracture", "Lung Opacity", "Enlarged Cardiomediastinum"]
+    assert record["dropped_outputs"] == [] and record["sha256"] == sha256_of(cache[0] / file_name(DENSENET))
     assert checkpoint["state_dict"]["model.backbone.conv0.weight"].shape == (64, 1, 7, 7)  # one channel, no repeat
 
 
@@ -202,6 +206,7 @@ def test_probabilities_equal_torchxrayvision_on_a_real_nih_image(imported, expec
     from cxr.inference.eager import TorchPredictor
 
     predictor = TorchPredictor.from_path(imported)
+    assert predictor.labels == [label for label in entry(DENSENET)["labels"] if label] and len(predictor.labels) == 18
     ours = predictor.probabilities(sample_input(sample_dir, 224))[0]
     theirs = np.array([expected[0][label] for label in predictor.labels])
     normed = np.array([expected[1][label] for label in predictor.labels])
@@ -225,12 +230,13 @@ def test_resnet50_at_512_px_from_its_state_dict_file(tmp_path, sample_dir):
     out = tmp_path / "resnet.ckpt"
     result = runner.invoke(app, ["import", "torchxrayvision", RESNET, "--out", str(out), "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "threshold 0.5" not in result.output  # its two findings without an operating point are not NIH's
+    assert "threshold 0.5 (no operating point): Lung Lesion, Enlarged Cardiomediastinum" in result.output
 
     from cxr.inference.eager import TorchPredictor
 
     predictor = TorchPredictor.from_path(out)
     assert predictor.input_size == 512 and predictor.architecture.name == "xrv-resnet50"
+    assert len(predictor.labels) == 18 and predictor.thresholds["Lung Lesion"] == 0.5
     theirs = reference(xrv.models.get_model(RESNET, cache_dir=str(tmp_path)).eval(), RESNET, pixels, False)[0]
     ours = predictor.probabilities(pixels)[0]
     assert np.abs(ours - [theirs[label] for label in predictor.labels]).max() <= 1e-4 and ours.std() > 0.02
@@ -252,8 +258,10 @@ def test_predict_evaluate_export_serve_and_grad_cam_without_torchxrayvision(impo
     result = runner.invoke(app, ["evaluate", "--predictions", str(predictions), "--labels", str(labels),
                                  "--resamples", "20", "--json", str(metrics_json)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    metrics = json.loads(metrics_json.read_text())
+    metrics = json.loads(metrics_json.read_text())  # scored on what NIH's labels provide: its 14 findings
     assert metrics["n_images"] == 6 and set(metrics["labels"]) == set(FINDINGS)
+    assert {f"prob_{label}" for label in EXTRA} <= set(pd.read_csv(predictions).columns)  # predicted all the same
+    assert set(metrics["not_available"]) == set(EXTRA)  # and listed as not scored
 
     onnx_path = tmp_path / "xrv.onnx"
     result = runner.invoke(app, ["export", str(imported), "--out", str(onnx_path)])
@@ -264,6 +272,7 @@ def test_predict_evaluate_export_serve_and_grad_cam_without_torchxrayvision(impo
         answer = client.post("/api/predict?cam=Effusion", files=files)
     assert answer.status_code == 200, answer.text
     served = answer.json()
+    assert set(served["probabilities"]) == set(FINDINGS) | set(EXTRA)  # the server shows all 18
     row = pd.read_csv(predictions).set_index("Image Index").loc[image.name]
     assert max(abs(p - row[f"prob_{label}"]) for label, p in served["probabilities"].items()) <= 1e-4
     # Grad-CAM on the rectified last dense block, through the torch twin the ONNX file's weights rebuild
@@ -321,5 +330,5 @@ def test_predict_in_a_process_where_torchxrayvision_cannot_be_imported(imported,
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     probabilities = json.loads(result.stdout)["probabilities"]
-    assert set(probabilities) == set(FINDINGS)
+    assert set(probabilities) == set(FINDINGS) | set(EXTRA)
     assert max(abs(p - expected[0][label]) for label, p in probabilities.items()) <= 1e-4

@@ -1,7 +1,7 @@
 """Experiment configs: defaults in code, presets as short YAML diffs, ``key=value`` overrides, strict types.
 
-The defaults are the settings the seed's six experiments share (``docs/experiments.md``: DenseNet169 + the seed's
-head, Adam 1e-4, batch 16, rotation 15° / shift 0.15 / flip, early stopping with patience 4, a 300 px store cropped
+The defaults are the settings the original project's six experiments share (``docs/experiments.md``: DenseNet169 +
+its head, Adam 1e-4, batch 16, rotation 15° / shift 0.15 / flip, early stopping with patience 4, a 300 px store cropped
 to 75%). ``cxr/configs/experiments/<name>.yaml`` (inside the package) lists only what a preset changes;
 ``cxr train ... optim.lr=1e-3`` changes one value more. Unknown keys and wrong types are errors naming the key (as
 nanoGPT's configurator refuses unknown keys). The merged config is written to ``RUN/config.yaml`` and into every
@@ -51,7 +51,12 @@ class Compile(StrEnum):
 
 class Head(StrEnum):
     GAP = "gap"  # global average pooling + linear (+ dropout)
-    SEED = "seed"  # docs/experiments.md: flatten + dense layers, as the Keras original
+    ORIGINAL = "original"  # the original project's head (docs/experiments.md): flatten + dense layers, as in Keras
+
+    @classmethod
+    def _missing_(cls, value):
+        # Called "seed" until 2026-12 ("seed" meant the original project): configs and checkpoints still say it.
+        return cls.ORIGINAL if value == "seed" else None
 
 
 class Optimizer(StrEnum):
@@ -88,8 +93,13 @@ class SplitScheme(StrEnum):
 
 class Sampling(StrEnum):
     NONE = "none"
-    SEED_BALANCED = "seed_balanced"
-    BALANCED = "balanced"
+    ORIGINAL_BALANCED = "original_balanced"  # the original project's 14-label resampling (docs/experiments.md)
+    BALANCED = "balanced"  # a balanced binary training set
+
+    @classmethod
+    def _missing_(cls, value):
+        # The name it had until 2026-12 ("seed" meant the original project): configs and checkpoints still say it.
+        return cls.ORIGINAL_BALANCED if value == "seed_balanced" else None
 
 
 class Precision(StrEnum):
@@ -103,7 +113,7 @@ class Precision(StrEnum):
 class DataConfig:
     """Store geometry the experiment expects, the model's input view and training augmentation."""
 
-    store_size: int = 300  # the seed resized to 400 and center-cropped 300: a 75% crop, then 300 px
+    store_size: int = 300  # the original resized to 400 and center-cropped 300: a 75% crop, then 300 px
     crop: float = 0.75
     input_size: int = 300
     eval_transform: EvalView = EvalView.RESIZE
@@ -130,16 +140,16 @@ class TaskConfig:
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test for split: ratio
     split_seed: int = 0
     sampling: Sampling = Sampling.NONE
-    sampling_seed: int = 123  # the seed's sklearn.utils.resample(random_state=123)
+    sampling_seed: int = 123  # the original's sklearn.utils.resample(random_state=123)
 
 
 @dataclass
 class ModelConfig:
     name: str = "densenet169"  # cxr.models.factory.BACKBONES (torchvision) or any timm architecture; checked when built
-    head: Head = Head.SEED
+    head: Head = Head.ORIGINAL
     dropout: float = 0.2
     pretrained: str = "imagenet"  # "imagenet" (X-ray and foundation models: their published weights), "none", a path
-    init_from: str | None = None  # a previous run's checkpoint (the seed chained Adam → SGD → balanced)
+    init_from: str | None = None  # a previous run's checkpoint (the original chained Adam → SGD → balanced)
     grad_checkpointing: bool = False  # recompute activations in the backward: less memory, more compute
     drop_path: float = 0.0  # timm models: stochastic depth rate of the last block (ViT fine-tuning recipes: 0.1-0.2)
 

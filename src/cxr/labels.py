@@ -1,6 +1,6 @@
 """The label vocabulary of NIH ChestX-ray14, defined once.
 
-The canonical order is alphabetical, as the seed project used it (see ``docs/experiments.md``). Files
+The canonical order is alphabetical, as the original project used it (see ``docs/experiments.md``). Files
 written by others (CheXNet-style predictions, the literature's tables) use other orders: always map by
 name with :func:`reorder`, never by position.
 """

@@ -6,13 +6,14 @@ import typer
 
 app = typer.Typer(
     name="cxr",
-    help="Chest X-ray classification on NIH ChestX-ray14: synth, inspect, prepare, train, evaluate, explain, serve.",
+    help="Chest X-ray classification (NIH ChestX-ray14, CheXpert, MIMIC-CXR, PadChest, VinDr-CXR, RSNA, SIIM): "
+    "synth, inspect, prepare, train, evaluate, explain, probe, serve, DICOM.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
 
-STAGES = ("synth", "data", "training", "evaluation", "inference", "pacs", "models", "zeroshot", "demo")
+STAGES = ("synth", "data", "training", "evaluation", "inference", "pacs", "models", "zeroshot", "probe", "demo")
 """The modules of ``cxr.cli`` that register commands; this order is the order of ``cxr --help``."""
 
 

@@ -54,7 +54,9 @@ def evaluate(
     val_predictions: Path | None = typer.Option(
         None, "--val-predictions", help="Validation predictions CSV to choose thresholds on (predictions mode)."
     ),
-    preset: str | None = typer.Option(None, "--preset", help="Seed preset whose reported AUROCs to show."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Preset of the original project whose reported AUROCs to show."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (predictions mode; default CSV-eval/)."),
     split: str = typer.Option("test", "--split", help="Split of a run to evaluate: test or val."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images."),

@@ -1,6 +1,9 @@
-"""Stage *data*: NIH ChestX-ray14 on disk → a prepared store → batches.
+"""Stage *data*: a dataset on disk → a prepared store → batches.
 
-Reading NIH's metadata, lists and boxes (``nih``), patient-wise splits (``splits``), tasks as data (``tasks``),
-writing and reading the store (``prepare``, ``store``), the store → model view and augmentation
-(``transforms``), and the datasets, sampler and DataModule that feed training and prediction (``loaders``).
+The dataset readers, one per dataset, on one label vocabulary (``datasets``: NIH ChestX-ray14, CheXpert, MIMIC-CXR-JPG,
+PadChest, VinDr-CXR, RSNA, SIIM-ACR, Google's NIH expert labels; NIH's metadata, lists and boxes in ``nih``), patient
+attributes harmonised across them (``attributes``: sex, age, view), patient-wise splits (``splits``), tasks as data
+(``tasks``), writing and reading the store (``prepare``, ``store``), the store → model view and augmentation
+(``transforms``, ``device_augment``), and the datasets, sampler and DataModule that feed training and prediction
+(``loaders``).
 """

@@ -1,8 +1,8 @@
 """Patient-wise splits of NIH ChestX-ray14: the official one, a validation carve-out, and a ratio split.
 
 NIH images of one patient (up to 184 follow-ups) look alike; a patient on two sides of a split leaks and inflates
-the scores (the seed project's flaw 1, see ``docs/experiments.md``). Every function here splits by ``patient_id`` and
-checks the result with :func:`assert_patient_disjoint` before returning it.
+the scores (the original project's flaw 1, see ``docs/experiments.md``). Every function here splits by
+``patient_id`` and checks the result with :func:`assert_patient_disjoint` before returning it.
 
 The stratified splits use iterative stratification (Sechidis, Tsoumakas & Vlahavas, "On the stratification of
 multi-label data", ECML PKDD 2011), applied to patients instead of images: each patient carries the count of its
@@ -157,6 +157,6 @@ def carve_validation(
 def ratio_split(
     table: pd.DataFrame, ratios: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0, stratify: bool = True
 ) -> tuple[np.ndarray, ...]:
-    """Split ``table`` patient-wise in the given ratios of images (e.g. train/val/test 70/10/20, as the seed's
+    """Split ``table`` patient-wise in the given ratios of images (e.g. train/val/test 70/10/20, as the original's
     ``disease-only`` experiment did, but by patient). Returns one array of ``table.index`` labels per ratio."""
     return tuple(_split_rows(table, ratios, seed, stratify))

@@ -1,12 +1,13 @@
 """Tasks as data: which outputs, which rows, which patient-wise split, how the training part is sampled.
 
 A task is the ``task`` section of a config (:class:`cxr.config.TaskConfig`). :func:`build_split` applies it to a
-store's index in a fixed order that avoids the seed project's leaks (``docs/experiments.md``, flaws 1 and 2):
+store's index in a fixed order that avoids the original project's leaks (``docs/experiments.md``, flaws 1 and 2):
 
 1. rows: drop blacklisted images (``drop_blacklisted``), drop "No Finding" rows (``drop_no_finding``);
 2. split by patient: the official lists with a stratified patient-wise validation carve-out of train_val
-   (``split: official``), or a patient-wise 70/10/20 ratio split (``split: ratio``, the seed's ``disease-only``);
-3. sample the *training part only*: the seed's resampling (``seed_balanced``) or a balanced binary set (``balanced``).
+   (``split: official``), or a patient-wise 70/10/20 ratio split (``split: ratio``, the original's ``disease-only``);
+3. sample the *training part only*: the original project's resampling (``original_balanced``) or a balanced binary
+   set (``balanced``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cxr.config import TaskConfig
+from cxr.config import Sampling, TaskConfig
 from cxr.data.splits import assert_patient_disjoint, carve_validation, ratio_split
 from cxr.errors import CxrError
 from cxr.labels import ANY_FINDING, COMMON_FINDINGS, COMMON_LABELS, FINDINGS, NO_FINDING, canonical_name
@@ -35,7 +36,7 @@ SEED_CLASS_TARGETS = {
 }
 SEED_NO_FINDING_TARGET = 35000
 SEED_REFERENCE_ROWS = 85690
-"""Images the seed resampled: official train_val minus the blacklist. Targets scale by ``n_train / 85,690``."""
+"""Images the original resampled: official train_val minus the blacklist. Targets scale by ``n_train / 85,690``."""
 
 
 @dataclass
@@ -123,7 +124,7 @@ def split_parts(rows: pd.DataFrame, task: TaskConfig) -> pd.Series:
 
 
 def seed_resampling_targets(n_train: int) -> tuple[dict[str, int], int]:
-    """The seed's per-class targets and No Finding target scaled to a training part of ``n_train`` images.
+    """The original project's per-class targets and No Finding target scaled to a training part of ``n_train`` images.
 
     Rule: ``max(1, round(target × n_train / 85,690))`` — the same share of the training set the seed gave each
     class, so a 600-image synthetic store gets e.g. Fibrosis 25 and No Finding 245, and the full NIH training part
@@ -167,15 +168,17 @@ def build_split(index: pd.DataFrame, task: TaskConfig) -> TaskSplit:
     outputs = task_outputs(task, provided_labels(index))
     if task.sampling == "balanced" and len(outputs) != 1:
         raise CxrError("task.sampling=balanced needs a binary task (task.target=<one label>)")
-    if task.sampling == "seed_balanced" and task.target != "findings":
-        raise CxrError("task.sampling=seed_balanced is the seed's 14-label resampling (task.target=findings)")
+    if task.sampling == Sampling.ORIGINAL_BALANCED and task.target != "findings":
+        raise CxrError(
+            "task.sampling=original_balanced is the original project's 14-label resampling (task.target=findings)"
+        )
     rows = select_rows(index, task)
     table = rows.assign(part=split_parts(rows, task))
     table = table[table["part"] != ""]
     names = ["train", "val", "test"]
     assert_patient_disjoint(*(table[table["part"] == name] for name in names), names=names)
     train = table[table["part"] == "train"]
-    if task.sampling == "seed_balanced":
+    if task.sampling == Sampling.ORIGINAL_BALANCED:
         sampled = seed_resample(train, task.sampling_seed)
     elif task.sampling == "balanced":
         sampled = balanced_sample(train, outputs, task.sampling_seed)

@@ -2,7 +2,7 @@
 
 The store already holds the expensive, shared preprocessing (decode, crop, area resize: ``cxr.imaging.decode``); the
 deterministic view that validation, test and inference share is :class:`cxr.imaging.preprocessing.Preprocessing`'s.
-``TrainView`` adds random rotation, shift and flip as the seed's Keras ``ImageDataGenerator``, or CheXNet's random
+``TrainView`` adds random rotation, shift and flip as the original's Keras ``ImageDataGenerator``, or CheXNet's random
 crop. Pixels stay uint8 until they reach the device: 4× less to copy than float32. With ``data.augment_on=device``
 the loader does only the deterministic part (:class:`DeferredTrainView`) and the random part runs batched on the
 device (``cxr.data.device_augment``).

@@ -1,6 +1,6 @@
 """``cxr compare``: runs side by side, with paired patient-level bootstrap differences and p-values.
 
-The seed reported Adam .70, SGD .74 and balanced .77 macro AUROC on one test set without any uncertainty, so
+The original project reported Adam .70, SGD .74 and balanced .77 macro AUROC on one test set without any uncertainty, so
 whether the optimizers really differ was never answered. Runs scored on the *same* images are compared pairwise:
 every bootstrap resample draws one set of patients and evaluates all runs on it, so the variation shared by the
 runs (which patients are in the sample) cancels in the difference — a paired bootstrap, the resampling analogue of

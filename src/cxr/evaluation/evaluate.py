@@ -21,6 +21,7 @@ from cxr.evaluation.expert import RULES as EXPERT_RULES
 from cxr.evaluation.predictions import (
     join_labels,
     load_predictions,
+    match_columns,
     read_val_predictions,
     summary_labels,
     write_scored_set,
@@ -137,7 +138,7 @@ def evaluate_predictions(
     """``cxr evaluate --predictions``: score a predictions CSV, write metrics.json, plots and reports to ``out``.
 
     ``val_predictions`` (same format, labels from the same metadata) is where thresholds are chosen; without it
-    they are chosen on the scored images and flagged optimistic. ``preset`` picks the seed's reference column.
+    they are chosen on the scored images and flagged optimistic. ``preset`` picks the original's reference column.
     ``subgroups`` adds per-group metrics (attributes from the NIH metadata and ``subgroups.subgroup_file``) at the
     ``rule``'s thresholds.
     """
@@ -147,6 +148,10 @@ def evaluate_predictions(
         data, not_available = load_expert_predictions(predictions, labels_csv, images_list)
     else:
         data = load_predictions(predictions, labels_csv, images_list)
+        header = [str(column).strip() for column in pd.read_csv(predictions, nrows=0).columns]
+        predicted = match_columns(header, predictions)[1]
+        not_available = {label: "not available: the labels file does not provide this label" for label in predicted
+                         if label not in data.labels}  # fmt: skip
     thresholds = None
     if val_predictions is not None:
         val = (
@@ -174,6 +179,7 @@ def evaluate_predictions(
     if expert:
         metrics.label_set = LABEL_SET
         metrics.expert_rules = {label: list(outputs) for label, outputs in EXPERT_RULES.items()}
+    if expert or not_available:
         metrics.not_available = not_available
     predictions = Path(predictions)
     out = (
@@ -191,6 +197,8 @@ def evaluate_predictions(
             + (", ".join(f"{k} ({v})" for k, v in not_available.items()) or "none")
             + "."
         )
+    elif not_available:
+        source += f" Predicted but not scored (the labels file lacks them): {', '.join(not_available)}."
     references = [] if expert else references_for(preset)
     write_report(out, metrics, data, f"Evaluation of {predictions.name}", references, source=source)
     return metrics, out

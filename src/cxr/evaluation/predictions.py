@@ -101,6 +101,11 @@ def label_targets(metadata: pd.DataFrame, labels: list[str]) -> np.ndarray:
     return np.stack([np.asarray(c, dtype=np.uint8) for c in columns], axis=1)
 
 
+def provided_labels(labels: list[str], metadata: pd.DataFrame) -> list[str]:
+    """The ``labels`` a metadata table (one column per label it gives) can score, in their order."""
+    return [label for label in labels if label in metadata.columns or (label == ANY_FINDING and NO_FINDING in metadata)]
+
+
 def _listing(names: list[str], total: int) -> str:
     shown = ", ".join(names[:5])
     return f"{shown}, ... ({total} in all)" if total > 5 else shown
@@ -135,6 +140,12 @@ def join_labels(
         raise CxrError(f"{len(names)} images of {source} have no labels in the metadata: {_listing(names, len(names))}")
     rows = known.get_indexer(images)
     chosen = metadata.iloc[rows]
+    kept = provided_labels(labels, metadata)  # a model's other outputs (e.g. Lung Opacity) are not scored on NIH
+    if not kept:
+        raise CxrError(f"the labels of {source} ({', '.join(labels)}) are none the metadata provides")
+    if len(kept) < len(labels):
+        probabilities = np.asarray(probabilities)[:, [list(labels).index(label) for label in kept]]
+        labels = kept
     return ScoredSet(
         labels=list(labels),
         images=np.asarray(images, dtype=str),

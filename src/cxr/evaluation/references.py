@@ -1,4 +1,4 @@
-"""Published test AUROCs to print beside ours: the seed project's per preset, and CheXNet's.
+"""Published test AUROCs to print beside ours: the original project's per preset, and CheXNet's.
 
 All values are keyed by NIH's spelling of the finding (map by name, never by position). Sources, as recorded in
 ``docs/experiments.md``:
@@ -33,7 +33,7 @@ SEED_CITATION = (
     "NIH-Chest-X-rays-Classification (AWS SageMaker sandbox project; docs/seed-readme.txt), reported test AUROC"
 )
 
-_SEED_PER_CLASS = {  # alphabetical order of cxr.labels.FINDINGS, as the seed printed them
+_SEED_PER_CLASS = {  # alphabetical order of cxr.labels.FINDINGS, as the original printed them
     "multilabel-adam": (".73 .59 .68 .78 .79 .71 .68 .68 .70 .75 .71 .69 .63 .75", 0.70, 0.80),
     "multilabel-sgd": (".73 .72 .70 .80 .80 .80 .70 .64 .69 .78 .73 .72 .66 .84", 0.74, 0.82),
     "multilabel-balanced": (".73 .80 .71 .82 .80 .82 .78 .84 .69 .78 .73 .72 .70 .85", 0.77, 0.83),
@@ -44,7 +44,7 @@ _SEED_PER_CLASS = {  # alphabetical order of cxr.labels.FINDINGS, as the seed pr
 def _seed_references() -> dict[str, Reference]:
     references = {
         preset: Reference(
-            name=f"seed {preset}",
+            name=f"original {preset}",
             citation=SEED_CITATION,
             auroc=dict(zip(FINDINGS, (float(v) for v in values.split()), strict=True)),
             macro_auroc=macro,
@@ -52,13 +52,13 @@ def _seed_references() -> dict[str, Reference]:
         )
         for preset, (values, macro, micro) in _SEED_PER_CLASS.items()
     }
-    references["binary-fibrosis"] = Reference("seed binary-fibrosis", SEED_CITATION, {"Fibrosis": 0.79})
-    references["binary-finding"] = Reference("seed binary-finding", SEED_CITATION, {ANY_FINDING: 0.70})
+    references["binary-fibrosis"] = Reference("original binary-fibrosis", SEED_CITATION, {"Fibrosis": 0.79})
+    references["binary-finding"] = Reference("original binary-finding", SEED_CITATION, {ANY_FINDING: 0.70})
     return references
 
 
 SEED: dict[str, Reference] = _seed_references()
-"""The seed's reported test results per preset name (the names of ``configs/experiments``)."""
+"""The original project's reported test results per preset name (the names of ``configs/experiments``)."""
 
 CHEXNET = Reference(
     name="CheXNet",
@@ -85,6 +85,6 @@ CHEXNET = Reference(
 
 
 def references_for(preset: str | None) -> list[Reference]:
-    """The reference columns for a report: the seed's result for ``preset`` (when it has one), then CheXNet."""
+    """The reference columns for a report: the original's result for ``preset`` (when it has one), then CheXNet."""
     seed = SEED.get(preset) if preset else None
     return [seed, CHEXNET] if seed else [CHEXNET]

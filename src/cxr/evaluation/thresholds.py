@@ -1,6 +1,6 @@
 """Operating thresholds chosen on validation and the binary metrics they give on test.
 
-The seed project picked its thresholds on the test set (flaw 4 in ``docs/experiments.md``), which makes test
+The original project picked its thresholds on the test set (flaw 4 in ``docs/experiments.md``), which makes test
 sensitivity and specificity optimistic. Here every rule sees only validation predictions; the thresholds are then
 frozen and applied to test. Three rules per label, all predicting positive when ``probability >= threshold``:
 

@@ -122,7 +122,7 @@ def decode_grayscale(source: str | Path | bytes, name: str | None = None) -> np.
 def preprocess(gray: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
     """Center-crop ``crop`` of the shorter side, then area-resize to ``size`` x ``size`` (uint8).
 
-    Area interpolation averages every source pixel into the output, unlike the seed project's nearest-neighbour
+    Area interpolation averages every source pixel into the output, unlike the original project's nearest-neighbour
     resize, which drops most of them and aliases fine structure (nodules, interstitial texture).
     """
     if size < 1:

@@ -1,4 +1,4 @@
-"""The model registry and factory: torchvision or timm backbones with the seed's or CheXNet's head, grayscale in,
+"""The model registry and factory: torchvision or timm backbones with the original's or CheXNet's head, grayscale in,
 logits out.
 
 ``model.name`` is one of the four torchvision names of :data:`BACKBONES` (their own implementation, so checkpoints of
@@ -7,8 +7,9 @@ earlier versions load) or any timm architecture (:mod:`cxr.models.timm_backbones
 statistics of its pretrained weights *inside* the model, so ONNX export and every caller share one input convention
 (``docs/architecture.md``, "Model input"). Heads:
 
-- ``seed``: Flatten → Dropout → Linear 256 + ReLU → Dropout → Linear 60 + ReLU → Dropout → Linear K, the head of
-  the original NIH notebooks (Keras DenseNet169, ``include_top=False``, no pooling; ``docs/experiments.md``).
+- ``original`` (formerly ``seed``): Flatten → Dropout → Linear 256 + ReLU → Dropout → Linear 60 + ReLU → Dropout →
+  Linear K, the head of the original NIH notebooks (Keras DenseNet169, ``include_top=False``, no pooling;
+  ``docs/experiments.md``).
 - ``gap``: global average pooling → Linear K, as CheXNet (Rajpurkar et al., 2017, arXiv:1711.05225).
 """
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from cxr.config import Head
 from cxr.errors import CxrError
+from cxr.models import weights as weight_sources
 from cxr.models.spec import ArchitectureSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,10 +98,13 @@ def _imagenet_model(name: str) -> nn.Module:
     import torchvision.models as tvm
 
     weights = tvm.get_model_weights(name).DEFAULT
-    try:
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if weight_sources.offline() and not cache.is_file():  # CXR_OFFLINE=1 covers torch hub's downloads too
+        command = f"model.pretrained=imagenet for {name}"
+        raise weight_sources.unavailable(cache.name, cache.parent, "CXR_OFFLINE=1", command, f"download {weights.url}")
+    try:  # torch hub: a progress bar, a .partial file renamed when complete, the SHA-256 prefix in the name checked
         return getattr(tvm, name)(weights=weights)
     except Exception as error:  # URLError, a timeout, a corrupt or partial cache file: all mean "no weights"
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
         raise CxrError(
             f"cannot load ImageNet weights for {name} ({type(error).__name__}: {error}). Offline? Download "
             f"{weights.url} on a machine with internet and copy it to {cache}, or pass model.pretrained=<path to "
@@ -210,6 +215,23 @@ XRV_MEAN, XRV_STD = (0.5,), (1 / 2048,)
 XRV_DENSENET = replace(DENSENET, torchvision="densenet121", mean=XRV_MEAN, std=XRV_STD)
 XRV_RESNET = replace(RESNET, torchvision="resnet50", mean=XRV_MEAN, std=XRV_STD)
 
+# Keras' DenseNet as keras-applications <= 1.0.4 built it (Keras 2.1-2.2.2, the original project's six models and
+# CheXNet-Keras; imported by `cxr import keras`, cxr.models.keras_import): BatchNormalization epsilon 1.001e-5, and no
+# ReLU after the final BatchNormalization `bn`, which feeds the head directly. `-unit`: fed pixels / 255 with no
+# mean/std (the original project); the others: ImageNet mean/std (Keras' own DenseNet preprocess_input, CheXNet-Keras).
+KERAS_BN_EPSILON = 1.001e-5
+UNIT_MEAN, UNIT_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def _keras_densenet_features(tv_model: nn.Module) -> tuple[nn.Module, int]:
+    for module in tv_model.features.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = KERAS_BN_EPSILON
+    return tv_model.features, tv_model.classifier.in_features
+
+
+KERAS_DENSENET = Backbone(_keras_densenet_features, last_block="norm5", fine_block="denseblock3")
+
 BACKBONES: dict[str, Backbone] = {
     "densenet121": DENSENET,
     "densenet169": DENSENET,
@@ -217,9 +239,14 @@ BACKBONES: dict[str, Backbone] = {
     "resnet50": RESNET,
     "xrv-densenet121": XRV_DENSENET,
     "xrv-resnet50": XRV_RESNET,
+    "keras-densenet121": replace(KERAS_DENSENET, torchvision="densenet121"),
+    "keras-densenet169": replace(KERAS_DENSENET, torchvision="densenet169"),
+    "keras-densenet121-unit": replace(KERAS_DENSENET, torchvision="densenet121", mean=UNIT_MEAN, std=UNIT_STD),
+    "keras-densenet169-unit": replace(KERAS_DENSENET, torchvision="densenet169", mean=UNIT_MEAN, std=UNIT_STD),
 }
 """The torchvision architectures (constructors of the same name; ``xrv-*``: the layout of torchxrayvision's
-classifiers, whose weights ``cxr import torchxrayvision`` brings); every other ``model.name`` is timm's."""
+classifiers, whose weights ``cxr import torchxrayvision`` brings; ``keras-*``: Keras' DenseNets of 2018, whose weights
+``cxr import keras`` brings); every other ``model.name`` is timm's."""
 ARCHITECTURES = tuple(BACKBONES)
 
 
@@ -236,7 +263,7 @@ def _set_in_chans(tv_model: nn.Module, in_chans: int) -> None:
 
 
 def _feature_shape(backbone: nn.Module, input_size: int, in_chans: int = 3) -> tuple[int, int, int]:
-    """(C, h, w) of the backbone's output at ``input_size``: the seed head's Flatten size depends on it."""
+    """(C, h, w) of the backbone's output at ``input_size``: the original head's Flatten size depends on it."""
     was_training = backbone.training
     backbone.eval()  # batch-norm must not update its running statistics on the probe
     with torch.no_grad():
@@ -252,7 +279,7 @@ def _head(kind: str, feature_shape: tuple[int, int, int], num_outputs: int, drop
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         return nn.Sequential(*layers, nn.Linear(channels, num_outputs))
-    # The seed's head (docs/experiments.md): at 300 px DenseNet169 flattens 9x9x1664 = 134,784 features.
+    # The original head (docs/experiments.md): at 300 px DenseNet169 flattens 9x9x1664 = 134,784 features.
     return nn.Sequential(
         nn.Flatten(),
         nn.Dropout(dropout),
@@ -285,14 +312,16 @@ def create_model(
     init), ``"imagenet"`` (torchvision's weights from the torch hub cache or downloaded; timm's from the local Hugging
     Face cache only; a :class:`CxrError` says how to provide them offline) or a path to a state dict (torchvision or
     timm layout; ``.safetensors`` for timm too) or to one of our checkpoints (whose head is reused when its shape
-    matches, e.g. the seed's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
+    matches, e.g. the original's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
     with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
     ``drop_path``: stochastic depth of timm models (Huang et al. 2016), the rate of their last block.
     """
-    if head not in HEADS:
-        raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    try:
+        head = Head(head).value  # "seed", the original head's former name, is still read
+    except ValueError:
+        raise CxrError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}") from None
     if num_outputs < 1:
         raise CxrError(f"a model needs at least one output, got num_outputs={num_outputs}")
     if labels is not None and len(labels) != num_outputs:
@@ -516,5 +545,5 @@ def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_s
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (the seed reports 47.2 M for DenseNet169 + its head at 300 px)."""
+    """Number of trainable parameters (the original reports 47.2 M for DenseNet169 + its head at 300 px)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

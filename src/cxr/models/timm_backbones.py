@@ -6,13 +6,13 @@ model is built with ``num_classes=0`` so cxr's heads apply to its features:
 
 - head ``gap``: timm's own pooling (``global_pool``, with what the family puts after it, e.g. ConvNeXt's norm),
   then cxr's dropout + linear layer;
-- head ``seed``: the unpooled ``(B, C, h, w)`` map, flattened, so CNNs only.
+- head ``original``: the unpooled ``(B, C, h, w)`` map, flattened, so CNNs only.
 
 Its normalisation is the one its pretrained weights were trained with (``pretrained_cfg`` mean/std: 0.5 for the
 original ViTs, ImageNet's for most CNNs); models with a fixed input size (ViT, Swin, EVA …) are built for the
 input size of the run. Both are recorded in the artifact's ``architecture`` so a checkpoint rebuilds the same net.
-Nothing is downloaded: ``pretrained=imagenet`` reads timm's Hugging Face cache (or the torch hub cache for older
-weights) and says which file to put where when it is not there.
+``pretrained=imagenet`` downloads timm's weights on first use into Hugging Face's cache (older weights: torch hub's),
+through :mod:`cxr.models.weights` (offline switches, checksums, resume); ``pretrained=<file>`` reads a local file.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxr.config import Head
 from cxr.errors import CxrError
+from cxr.models import weights
 
 CamReshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -90,69 +92,64 @@ def build_timm_backbone(
     img_size = input_size if _fixed_input_size(name) else None
     if img_size is not None:
         kwargs["img_size"] = img_size
-    if head == "seed":
+    if head == Head.ORIGINAL:
         kwargs["global_pool"] = ""
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except Exception as error:  # e.g. a window size that does not divide the token grid at this input size
         raise CxrError(f"timm cannot build {name} at {input_size} px ({type(error).__name__}: {error})") from error
     if pretrained == "imagenet":
-        load_weights(model, cached_pretrained_file(model, name), name)
+        load_weights(model, pretrained_file(model, name), name)
     elif pretrained != "none":
         load_weights(model, Path(pretrained), name)
     cfg = model.pretrained_cfg
     mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
-    if head == "seed":
+    if head == Head.ORIGINAL:
         _check_seed_map(model, name, input_size)
     layer, reshape = cam_target(model, input_size, fine_cam_below)
     return TimmBackbone(model, mean, std, img_size, layer, reshape)
 
 
 def _check_seed_map(model: nn.Module, name: str, input_size: int) -> None:
-    """The seed head flattens a (C, h, w) map: transformers' tokens (or Swin's NHWC map) are not one."""
+    """The original head flattens a (C, h, w) map: transformers' tokens (or Swin's NHWC map) are not one."""
     if _is_vit(model) or getattr(model, "output_fmt", "NCHW") != "NCHW":
         raise CxrError(
-            f"head 'seed' flattens a CNN's (C, h, w) feature map; {name} is a transformer: use model.head=gap"
+            f"head 'original' flattens a CNN's (C, h, w) feature map; {name} is a transformer: use model.head=gap"
         )
 
 
 # --- weights -------------------------------------------------------------------------------------------------------
 
 
-def cached_pretrained_file(model: nn.Module, name: str) -> Path:
-    """The local file of ``name``'s default pretrained weights: the Hugging Face hub cache (``timm/…`` repos) or the
-    torch hub cache; a :class:`CxrError` that says what to download and where, never a download."""
+def pretrained_file(model: nn.Module, name: str) -> Path:
+    """The file of ``name``'s default pretrained weights, downloaded on first use (:mod:`cxr.models.weights`): its
+    Hugging Face repository (``timm/…``; ``model.safetensors``, else ``pytorch_model.bin``, as timm tries them) or,
+    for older weights, its URL into torch hub's cache. Offline and not cached: one line saying what to copy where."""
     cfg = model.pretrained_cfg
+    command = f"model.pretrained=imagenet for {name}"
+    alternative = "model.pretrained=<path to the {} file>; model.pretrained=none trains from random initialisation"
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-        from huggingface_hub.constants import HF_HUB_CACHE
-
+        repo_id, _, revision = hub_id.partition("@")
         filenames = (
             [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
         )
+        failures: list[CxrError] = []
         for filename in filenames:
-            found = try_to_load_from_cache(hub_id, filename)
-            if isinstance(found, str) and os.path.isfile(found):
-                return Path(found)
-        raise CxrError(
-            f"cannot load ImageNet weights for {name}: not in the Hugging Face cache ({HF_HUB_CACHE}). Offline? On a "
-            f"machine with internet run `huggingface-cli download {hub_id} {filenames[0]}` and copy its "
-            f"models--{hub_id.replace('/', '--')} folder into {HF_HUB_CACHE} here (or set HF_HUB_CACHE), or pass "
-            f"model.pretrained=<path to the {filenames[0]} file>; model.pretrained=none trains from random "
-            "initialisation."
-        )
+            try:
+                return weights.hf_file(repo_id, filename, revision or None, command=command)
+            except CxrError as error:  # not published under this name, or not cached while offline: try the next
+                failures.append(error)
+        first = failures[0]
+        raise type(first)(f"{first} ({alternative.format(filenames[0])})") from first
     url = cfg.get("url")
     if url:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
-        if cached.is_file():
-            return cached
-        raise CxrError(
-            f"cannot load ImageNet weights for {name}: {cached} is missing. Offline? Download {url} on a machine "
-            "with internet and copy it there, or pass model.pretrained=<path to the file>; model.pretrained=none "
-            "trains from random initialisation."
-        )
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        try:
+            return weights.url_file(url, folder, command=command)
+        except weights.WeightsUnavailableError as error:
+            raise weights.WeightsUnavailableError(f"{error} ({alternative.format(url.rsplit('/', 1)[-1])})") from error
     raise CxrError(f"timm has no pretrained weights for {name}; pass model.pretrained=<file> or none")
 
 

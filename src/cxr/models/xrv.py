@@ -10,22 +10,26 @@ What this module writes is an ordinary artifact (``cxr.models.artifact``) of the
 and ``xrv-resnet50`` of :data:`cxr.models.factory.BACKBONES`, so everything after the import — predict, evaluate,
 export, serve, Grad-CAM, ``model.init_from`` — runs without torchxrayvision:
 
-- outputs: the names cxr knows (NIH's 14, which torchxrayvision spells as NIH does), in its order; empty names and
-  findings outside NIH's vocabulary (``Lung Opacity``, ``Fracture``, ...) are dropped with their rows of the last
-  layer, and recorded in the artifact's config;
+- outputs: every non-empty one of its 18, under the common vocabulary's names (:data:`cxr.labels.COMMON_FINDINGS`:
+  NIH's 14, which torchxrayvision spells as NIH does, and ``Lung Lesion``, ``Fracture``, ``Lung Opacity``,
+  ``Enlarged Cardiomediastinum``, spelled as CheXpert does), in its order; empty names are skipped with their rows
+  of the last layer, and a name outside the vocabulary would be dropped and recorded in the artifact's config;
 - probabilities: ``sigmoid(logits)``, its forward without ``op_norm``;
 - thresholds: its ``op_threshs`` (probabilities), since ``op_norm(p) >= 0.5`` exactly when ``p >= op_thresh``; 0.5
   where it has none (listed);
 - preprocessing: the centered square of the whole shorter side, resized to its input resolution.
 
-torchxrayvision is imported only by :func:`import_torchxrayvision` and never downloads here: a missing weights file is
-a :class:`CxrError` naming the file and its URL.
+torchxrayvision is imported only by :func:`import_torchxrayvision`. A weights file missing from its cache folder is
+downloaded there on first use by :func:`cxr.models.weights.url_file` (progress bar, ``.part`` file resumed, atomic
+rename; torchxrayvision publishes no checksum, so the artifact records the file's SHA-256 instead); ``CXR_OFFLINE=1``
+turns that into an error naming the file, its URL and the folder. ``CXR_XRV_BASE_URL`` replaces the release URL's
+folder (``https://github.com/mlmed/torchxrayvision/releases/download/v1``) with a mirror's (tests: a loopback server).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,8 @@ import torch
 
 from cxr.errors import CxrError
 from cxr.imaging.preprocessing import Preprocessing
-from cxr.labels import FINDINGS, canonical_name
+from cxr.labels import COMMON_FINDINGS, canonical_name
+from cxr.models import weights
 from cxr.models.artifact import write_artifact
 from cxr.models.factory import CxrNet, create_model
 
@@ -42,6 +47,9 @@ ARCHITECTURE = {"densenet": "xrv-densenet121", "resnet50": "xrv-resnet50"}
 
 DEFAULT_CACHE = Path("~/.torchxrayvision/models_data")
 """Where torchxrayvision keeps downloaded weights (``xrv.utils.get_cache_dir()``)."""
+
+BASE_URL_ENV = "CXR_XRV_BASE_URL"
+"""Environment variable: a mirror of torchxrayvision's release folder, used instead of the URL's own folder."""
 
 
 @dataclass(frozen=True)
@@ -90,17 +98,18 @@ def xrv_models() -> dict[str, XrvModel]:
 
 
 def kept_outputs(labels: tuple[str, ...]) -> tuple[list[int], list[str], list[str]]:
-    """(rows of the last layer kept, their cxr names, names dropped): NIH's findings kept, empty names skipped."""
+    """(rows of the last layer kept, their cxr names, names dropped): the common vocabulary's findings kept, empty
+    names skipped."""
     rows, names, dropped = [], [], []
     for row, label in enumerate(labels):
         if not label:
             continue
         try:
-            name = canonical_name(label)
+            name = canonical_name(label, COMMON_FINDINGS)
         except ValueError:
             dropped.append(label)
             continue
-        if name in FINDINGS and name not in names:
+        if name in COMMON_FINDINGS and name not in names:
             rows.append(row)
             names.append(name)
         else:
@@ -108,16 +117,20 @@ def kept_outputs(labels: tuple[str, ...]) -> tuple[list[int], list[str], list[st
     return rows, names, dropped
 
 
+def weights_url(model: XrvModel) -> str:
+    """Its release URL, or the same file under ``CXR_XRV_BASE_URL`` where that is set."""
+    base = os.environ.get(BASE_URL_ENV, "").strip()
+    return f"{base.rstrip('/')}/{model.file_name}" if base else model.url
+
+
 def weights_file(model: XrvModel, cache_dir: str | Path | None) -> Path:
-    """The weights file torchxrayvision would read; a :class:`CxrError` with where to get it when it is missing."""
+    """The weights file torchxrayvision would read, downloaded into its cache folder on first use."""
     folder = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE).expanduser()
-    path = folder / model.file_name
-    if not path.is_file():
-        raise CxrError(
-            f"weights of {model.name} not found: expected {path}. Nothing is downloaded: fetch {model.url} on a "
-            f"machine with internet and copy it there (or pass --cache-dir to the folder that holds it)"
-        )
-    return path
+    command = f"cxr import torchxrayvision {model.name}"
+    try:
+        return weights.url_file(weights_url(model), folder, sha256=None, command=command)
+    except weights.WeightsUnavailableError as error:
+        raise weights.WeightsUnavailableError(f"{error} (--cache-dir names another folder)") from error
 
 
 def _load_xrv(model: XrvModel, cache_dir: Path) -> torch.nn.Module:
@@ -167,14 +180,6 @@ def thresholds(model: XrvModel, rows: list[int], labels: list[str]) -> tuple[dic
     return {label: 0.5 if label in missing else value for label, value in chosen.items()}, missing
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_torchxrayvision(name: str, out: str | Path, cache_dir: str | Path | None = None) -> dict:
     """Write torchxrayvision's classifier ``name`` as a cxr model artifact at ``out``; return what was imported."""
     try:
@@ -197,7 +202,7 @@ def import_torchxrayvision(name: str, out: str | Path, cache_dir: str | Path | N
         "weights": name,
         "url": model.url,
         "file": str(path),
-        "sha256": _sha256(path),
+        "sha256": weights.sha256_of(path),
         "description": model.description,
         "dropped_outputs": dropped,
         "thresholds": "op_threshs",

@@ -70,7 +70,7 @@ class MaskedAUROC(Metric):
 
 
 def keras_time_decay(step: int, decay: float) -> float:
-    """Keras' legacy ``decay`` argument: lr_t = lr / (1 + decay · t), t counting optimizer steps (the seed's SGD)."""
+    """Keras' legacy ``decay`` argument: lr_t = lr / (1 + decay · t), t counting optimizer steps (the original SGD)."""
     return 1.0 / (1.0 + decay * step)
 
 

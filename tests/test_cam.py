@@ -74,7 +74,7 @@ def test_batched_grad_cam_gives_pytorch_grad_cam_s_maps():
     model = create_model("resnet18", 5, input_size=64).eval()
     images = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
     wanted = [[0, 3], [4], [], [1, 2, 0], [2, 2]]
-    maps = grad_cam_batch(model, images, wanted, chunk=2)  # chunks of 2: a chunk boundary inside the batch
+    maps = grad_cam_batch(model, images, wanted, chunk=2, method="gradcam")  # a chunk boundary inside the batch
     assert [m.shape for m in maps] == [(len(w), 64, 64) for w in wanted]
     assert all(p.requires_grad and p.grad is None for p in model.parameters())  # restored, and left untouched
     for image, indices, batched in zip(images, wanted, maps, strict=True):
@@ -234,3 +234,21 @@ def test_localize_scores_a_trained_run_against_synthetic_boxes(trained_run_copy,
     assert "| finding | cases | pointing game |" in report and "Zhang et al." in report
     examples = list((out / "examples").glob("*.png"))
     assert examples and all(f"examples/{p.name}" in report for p in examples)
+
+
+def test_the_heatmap_layer_is_a_config_key_recorded_in_the_artifact(tmp_path):
+    """``model.cam_layer`` (the demo's recipe sets layer2) reaches the model, its artifact and the rebuilt model; a
+    layer the backbone lacks is refused with its name."""
+    from cxr.config import load_config
+    from cxr.errors import CxrError
+    from cxr.imaging.preprocessing import Preprocessing
+    from cxr.models.artifact import load_artifact, write_artifact
+    from cxr.training.module import CxrModule
+
+    base = ["model.name=resnet18", "model.pretrained=none", "model.head=gap", "data.input_size=64"]
+    module = CxrModule(load_config(None, [*base, "model.cam_layer=layer2"]), ["Mass"], Preprocessing(64, 1.0, 64))
+    assert module.model.feature_layer is module.model.backbone.layer2
+    path = write_artifact(tmp_path / "m.ckpt", module.model, ["Mass"], Preprocessing(64, 1.0, 64))
+    assert load_artifact(path).model.architecture.cam_layer == "layer2"
+    with pytest.raises(CxrError, match="no layer 'layer9'"):
+        CxrModule(load_config(None, [*base, "model.cam_layer=layer9"]), ["Mass"], Preprocessing(64, 1.0, 64))

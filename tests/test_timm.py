@@ -206,7 +206,7 @@ def test_vit_maps_equal_the_grad_cam_package_with_its_reshape_transform():
     torch.manual_seed(1)
     model = create_model(VIT, 3, input_size=64).eval()
     x = torch.rand(2, 1, 64, 64)
-    ours = grad_cam_batch(model, x.numpy(), [[1], [2]])
+    ours = grad_cam_batch(model, x.numpy(), [[1], [2]], method="gradcam")
     with GradCAM(model, target_layers=[model.feature_layer], reshape_transform=model.cam_reshape) as cam:
         theirs = [cam(x[i : i + 1], targets=[ClassifierOutputTarget(k)])[0] for i, k in enumerate((1, 2))]
     for mine, package in zip(ours, theirs, strict=True):

@@ -152,6 +152,7 @@ class ModelConfig:
     init_from: str | None = None  # a previous run's checkpoint (the original chained Adam → SGD → balanced)
     grad_checkpointing: bool = False  # recompute activations in the backward: less memory, more compute
     drop_path: float = 0.0  # timm models: stochastic depth rate of the last block (ViT fine-tuning recipes: 0.1-0.2)
+    cam_layer: str | None = None  # the heatmaps' layer (a backbone module, e.g. layer2); None: the family's default
 
 
 @dataclass

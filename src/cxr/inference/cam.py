@@ -38,9 +38,11 @@ class CamMethod(StrEnum):
     LAYERCAM = "layercam"  # ReLU(G) * A summed over channels: positive evidence per location
 
 
-DEFAULT_METHOD = CamMethod.GRADCAM
-"""The method of ``cxr predict --cam``, ``cxr serve`` and ``cxr localize`` (``benchmarks/cam_methods.py`` compares
-them against synthetic boxes; ``docs/benchmarks.md``, "Heatmaps")."""
+DEFAULT_METHOD = CamMethod.LAYERCAM
+"""The method of ``cxr predict --cam``, ``cxr serve``, ``cxr dicom-node`` and ``cxr localize``. Chosen by
+``benchmarks/cam_methods.py`` on the demo's model against its synthetic boxes (``docs/benchmarks.md``, "Heatmaps"):
+LayerCAM on the stride-8 map pointed at the box of 9 of 14 findings >= 80 % of the time (mean 0.835), every other
+method and layer at most 8; on the last stage it also beat Grad-CAM (6 vs 4 of 14)."""
 
 
 def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int], method: str = DEFAULT_METHOD) -> np.ndarray:

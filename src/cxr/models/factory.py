@@ -535,13 +535,18 @@ def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_s
         normalization=normalization,
         backbone_config=architecture.backbone_config,
     )
-    if architecture.cam_layer and architecture.cam_layer != model.architecture.cam_layer:
-        try:
-            model.backbone.get_submodule(architecture.cam_layer)
-        except AttributeError as error:
-            raise CxrError(f"{architecture.name}: no layer {architecture.cam_layer!r} for Grad-CAM") from error
-        model.architecture = replace(model.architecture, cam_layer=architecture.cam_layer)
+    if architecture.cam_layer:
+        set_cam_layer(model, architecture.cam_layer)
     return model
+
+
+def set_cam_layer(model: CxrNet, layer: str) -> None:
+    """Make backbone module ``layer`` the heatmaps' target (``model.cam_layer``; recorded in the artifact)."""
+    try:
+        model.backbone.get_submodule(layer)
+    except AttributeError as error:
+        raise CxrError(f"{model.architecture.name}: no layer {layer!r} in the backbone for the heatmaps") from error
+    model.architecture = replace(model.architecture, cam_layer=layer)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -32,7 +32,7 @@ from cxr.data.loaders import train_view_of
 from cxr.files import replacing
 from cxr.imaging.preprocessing import Preprocessing, to_unit
 from cxr.models.artifact import artifact_block, model_spec
-from cxr.models.factory import create_model
+from cxr.models.factory import create_model, set_cam_layer
 from cxr.models.spec import TrainingData
 from cxr.training.losses import auc_margin, masked_bce
 from cxr.training.optim import build_optimizer, cosine_schedule
@@ -137,6 +137,8 @@ class CxrModule(L.LightningModule):
             grad_checkpointing=spec.grad_checkpointing,
             drop_path=spec.drop_path,
         )
+        if spec.cam_layer:
+            set_cam_layer(self.model, spec.cam_layer)
         weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
         self.register_buffer("pos_weight", weight, persistent=False)
         self.val_auroc = MaskedAUROC()

@@ -153,6 +153,7 @@ def disc_images(rng, count: int, size: int = 48):
     return np.clip(images, 0, 1), labels.astype(np.float32), boxes
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_grad_cam_points_at_what_a_trained_model_detects():
     """A small CNN (stride 4: 12x12 maps) learns to detect a disc anywhere; Grad-CAM must point inside its box.
 

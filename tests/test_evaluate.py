@@ -276,6 +276,7 @@ def fake_run(tmp_path_factory):
     return run, store.path, metadata_csv
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_run_mode_writes_predictions_metrics_thresholds_and_report(fake_run):
     from cxr.models.artifact import load_artifact
 
@@ -316,6 +317,7 @@ def test_run_mode_writes_predictions_metrics_thresholds_and_report(fake_run):
         assert again["findings"][finding]["auroc"] == pytest.approx(metrics["findings"][finding]["auroc"], abs=1e-9)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_run_mode_subgroups_come_from_the_store_index_and_a_subgroup_file(fake_run, tmp_path):
     run, store, _ = fake_run
     images = pd.read_parquet(Path(store) / "index.parquet")["image"]

@@ -36,6 +36,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, dict]:
     return checkpoint, Path(result["path"]), result
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_export_writes_metadata_and_checks_parity(exported):
     import onnx
 
@@ -54,6 +55,7 @@ def test_export_writes_metadata_and_checks_parity(exported):
     assert metadata["model_card"]["experiment"] == "tiny" and spec.labels == tuple(FINDINGS)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize("batch", [1, 3, 9])
 def test_onnx_matches_torch_at_any_batch_size(exported, batch):
     checkpoint, onnx_path, _ = exported
@@ -76,6 +78,7 @@ def test_predict_with_onnx_needs_only_the_file(exported, sample_dir, tmp_path):
     assert load_predictor(alone).backend == "onnxruntime"
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_grad_cam_from_the_onnx_file_equals_the_checkpoints(exported, sample_dir, tmp_path):
     """The torch twin rebuilt from the ONNX initializers gives the checkpoint's heatmaps."""
     checkpoint, onnx_path, _ = exported
@@ -87,6 +90,7 @@ def test_grad_cam_from_the_onnx_file_equals_the_checkpoints(exported, sample_dir
         np.testing.assert_allclose(np.load(files["map"]), np.load(from_onnx["heatmaps"][finding]["map"]), atol=1e-4)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_parity_failure_fails_loudly_and_leaves_no_file(tmp_path, monkeypatch):
     checkpoint = tiny_checkpoint(tmp_path / "tiny.ckpt", labels=("Mass", "Effusion"))
     original = OnnxPredictor.probabilities
@@ -96,6 +100,7 @@ def test_parity_failure_fails_loudly_and_leaves_no_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.ckpt"]
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_densenet_and_the_seed_head_export(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "dense.ckpt", name="densenet121", size=32, head="seed", labels=("Hernia",))
     result = export_onnx(checkpoint, tmp_path / "dense.onnx")
@@ -125,6 +130,7 @@ def test_foreign_or_incompatible_onnx_is_refused(exported, tmp_path):
         load_predictor(tmp_path / "junk.onnx")
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_cli_export(exported, tmp_path):
     from typer.testing import CliRunner
 

@@ -124,6 +124,7 @@ def test_publisher_weights_load_strictly(rad_dino, clip, tmp_path):
         create_model("rad-dino", 2, head="seed", pretrained="none", input_size=SIZE)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize("name", ["rad-dino", "biomedclip"])
 def test_artifact_rebuilds_offline_and_exports_to_onnx(name, rad_dino, clip, nih_input, tmp_path, monkeypatch):
     """The artifact records the backbone's config: loading it needs no folder and no network; ONNX parity."""
@@ -175,6 +176,7 @@ def test_grad_cam_on_tokens_equals_the_grad_cam_package(name, rad_dino, clip, ni
             np.testing.assert_allclose(maps[k], cam(nih_input, targets=[ClassifierOutputTarget(k)])[0], atol=1e-5)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize("name", ["rad-dino", "biomedclip"])
 def test_one_fine_tuning_step_lowers_the_loss(name, rad_dino, clip):
     """Backbone and head both get gradients; repeated steps on one batch fit it (the loss falls)."""

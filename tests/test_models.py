@@ -42,6 +42,7 @@ def test_forward_backward_reaches_every_parameter(name, head):
     assert _feature_map_side(model, 64) == 4
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize("name", ["densenet121", "resnet18"])
 def test_from_224_px_the_cam_target_is_the_rectified_map_the_head_sees(name):
     model = create_model(name, num_outputs=2, head="gap", input_size=224).eval()
@@ -64,6 +65,7 @@ def _feature_map_side(model, size: int) -> int:
     return sides[0]
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_seed_head_flattens_the_feature_map_of_its_input_size():
     # docs/experiments.md: at 300 px DenseNet169 flattens 9x9x1664 = 134,784 features.
     model = create_model("densenet169", 14, head="seed", dropout=0.2, input_size=300)
@@ -85,6 +87,7 @@ def test_normalisation_is_inside_the_model():
         model(torch.rand(1, 3, 64, 64))
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize(("name", "first_conv"), [("xrv-densenet121", "conv0"), ("xrv-resnet50", "conv1")])
 def test_torchxrayvision_layout_takes_one_channel_scaled_to_its_range(name, first_conv):
     """torchxrayvision's nets: no repeat to 3 channels, and [0, 1] becomes its [-1024, 1024] inside the model; the
@@ -248,6 +251,7 @@ def test_model_input_is_the_store_path(sample_dir):
     assert np.allclose(tensor[0], expected)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize("name", ["densenet121", "resnet18"])
 def test_feature_layer_drives_pytorch_grad_cam(name):
     from pytorch_grad_cam import GradCAM

@@ -266,6 +266,7 @@ def _prepare_command(data: Path, out: Path) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_kill_9_and_resume_is_byte_identical(sample_dir, tmp_path):
     """A real SIGKILL of a running prepare (parent, forkserver and workers), three times at different points;
     the resumed store equals an uninterrupted one byte for byte."""

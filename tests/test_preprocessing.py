@@ -138,6 +138,7 @@ def _run_without_torch(code: str, cwd: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_onnx_predict_and_serve_run_with_torch_unimportable(tmp_path, sample_dir):
     """``cxr predict model.onnx`` and the server's API give the checkpoint's probabilities (1e-4) without torch."""
     from cxr.inference.eager import TorchPredictor

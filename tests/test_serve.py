@@ -168,6 +168,7 @@ def test_chunked_upload_over_the_limit_is_refused():
     assert sent[0]["status"] == 413 and not calls
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_cli_onnx_and_api_agree(checkpoint, sample_dir, tmp_path, png_bytes):
     """The same image through `cxr predict` (checkpoint and ONNX) and the API (checkpoint and ONNX): within 1e-4."""
     from typer.testing import CliRunner
@@ -199,6 +200,7 @@ def live_server(checkpoint):
         yield url
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_load_on_loopback_has_no_server_errors(live_server, png_bytes, sample_dir):
     """200 requests, 8 at a time, mixing images, heatmaps and bad input: zero 5xx, identical answers per image."""
     import httpx

@@ -33,6 +33,7 @@ def checkpoint(tmp_path_factory) -> Path:
 # --- The API from its schema ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_api_conforms_to_its_schema(checkpoint):
     """Requests drawn from the keyed app's own OpenAPI schema, valid and invalid ones: no 5xx, and every status,
     content type and body as the schema declares; the key is sent, and the ``ignored_auth`` check also tries each
@@ -142,6 +143,7 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     return str(kind), bytes(buffer)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_mutated_files_are_decoded_or_refused(corpus, checkpoint):
     """A few hundred corrupted PNG/JPEG/DICOM files: the decoder returns an 8-bit image or raises ImageDecodeError
     (nothing else), and the API answers 200 or a 4xx with a detail, never a 5xx; it is still up at the end."""

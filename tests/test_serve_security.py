@@ -509,6 +509,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_sigterm_lets_the_request_in_flight_finish(checkpoint, png_bytes, tmp_path):
     """A live ``uvicorn`` process with cxr serve's options: SIGTERM while a prediction is inside the model; the
     server stops accepting connections, the prediction still answers 200, and the process exits cleanly."""

@@ -207,6 +207,7 @@ def _cases(finding: str | None, count: int) -> np.ndarray:
     return np.stack(images)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_each_finding_is_visible_and_image_mean_does_not_give_it_away() -> None:
     """A linear classifier on simple features separates every finding from No Finding on held-out images; the
     image mean alone does not (automatic exposure control makes brightness uninformative)."""

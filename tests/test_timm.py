@@ -244,6 +244,7 @@ def test_grad_checkpointing_is_switched_on():
 # --- ONNX ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize("name", ["convnext_atto", VIT])  # EfficientNet: its training test exports the trained run
 def test_onnx_export_matches_torch(name, tmp_path):
     from cxr.inference.eager import TorchPredictor

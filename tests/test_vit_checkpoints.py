@@ -62,6 +62,7 @@ def features(model, x: torch.Tensor) -> torch.Tensor:
 # --- parity --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 @pytest.mark.parametrize("name", list(XRAY_VITS))
 def test_a_publisher_checkpoint_gives_the_authors_features_on_a_real_radiograph(name, tmp_path):
     family, size = name.rsplit("-", 1)
@@ -84,6 +85,7 @@ def test_a_publisher_checkpoint_gives_the_authors_features_on_a_real_radiograph(
             torch.testing.assert_close(ours, eva(authors_input), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_every_weight_is_accounted_for_and_a_stray_key_is_named(tmp_path):
     state = eva_x_state("small")
     del state["blocks.3.mlp.w3.bias"]
@@ -197,6 +199,7 @@ def test_grad_cam_on_the_patch_tokens_gives_a_map(name, tmp_path):
     assert all(m.std() > 0 for m in maps[0]) and maps[0].max() <= 1 and maps[0].min() >= 0
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_onnx_export_of_eva_x_keeps_parity(tmp_path):
     from cxr.inference.eager import TorchPredictor
     from cxr.inference.export import export_onnx

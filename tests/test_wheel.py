@@ -48,6 +48,7 @@ def _cxr(env: dict[str, str], cwd: Path, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_the_installed_wheel_runs_synth_prepare_train_predict(installed, tmp_path):
     where = subprocess.run(
         [sys.executable, "-c", "import cxr, cxr.config as c; print(cxr.__file__); print(c.experiments_dirs()[-1])"],

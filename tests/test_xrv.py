@@ -181,6 +181,7 @@ def test_the_import_without_torchxrayvision_says_which_extra_to_install(tmp_path
                       catch_exceptions=False)  # fmt: skip
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_artifact_records_its_labels_thresholds_preprocessing_and_source(imported, cache):
     from cxr.models.artifact import read_checkpoint
 
@@ -217,6 +218,7 @@ def test_probabilities_equal_torchxrayvision_on_a_real_nih_image(imported, expec
     assert 0 < (ours >= thresholds).sum() < len(thresholds)  # both decisions occur
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_resnet50_at_512_px_from_its_state_dict_file(tmp_path, sample_dir):
     """torchxrayvision's ResNet-50 reads a torchvision state dict; ours is 512 px in and equal to it to 1e-4."""
     import torchvision
@@ -242,6 +244,7 @@ def test_resnet50_at_512_px_from_its_state_dict_file(tmp_path, sample_dir):
     assert np.abs(ours - [theirs[label] for label in predictor.labels]).max() <= 1e-4 and ours.std() > 0.02
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_predict_evaluate_export_serve_and_grad_cam_without_torchxrayvision(imported, tmp_path, no_xrv):
     from fastapi.testclient import TestClient
 
@@ -316,6 +319,7 @@ def test_fine_tuning_starts_from_the_imported_weights(imported, no_xrv):
     assert not torch.equal(conv0, source["backbone.conv0.weight"])
 
 
+@pytest.mark.slow  # over 3 s on 2 cores: out of make test-fast
 def test_predict_in_a_process_where_torchxrayvision_cannot_be_imported(imported, expected, sample_dir, tmp_path):
     """`cxr predict` on the PNG itself (decode, centered square, resize) gives torchxrayvision's numbers without it."""
     code = textwrap.dedent(

@@ -50,7 +50,7 @@ class Algorithm:
     def of(cls, predictor, model_sha256: str) -> Algorithm:
         from pydicom.uid import generate_uid
 
-        name = f"cxr {_architecture_name(predictor)}"
+        name = f"cxr {predictor.architecture.name}"  # the network (resnet18), from the artifact's ArchitectureSpec
         version = f"{predictor.package_version} model-sha256:{model_sha256[:16]}"
         thresholds = {label: float(predictor.thresholds[label]) for label in predictor.labels}
         uid = generate_uid(entropy_srcs=["cxr dicom-node", model_sha256])
@@ -64,14 +64,6 @@ class Algorithm:
         """The findings at or above their threshold, most probable first (as ``cxr predict``'s ``positive``)."""
         found = [label for label in self.labels if probabilities[label] >= self.thresholds[label]]
         return sorted(found, key=lambda label: -probabilities[label])
-
-
-def _architecture_name(predictor) -> str:
-    """The network's name (``resnet18``), from the predictor's architecture description (a dict, or a typed spec
-    with a ``name``), else the backend."""
-    architecture = getattr(predictor, "architecture", None)
-    name = architecture.get("name") if isinstance(architecture, dict) else getattr(architecture, "name", None)
-    return str(name or predictor.backend)
 
 
 def finding_code(label: str):

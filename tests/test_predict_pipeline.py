@@ -137,3 +137,21 @@ def test_streamed_json_list_is_the_json_of_the_records(checkpoint, predictor, fo
     assert result.exit_code == 0, result.output
     expected = list(iter_predictions(predictor, images, workers=1))
     assert result.stdout == json.dumps(expected, indent=2) + "\n"
+
+
+def test_a_torch_model_leaves_the_decoding_processes_their_cores_and_gets_its_threads_back():
+    import os
+
+    import torch
+
+    from cxr.inference.pipeline import model_threads
+
+    class OnCpu:
+        backend, device = "torch", torch.device("cpu")
+
+    before = torch.get_num_threads()
+    with model_threads(OnCpu(), workers=2):
+        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) - 2)
+    assert torch.get_num_threads() == before
+    with model_threads(OnCpu(), workers=1):  # no pool: the model keeps every thread
+        assert torch.get_num_threads() == before

@@ -13,7 +13,9 @@ their parent).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -148,16 +150,36 @@ def predicted_images(
         raise CxrError(f"batch size must be at least 1, got {batch_size}")
     ahead = 2 * batch_size + 4 * workers
     batch: list[DecodedImage] = []
-    for item in decoded_images(images, predictor.preprocessing, workers, keep_source, ahead):
-        if item.error is not None:
-            on_error(str(item.path), item.error)
-            continue
-        batch.append(item)
-        if len(batch) == batch_size:
+    with model_threads(predictor, workers):
+        for item in decoded_images(images, predictor.preprocessing, workers, keep_source, ahead):
+            if item.error is not None:
+                on_error(str(item.path), item.error)
+                continue
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield from _run_batch(predictor, batch, tta)
+                batch = []
+        if batch:
             yield from _run_batch(predictor, batch, tta)
-            batch = []
-    if batch:
-        yield from _run_batch(predictor, batch, tta)
+
+
+@contextlib.contextmanager
+def model_threads(predictor: Predictor, workers: int) -> Iterator[None]:
+    """While ``workers`` processes decode, a torch model on the CPU takes the cores they leave (at least one
+    intra-op thread), restored afterwards. On 2 cores, 2 decoding processes beside torch's 2 threads oversubscribed
+    the CPU: the pipeline reached 0.78 of its reference, 0.85 with one thread (``benchmarks/predict_pipeline.py``,
+    ``docs/benchmarks.md``). Measured on 2 cores only; onnxruntime keeps its own session settings."""
+    torch = sys.modules.get("torch")  # a torch predictor has loaded it; the ONNX path must not import it
+    on_cpu = str(getattr(predictor, "device", "")) == "cpu"
+    if workers <= 1 or torch is None or predictor.backend != "torch" or not on_cpu:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_batch(predictor: Predictor, batch: list[DecodedImage], tta: bool) -> Iterable[PredictedImage]:

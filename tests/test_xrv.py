@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from cxr.cli import app
 from cxr.errors import CxrError
+from cxr.files import file_sha256
 from cxr.imaging.decode import decode_grayscale
 from cxr.labels import COMMON_FINDINGS, FINDINGS
-from cxr.models.weights import sha256_of
 
 xrv = pytest.importorskip("torchxrayvision", reason="the dev extra installs torchxrayvision (parity reference)")
 
@@ -197,7 +197,7 @@ def test_artifact_records_its_labels_thresholds_preprocessing_and_source(importe
     assert meta["preprocessing"] == {"store_size": 224, "crop": 1.0, "input_size": 224, "eval_transform": "resize"}
     record = meta["config"]["imported"]
     assert record["weights"] == DENSENET and record["file"] == str(cache[0] / file_name(DENSENET))
-    assert record["dropped_outputs"] == [] and record["sha256"] == sha256_of(cache[0] / file_name(DENSENET))
+    assert record["dropped_outputs"] == [] and record["sha256"] == file_sha256(cache[0] / file_name(DENSENET))
     assert checkpoint["state_dict"]["model.backbone.conv0.weight"].shape == (64, 1, 7, 7)  # one channel, no repeat
 
 

@@ -9,6 +9,7 @@ umask's permissions, so a model written by one user stays readable by the team.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -62,3 +63,13 @@ def to_json(document) -> str:
 def write_json(path: str | Path, document) -> Path:
     write_bytes(path, to_json(document).encode())
     return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (weights and checkpoints are large): what artifacts, audit
+    lines and downloads record to name exactly which file they came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

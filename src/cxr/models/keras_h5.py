@@ -16,7 +16,6 @@ group holding the weights of all its layers. Keras 3's own formats (``.weights.h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import CxrError, InputFormatError
+from cxr.files import file_sha256
 
 
 class SaveKind(StrEnum):
@@ -75,15 +75,6 @@ def _names(attrs, name: str) -> tuple[str, ...]:
     return tuple(_text(item) for chunk in chunks for item in np.atleast_1d(chunk))
 
 
-def sha256(path: Path) -> str:
-    """The file's SHA-256, recorded in the artifact so an imported model names exactly what it came from."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _refuse_keras3(path: Path) -> None:
     if zipfile.is_zipfile(path):
         raise CxrError(
@@ -121,7 +112,7 @@ def read_keras_file(path: str | Path) -> KerasFile:
         model_config = _model_config(path, handle) if kind is SaveKind.FULL_MODEL else None
         layer_names = _names(weights_group.attrs, "layer_names")
         layers = {name: weights for name in layer_names if (weights := _layer_weights(path, weights_group, name))}
-    return KerasFile(path, kind, version, backend, model_config, layer_names, layers, sha256(path))
+    return KerasFile(path, kind, version, backend, model_config, layer_names, layers, file_sha256(path))
 
 
 def _model_config(path: Path, handle) -> dict:

@@ -24,7 +24,6 @@ command that needs it, the cache folder, how to copy it there, and that a file p
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import re
@@ -36,6 +35,7 @@ from urllib.parse import urlparse
 from filelock import FileLock
 
 from cxr.errors import CxrError
+from cxr.files import file_sha256
 from cxr.models.http_stream import DownloadBar, DownloadFailed, stream_with_resume
 
 OFFLINE_ENV = "CXR_OFFLINE"
@@ -74,15 +74,6 @@ def hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def sha256_of(path: Path) -> str:
-    """The file's SHA-256, read in 1 MiB blocks (weights files are large)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def unavailable(
     what: str, folder: Path, reason: str, command: str, fetch: str, copy: str = "the file"
 ) -> WeightsUnavailableError:
@@ -118,7 +109,7 @@ def verify_new_blobs(repo: Path, before: set[str], what: str) -> None:
         if not SHA256.fullmatch(name):
             continue  # a small git-stored file: its etag is a git blob hash, not a content SHA-256
         blob = repo / "blobs" / name
-        actual = sha256_of(blob)
+        actual = file_sha256(blob)
         if actual != name:
             for link in (repo / "snapshots").rglob("*"):
                 if link.is_symlink() and Path(os.path.realpath(link)) == Path(os.path.realpath(blob)):
@@ -281,7 +272,7 @@ def _lock_path(folder: Path, name: str) -> Path:
 def _check_and_rename(part: Path, target: Path, url: str, sha256: str | None) -> None:
     """The publisher's SHA-256 (where given) before the rename; a mismatch leaves nothing in the folder."""
     if sha256 is not None:
-        actual = sha256_of(part)
+        actual = file_sha256(part)
         if actual != sha256.lower():
             part.unlink()
             raise CxrError(

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from cxr.errors import CxrError
+from cxr.files import file_sha256
 from cxr.imaging.preprocessing import Preprocessing
 from cxr.labels import COMMON_FINDINGS, canonical_name
 from cxr.models import weights
@@ -202,7 +203,7 @@ def import_torchxrayvision(name: str, out: str | Path, cache_dir: str | Path | N
         "weights": name,
         "url": model.url,
         "file": str(path),
-        "sha256": weights.sha256_of(path),
+        "sha256": file_sha256(path),
         "description": model.description,
         "dropped_outputs": dropped,
         "thresholds": "op_threshs",

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxr.errors import CxrError
+from cxr.files import file_sha256
 from cxr.imaging.decode import decode_grayscale
 from cxr.pacs import analysis, results
 from cxr.pacs.policy import IMAGE_SOP_CLASSES, AssociationPolicy, Destination, decodable_transfer_syntaxes, skip_reason
@@ -92,7 +93,7 @@ class DicomNode:
 
         _config.STORE_RECV_CHUNKED_PDV = False  # True would spool every received instance to a temporary file
         self.predictor, self.settings, self.audit = predictor, settings, audit
-        model_sha256 = _file_sha256(predictor.path)
+        model_sha256 = file_sha256(predictor.path)
         self.algorithm = results.Algorithm.of(predictor, model_sha256)
         if settings.secondary_capture:
             predictor.model  # noqa: B018  Grad-CAM needs the torch model (an ONNX file's twin): fail at start, not later
@@ -281,14 +282,6 @@ def _header(data: bytes):
             if not str(header.get(keyword, "")).strip():
                 raise CxrError(f"header: no {keyword}")
     return header
-
-
-def _file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _counts_text(counts: dict) -> str:

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from cxr import __version__
 from cxr.data.store import Journal, Store, read_journal
 from cxr.errors import CxrError
-from cxr.files import write_json
+from cxr.files import file_sha256, write_json
 from cxr.imaging.preprocessing import Preprocessing, to_unit
 from cxr.models.artifact import load_artifact, write_artifact
-from cxr.probe.encoder import Embedder, embedding_dims, load_encoder, pooling, sha256_file, use_bf16
+from cxr.probe.encoder import Embedder, embedding_dims, load_encoder, pooling, use_bf16
 
 FORMAT, FORMAT_VERSION = "cxr-embeddings", 1
 EMBEDDINGS, ENCODER, MANIFEST = "embeddings.npy", "encoder.ckpt", "manifest.json"
@@ -198,7 +198,7 @@ def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: 
             "crop": store.crop,
             "dataset": str(store.manifest.get("dataset", "nih")),
         },  # fmt: skip
-        "files": {"embeddings": EMBEDDINGS, "encoder": ENCODER, "encoder_sha256": sha256_file(out / ENCODER)},
+        "files": {"embeddings": EMBEDDINGS, "encoder": ENCODER, "encoder_sha256": file_sha256(out / ENCODER)},
         "package_version": __version__,
         "params": params,
     }

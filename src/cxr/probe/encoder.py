@@ -11,7 +11,6 @@ it and every architecture's own pooling is kept (He et al., "Masked Autoencoders
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from cxr.errors import CxrError
+from cxr.files import file_sha256
 from cxr.imaging.preprocessing import Preprocessing
 from cxr.labels import FINDINGS
 from cxr.models.artifact import load_artifact, make_preprocessing
@@ -36,14 +36,6 @@ class Encoder:
     preprocessing: Preprocessing
     labels: list[str]  # the model's outputs (a backbone built by name: NIH's findings, on an untrained head)
     description: dict  # JSON-safe: kind, name, sha256 of the weights file or the pretrained source; no paths
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def artifact_file(model: str | Path) -> Path | None:
@@ -78,7 +70,7 @@ def load_encoder(
         artifact = load_artifact(path, device=device)
         artifact.preprocessing.check_store(store)
         description = {"kind": "artifact", "name": artifact.spec.architecture.name, "file": path.name,
-                       "sha256": sha256_file(path), "labels": list(artifact.labels)}  # fmt: skip
+                       "sha256": file_sha256(path), "labels": list(artifact.labels)}  # fmt: skip
         return Encoder(artifact.model.eval(), artifact.preprocessing, list(artifact.labels), description)
     size = int(input_size or store.size)
     built = create_model(str(model), len(FINDINGS), head="gap", pretrained=pretrained, input_size=size,
@@ -92,7 +84,7 @@ def _weights_record(pretrained: str) -> dict:
     """Where a backbone's weights came from: a named source, or a file by name and SHA-256 (no machine path)."""
     path = Path(pretrained)
     if pretrained not in ("none", "imagenet") and path.is_file():
-        return {"file": path.name, "sha256": sha256_file(path)}
+        return {"file": path.name, "sha256": file_sha256(path)}
     return {"source": pretrained}
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cxr.errors import CxrError
+from cxr.files import file_sha256
 from cxr.inference.serve.uploads import HTTPProblem
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("cxr_request_id", default="-")
@@ -133,14 +134,6 @@ class RequestContext:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class AuditLog:

@@ -154,7 +154,7 @@ def test_orthanc_round_trip(tools, checkpoint, predictor, tmp_path, sample_dir, 
 
     import pydicom
 
-    from cxr.inference.ops import AuditLog
+    from cxr.inference.serve.telemetry import AuditLog
     from cxr.pacs.node import DicomNode
     from cxr.pacs.run import node_settings
 

@@ -98,7 +98,7 @@ def test_a_request_without_a_key_is_refused_before_its_body_is_read(keyed):
 
 
 def test_keys_are_compared_in_constant_time_with_every_key(monkeypatch):
-    from cxr.inference import security
+    from cxr.inference.serve import security
 
     calls = []
     real = security.hmac.compare_digest

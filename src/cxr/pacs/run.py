@@ -73,8 +73,8 @@ def run_node(model: str | Path, settings, audit: Path | None = None, metrics_por
         if (error.name or "").split(".")[0] in ("pynetdicom", "highdicom"):
             raise CxrError(f"cxr dicom-node needs {error.name}: {PACS_EXTRA}") from None
         raise
-    from cxr.inference.ops import AuditLog
     from cxr.inference.predict import load_predictor
+    from cxr.inference.serve.telemetry import AuditLog
 
     _log_to_stderr()
     predictor = load_predictor(model)

@@ -1,3 +1,0 @@
-"""Moved to :mod:`cxr.inference.serve.security` (the serving package); this name keeps older imports working."""
-
-from cxr.inference.serve.security import *  # noqa: F403

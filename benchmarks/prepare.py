@@ -78,7 +78,8 @@ import json, os, sys, time, multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from cxr.imaging import decode
-from cxr.data.prepare import _init_worker, chunk_size_for
+from cxr.data.prepare import chunk_size_for
+from cxr.imaging.decode import init_decode_worker
 
 def decode_chunk(decoder, files):
     decode.DECODER = decoder
@@ -94,7 +95,8 @@ if __name__ == "__main__":
     context.set_forkserver_preload(["cxr.imaging.decode"])
     size = chunk_size_for(len(files), workers)
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_decode_worker, initargs=(os.getpid(),))
+    with pool:
         done = sum(pool.map(decode_chunk, [decoder] * len(chunks), chunks))
     print(json.dumps({"images": done, "seconds": time.perf_counter() - start}))
 """

@@ -21,8 +21,6 @@ import fcntl
 import hashlib
 import json
 import os
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -39,7 +37,7 @@ from cxr.data.store import JOURNAL, Journal, allocate_images, read_journal, writ
 from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.imaging import decode  # decode.DECODER is read when a store is written: it may be switched at run time
-from cxr.imaging.decode import decode_grayscale, preprocess
+from cxr.imaging.decode import decode_grayscale, init_decode_worker, preprocess
 from cxr.imaging.geometry import crop_square
 from cxr.provenance import environment
 
@@ -75,27 +73,6 @@ def _write_chunk(images_path: str, offset: int, size: int, crop: float, first_ro
             sizes.append(None)
     del rows  # unmap: written pages must not accumulate in this worker's resident memory (the parent syncs them)
     return {"sizes": sizes, "rejects": rejects}
-
-
-def _init_worker(parent: int | None = None) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per process: OpenCV's own threads would only compete with the other workers
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # a corrupt PNG is a reject, not a warning
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    """Exit when ``parent`` is gone: a pool worker otherwise outlives a SIGKILLed prepare, blocked on its queue."""
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:  # the pid was reused by another user's process: ours is gone
-            os._exit(1)
 
 
 def _ours(name: str) -> bool:
@@ -268,7 +245,7 @@ def _run(tasks: dict, record, workers: int, console, total: int, completed: int)
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["cxr.imaging.decode"])
         pending = iter(tasks.items())
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_decode_worker, initargs=(os.getpid(),))
         with pool:
             running = {}
             while True:

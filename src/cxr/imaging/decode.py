@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -138,3 +140,23 @@ def preprocess(gray: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
 def load(source: str | Path | bytes, size: int, crop: float = 1.0, name: str | None = None) -> np.ndarray:
     """Decode and preprocess in one call: what a store row holds for this image."""
     return preprocess(decode_grayscale(source, name=name), size, crop)
+
+
+def init_decode_worker(parent: int | None = None) -> None:
+    """Initializer of a process that decodes images for ``parent`` (``cxr prepare``'s and ``cxr predict``'s pools):
+    one OpenCV thread (its own threads would only compete with the other workers), OpenCV's warnings off (a corrupt
+    file is reported by the caller), and an exit when ``parent`` is gone, so a worker blocked on its queue does not
+    outlive a killed command."""
+    cv2.setNumThreads(1)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(parent, 0)
+        except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
+            os._exit(1)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import CxrError
-from cxr.imaging.decode import decode_grayscale
+from cxr.imaging.decode import decode_grayscale, init_decode_worker
 from cxr.imaging.preprocessing import Preprocessing, to_unit
 from cxr.inference.predictor import Predictor, probabilities
 
@@ -62,24 +60,6 @@ def _decode_chunk(paths: list[Path], preprocessing: Preprocessing, keep_source: 
     return [decode_for_model(path, preprocessing, keep_source) for path in paths]
 
 
-def _init_worker(parent: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per process: OpenCV's own threads would only compete with the other workers
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # a corrupt file is reported, not warned about
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    """Exit when ``parent`` is gone: a pool worker otherwise outlives a killed ``cxr predict``."""
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(parent, 0)
-        except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
-            os._exit(1)
-
-
 def resolve_workers(workers: int | None, images: int) -> int:
     """``workers`` as given, or by default every core, except for a handful of files (no pool at all)."""
     if workers is not None:
@@ -104,7 +84,9 @@ def decoded_images(
     context.set_forkserver_preload(["cxr.imaging.decode", "cxr.imaging.preprocessing"])
     chunks = (list(images[start : start + CHUNK_IMAGES]) for start in range(0, len(images), CHUNK_IMAGES))
     in_flight = max(2 * workers, -(-ahead // CHUNK_IMAGES))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=init_decode_worker, initargs=(os.getpid(),)
+    ) as pool:
         running: deque[Future] = deque()
         try:
             for chunk in chunks:

@@ -189,11 +189,7 @@ def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command
 
     what = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
     fetch = f"run `hf download {repo_id} {filename}{f' --revision {revision}' if revision else ''}`"
-    cache = hub_cache()
-    repo = _repo_folder(cache, repo_id)
-    before = _blobs(repo)
-    local_only = offline(hub=True)
-    with _hub_errors(what, repo_id, fetch, command), _hub_offline_mode(local_only):
+    with _from_hub(repo_id, what, fetch, command) as (cache, local_only):
         path = hf_hub_download(
             repo_id,
             filename,
@@ -203,7 +199,6 @@ def hf_file(repo_id: str, filename: str, revision: str | None = None, *, command
             local_files_only=local_only,
             tqdm_class=DownloadBar,
         )
-    verify_new_blobs(repo, before, what)
     return Path(path)
 
 
@@ -216,11 +211,7 @@ def hf_snapshot(
 
     options = [f"--include '{p}'" for p in allow_patterns or []] + ([f"--revision {revision}"] if revision else [])
     fetch = f"run `hf download {' '.join([repo_id, *options])}`"
-    cache = hub_cache()
-    repo = _repo_folder(cache, repo_id)
-    before = _blobs(repo)
-    local_only = offline(hub=True)
-    with _hub_errors(repo_id, repo_id, fetch, command), _hub_offline_mode(local_only):
+    with _from_hub(repo_id, repo_id, fetch, command) as (cache, local_only):
         path = snapshot_download(
             repo_id,
             revision=revision,
@@ -229,8 +220,20 @@ def hf_snapshot(
             local_files_only=local_only,
             allow_patterns=allow_patterns,
         )
-    verify_new_blobs(repo, before, repo_id)
     return Path(path)
+
+
+@contextmanager
+def _from_hub(repo_id: str, what: str, fetch: str, command: str) -> Iterator[tuple[Path, bool]]:
+    """Around one hub download: yields (cache folder, offline?); hub errors become one-line ``CxrError``s, and the blobs
+    the download added are checked against their SHA-256 when it succeeds."""
+    cache = hub_cache()
+    repo = _repo_folder(cache, repo_id)
+    before = _blobs(repo)
+    local_only = offline(hub=True)
+    with _hub_errors(what, repo_id, fetch, command), _hub_offline_mode(local_only):
+        yield cache, local_only
+    verify_new_blobs(repo, before, what)
 
 
 # --- any other URL -------------------------------------------------------------------------------------------------

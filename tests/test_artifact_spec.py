@@ -43,7 +43,9 @@ def test_old_artifacts_predict_the_probabilities_they_were_written_with(name):
 
 def test_the_old_onnx_file_carries_paths_that_the_server_does_not_show():
     assert b"StMungos-cohort" in (LEGACY / "legacy.onnx").read_bytes()  # the leak this schema fixes
-    client = TestClient(__import__("cxr.inference.serve", fromlist=["create_app"]).create_app(LEGACY / "legacy.onnx"))
+    from cxr.inference.serve import create_app
+
+    client = TestClient(create_app(LEGACY / "legacy.onnx"))
     described = client.get("/api/model").text
     assert "StMungos" not in described and "store-64" in described
 

@@ -120,9 +120,8 @@ def _read_weights(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CxrError(f"{path}: not a PyTorch weights file ({type(error).__name__}: {error})") from error
-    if isinstance(payload, dict) and isinstance(payload.get("cxr"), dict) and "state_dict" in payload:
-        state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items() if k.startswith("model.")}
-        return "cxr", state
+    if _is_cxr_payload(payload):
+        return "cxr", _cxr_state(payload)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CxrError(f"{path}: expected a state dict (name -> tensor) or a cxr checkpoint")
@@ -333,39 +332,44 @@ def create_model(
             f"model.drop_path={drop_path}: a rate in [0, 1) for timm models (stochastic depth), 0 for {name}"
         )
     pretrained = str(pretrained)
-    is_cxr_file = pretrained not in ("none", "imagenet") and _is_cxr_checkpoint(Path(pretrained))
+    checkpoint = _cxr_checkpoint(Path(pretrained)) if pretrained not in ("none", "imagenet") else None
+    is_cxr_file = checkpoint is not None  # loaded once: its recorded backbone and its weights come from it
     if name in ARCHITECTURES:
         model = _torchvision_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file)
     elif _is_foundation_name(name):
         if is_cxr_file and backbone_config is None:  # an earlier run's checkpoint: its backbone as it recorded it
-            backbone_config = _read_checkpoint_meta(Path(pretrained))["architecture"].get("backbone_config")
+            backbone_config = checkpoint["cxr"]["architecture"].get("backbone_config")
         spec = _foundation_spec(name, head, input_size, "none" if is_cxr_file else pretrained, backbone_config)
         model = _foundation_net(name, spec, num_outputs, head, dropout, input_size, labels)
     else:
         model = _timm_net(name, num_outputs, head, dropout, pretrained, input_size, labels, is_cxr_file, drop_path)
     if normalization is not None:
         _check_normalization(model, normalization)
-    if is_cxr_file:
-        _load_cxr_state(model, _read_weights(Path(pretrained))[1], pretrained)
+    if checkpoint is not None:
+        _load_cxr_state(model, _cxr_state(checkpoint), pretrained)
     if grad_checkpointing:
         _set_grad_checkpointing(model)
     return model
 
 
-def _read_checkpoint_meta(path: Path) -> dict:
-    """The ``"cxr"`` block of one of our checkpoints."""
-    return torch.load(path, map_location="cpu", weights_only=True)["cxr"]
-
-
-def _is_cxr_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is one of our checkpoints (``model.pretrained``/``init_from`` of an earlier run)."""
+def _cxr_checkpoint(path: Path) -> dict | None:
+    """``path`` loaded, if it is one of our checkpoints (``model.pretrained``/``init_from`` of an earlier run)."""
     if path.suffix == ".safetensors" or not path.is_file():
-        return False  # the loader of the architecture reports a missing file in its words
+        return None  # the loader of the architecture reports a missing file in its words
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a PyTorch file: the architecture's loader says so
-        return False
+        return None
+    return payload if _is_cxr_payload(payload) else None
+
+
+def _is_cxr_payload(payload) -> bool:
     return isinstance(payload, dict) and isinstance(payload.get("cxr"), dict) and "state_dict" in payload
+
+
+def _cxr_state(payload: dict) -> dict[str, torch.Tensor]:
+    """The CxrNet weights of one of our checkpoints (the LightningModule's ``model.*`` entries)."""
+    return {k.removeprefix("model."): v for k, v in payload["state_dict"].items() if k.startswith("model.")}
 
 
 def _torchvision_net(

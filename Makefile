@@ -20,7 +20,7 @@ ifneq ($(LOCK),)
 else
 	$(PY) -m pip install --quiet -e '.[train,dev,foundation,pacs]'
 endif
-# The complete NIH metadata table ships in this wheel; tests/test_nih.py reads it (and skips without it).
+# The complete NIH metadata table ships in this wheel; tests/data/test_nih.py reads it (and skips without it).
 # Downloaded, not installed; the leading '-' keeps an offline machine going.
 	-$(PY) -m pip download --quiet --no-deps --dest $(VENV)/wheels torchxrayvision==1.5.7
 	touch $(STAMP)

@@ -1,6 +1,6 @@
 """Benchmark: ``cxr predict`` on a folder of full-size PNGs against the decoding and model rates it is built from.
 
-Copies the real 1024x1024 NIH sample PNGs (``tests/data/nih-sample``) into a temporary folder until it holds
+Copies the real 1024x1024 NIH sample PNGs (``tests/fixtures/nih-sample``) into a temporary folder until it holds
 ``--images`` files, writes a random-init ResNet-18 artifact (the demo's model: 112 px, 14 findings, GAP head), then
 measures in one run, each after one untimed warm-up pass over a few files:
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from cxr.labels import FINDINGS
 
-SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "nih-sample" / "images"
+SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "nih-sample" / "images"
 
 
 def make_folder(folder: Path, images: int) -> list[Path]:

@@ -2,7 +2,7 @@
 
 Writes a ResNet-18 artifact (random init, GAP head, 224 px, 14 findings; ``--onnx`` also exports it and serves the
 ``.onnx``), starts ``cxr serve`` on it as a subprocess on 127.0.0.1, and posts a real 1024x1024 NIH radiograph (PNG,
-``tests/data/nih-sample``) to ``/api/predict``: ``--requests`` requests from one client, then the same number from 8
+``tests/fixtures/nih-sample``) to ``/api/predict``: ``--requests`` requests from one client, then the same number from 8
 clients at once (threads, one keep-alive connection each). It does so twice in one run: with ``--batch-max 1`` (no
 micro-batching) and with the server's default batching (or ``--batch-max``/``--batch-wait-ms``). Prints requests/s,
 the median latency of one client, the ratios batched / unbatched (issue 24: 8 clients >= 1.5x, one client's p50
@@ -30,7 +30,7 @@ import httpx
 
 from cxr.labels import FINDINGS
 
-IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "nih-sample" / "images" / "00000013_003.png"
+IMAGE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "nih-sample" / "images" / "00000013_003.png"
 
 
 def build(folder: Path, size: int, onnx: bool) -> Path:

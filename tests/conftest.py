@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "nih-sample"
+SAMPLE_DIR = Path(__file__).resolve().parent / "fixtures" / "nih-sample"
 
 # The tiers (`make test-fast` runs `-m "not slow"`): a test that trains a model or runs a server is slow. Tests that
 # use a trained run through these fixtures are marked here; the others carry @pytest.mark.slow (or a module-level
@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    """The real NIH sample (read-only; tests/data/nih-sample/README.md): CSVs, the complete official lists, the
+    """The real NIH sample (read-only; tests/fixtures/nih-sample/README.md): CSVs, the complete official lists, the
     blacklist, boxes and 11 full-size PNGs, one of them RGBA."""
     return SAMPLE_DIR
 

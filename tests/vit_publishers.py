@@ -1,5 +1,5 @@
 """Random weights in the publishers' own checkpoint formats, and plain-torch renderings of the authors' forwards, for
-``tests/test_vit_checkpoints.py``.
+``tests/models/test_vit_checkpoints.py``.
 
 The files are what the authors' training code saves (``{"model": state_dict, "optimizer": ..., "epoch": ...,
 "args": Namespace}``) with their key names: EVA-02's masked-image-modelling encoder for EVA-X (hustvl/EVA-X,

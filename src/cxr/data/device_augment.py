@@ -11,7 +11,7 @@ the shift, sampled bilinearly with the border repeated (``padding_mode="border"`
 the random or centre crop and the flip. Crop and flip are folded into the sampling grid, so each output pixel is
 interpolated once, as on the CPU. The one difference: OpenCV's ``warpAffine`` rounds source coordinates to 1/32
 pixel and its weights to 15 bits, ``grid_sample`` computes them in float32; after rounding to uint8 (as OpenCV
-does), outputs differ by at most one grey level in a few pixels in ten thousand (``tests/test_device_augment.py``
+does), outputs differ by at most one grey level in a few pixels in ten thousand (``tests/data/test_device_augment.py``
 bounds it). The [0, 1] scaling stays :func:`cxr.imaging.preprocessing.to_unit`'s, in the LightningModule.
 """
 

@@ -23,7 +23,8 @@ import pytest
 pytest.importorskip("pynetdicom")
 
 from test_pacs import SC_CLASS, SR_CLASS, cr_dataset, encoded, predicted_by_cli, sr_findings  # noqa: E402
-from test_serve_security import assert_no_marker, writes_during  # noqa: E402
+
+from privacy_checks import assert_no_marker, writes_during  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a hung PACS fails the test with its name
 TOOLS = ("Orthanc", "storescu", "echoscu")

@@ -12,7 +12,7 @@ import torch
 
 pytestmark = pytest.mark.slow  # the benchmark trains for a few steps
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train_e2e.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_train_e2e.py"
 
 
 def _benchmark():

@@ -1,6 +1,6 @@
 """Scoring NIH predictions against Google's expert labels: the combination rules, the images both files cover,
 "not available" for Fracture, sklearn agreement on the real file (from the torchxrayvision wheel), chance level for
-random predictions, and the CLI on the excerpt in tests/data."""
+random predictions, and the CLI on the excerpt in tests/fixtures."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from cxr.evaluation.evaluate import evaluate_predictions
 from cxr.evaluation.expert import RULES, expert_probabilities
 from cxr.labels import FINDINGS
 
-REPO = Path(__file__).resolve().parents[1]
-EXCERPT = REPO / "tests" / "data" / "google2019" / "google2019_nih-chest-xray-labels.csv"
+REPO = Path(__file__).resolve().parents[2]
+EXCERPT = REPO / "tests" / "fixtures" / "google2019" / "google2019_nih-chest-xray-labels.csv"
 SCORED = ("Pneumothorax", "Nodule or mass", "Airspace opacity")
 
 

@@ -21,7 +21,7 @@ from cxr.config import (
 from cxr.errors import CxrError
 from cxr.labels import ANY_FINDING
 
-PRESETS = available_experiments()  # tests/test_tasks.py pins the list itself
+PRESETS = available_experiments()  # tests/data/test_tasks.py pins the list itself
 SEED_SGD = {"name": "sgd", "lr": 1e-4, "momentum": 0.9, "nesterov": True, "decay": 1e-6}
 
 

@@ -1,5 +1,5 @@
 """Dataset readers beyond NIH: detection, each dataset's quirks and errors on excerpts of the real files
-(``tests/data/<dataset>/``), the common vocabulary, ``cxr inspect``, and the checked figures on the complete files
+(``tests/fixtures/<dataset>/``), the common vocabulary, ``cxr inspect``, and the checked figures on the complete files
 of the torchxrayvision wheel (skipped when it was not downloaded)."""
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from cxr.data.datasets import (
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import COMMON_LABELS, FINDINGS
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "fixtures"
 EXCERPTS = ("chexpert", "mimic", "padchest", "vindr", "rsna", "siim", "google2019")
 
 

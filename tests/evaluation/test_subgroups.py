@@ -233,7 +233,7 @@ def test_readers_harmonise_sex_age_and_view(tmp_path):
     from cxr.data.datasets import read_dataset
     from cxr.data.datasets.source import store_source
 
-    data = Path(__file__).resolve().parent / "data"
+    data = Path(__file__).resolve().parents[1] / "fixtures"
     chexpert = store_source(read_dataset(data / "chexpert")).metadata
     assert set(chexpert["sex"]) <= {"F", "M", ""} and "F" in set(chexpert["sex"]) and chexpert["age"].iat[0] == 68
     padchest = read_dataset(data / "padchest").images

@@ -17,7 +17,7 @@ import pytest
 
 from cxr.labels import FINDINGS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -155,7 +155,7 @@ def test_every_classifier_keeps_all_its_outputs_in_its_order():
 
 def test_missing_weights_offline_and_unknown_names_are_clear_errors(tmp_path, monkeypatch):
     """Offline (``CXR_OFFLINE=1``) a missing weights file is one line naming the command, the file's URL and the
-    folder, and nothing is written (downloading it: tests/test_weights.py)."""
+    folder, and nothing is written (downloading it: tests/models/test_weights.py)."""
     monkeypatch.setenv("CXR_OFFLINE", "1")
     out = tmp_path / "m.ckpt"
     with pytest.raises(CxrError) as error:

@@ -20,7 +20,7 @@ from cxr.models.artifact import load_artifact, make_preprocessing, read_checkpoi
 from cxr.models.factory import create_model
 from cxr.models.spec import ArchitectureSpec, ModelSpec, TrainingData, without_path
 
-LEGACY = Path(__file__).resolve().parent / "data" / "artifacts"
+LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "artifacts"
 LEGACY_LABELS = ("Cardiomegaly", "Effusion", "Pleural_Thickening")
 LEGACY_THRESHOLDS = {"Cardiomegaly": 0.31, "Effusion": 0.5, "Pleural_Thickening": 0.07}
 
@@ -30,7 +30,7 @@ LEGACY_THRESHOLDS = {"Cardiomegaly": 0.31, "Effusion": 0.5, "Pleural_Thickening"
 
 @pytest.mark.parametrize("name", ["legacy.ckpt", "legacy.onnx"])
 def test_old_artifacts_predict_the_probabilities_they_were_written_with(name):
-    """tests/data/artifacts/make_fixtures.py wrote these with cxr at 5ef3c69, and the probabilities beside them."""
+    """tests/fixtures/artifacts/make_fixtures.py wrote these with cxr at 5ef3c69, and the probabilities beside them."""
     predictor = load_predictor(LEGACY / name)
     expected = np.load(LEGACY / "legacy_probabilities.npy")
     np.testing.assert_allclose(predictor.probabilities(parity_inputs(64)), expected, rtol=0, atol=1e-6)

@@ -22,7 +22,7 @@ from cxr.errors import CxrError
 from cxr.imaging.decode import load
 from cxr.labels import COMMON_LABELS
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def gradient(seed: int, height: int = 80, width: int = 64, maximum: int = 4095) -> np.ndarray:

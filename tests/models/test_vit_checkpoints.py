@@ -26,7 +26,7 @@ from cxr.models.factory import create_model
 from cxr.models.vit_registry import XRAY_VITS
 from vit_publishers import eva_reference, eva_x_state, mae_reference, mae_state, publisher_file
 
-IMAGE = Path(__file__).parent / "data" / "nih-sample" / "images" / "00000001_000.png"
+IMAGE = Path(__file__).parents[1] / "fixtures" / "nih-sample" / "images" / "00000001_000.png"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -257,7 +257,7 @@ def test_drop_path_reaches_any_timm_model_and_is_refused_for_torchvision_ones():
 
 
 def test_the_readme_table_lists_every_registered_model():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name, entry in XRAY_VITS.items():
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` |")), None)
         assert row is not None, name

@@ -11,10 +11,10 @@ from cxr.evaluation.evaluate import evaluate_predictions
 from cxr.evaluation.results import EvaluationResult, LabelResult
 from cxr.files import plain
 
-FIXTURES = Path(__file__).resolve().parent / "data" / "evaluation"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evaluation"
 LEGACY = FIXTURES / "metrics-e96e145.json"
 """Written by ``cxr evaluate --predictions`` at commit e96e145 (nested dicts, before the types) from
-``predictions.csv`` against the NIH sample, 40 resamples, seed 3 (tests/data/evaluation/README.md)."""
+``predictions.csv`` against the NIH sample, 40 resamples, seed 3 (tests/fixtures/evaluation/README.md)."""
 
 
 def key_paths(document, prefix: str = "") -> set[str]:

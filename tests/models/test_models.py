@@ -22,7 +22,7 @@ from cxr.models.artifact import (
 from cxr.models.factory import ARCHITECTURES, HEADS, create_model
 
 # torchxrayvision's layouts are these nets but for the stem: test_torchxrayvision_layout_... covers them, in less time;
-# Keras' (keras-*) are DenseNets with another epsilon and no final ReLU: tests/test_keras_import.py covers them.
+# Keras' (keras-*) are DenseNets with another epsilon and no final ReLU: tests/models/test_keras_import.py covers them.
 TORCHVISION = [name for name in ARCHITECTURES if not name.startswith(("xrv-", "keras-"))]
 
 

@@ -29,7 +29,7 @@ from cxr.data.splits import PatientOverlapError
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import FINDINGS, LABELS, NO_FINDING
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ["image", "patient_id", "follow_up", "age", "age_outlier", "sex", "view", "width", "height", "spacing_x",
            "spacing_y", *LABELS]  # fmt: skip
 

@@ -210,7 +210,7 @@ def test_registry_documents_every_entry():
         assert "published" in entry.published
     table = model_table()
     assert all(f"`{name}`" in table for name in FOUNDATION_MODELS)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert table in readme  # the README's table is this registry's, regenerated when an entry changes
 
 

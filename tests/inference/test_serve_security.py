@@ -22,6 +22,7 @@ from conftest import running_server, tiny_checkpoint
 from cxr.errors import CxrError
 from cxr.inference.serve import app as serve_app
 from cxr.inference.serve import create_app, service
+from privacy_checks import MARKER_FILE, MARKERS, assert_no_marker, writes_during
 
 SAMPLE = "00000013_003.png"
 KEYS = ("first-client-key-0123456789", "second-client-key-abcdefghij")
@@ -154,24 +155,9 @@ def test_listening_beyond_loopback_needs_a_key(monkeypatch, checkpoint, capsys):
 
 # --- 2. No patient data retained or echoed -------------------------------------------------------------------------
 
-MARKERS = {
-    "PatientName": "ZQMARKER^PATIENTNAME",
-    "PatientID": "ZQMARKERPID4471",
-    "PatientBirthDate": "19020317",
-    "AccessionNumber": "ZQMARKERACC93",
-    "InstitutionName": "ZQMARKER INSTITUTION",
-    "ReferringPhysicianName": "ZQMARKER^REFERRER",
-}
-MARKER_FILE = "ZQMARKERFILE_DOE_JANE.dcm"
-
 
 def planted(gray: np.ndarray) -> bytes:
     return dicom_bytes(gray, **MARKERS)
-
-
-def assert_no_marker(text: str, where: str) -> None:
-    for value in [*MARKERS.values(), MARKER_FILE, "ZQMARKERFILE", "ZQMARKER"]:
-        assert value not in text, (value, where)
 
 
 def test_no_header_value_or_file_name_in_answers_or_logs(checkpoint, png_bytes, caplog, monkeypatch):
@@ -206,34 +192,6 @@ def test_no_header_value_or_file_name_in_answers_or_logs(checkpoint, png_bytes, 
     assert "cxr.access" in logged and "route=/api/predict status=200" in logged  # the logs were captured
     assert logged.count("request=") >= 3
     assert_no_marker(logged, "log records")
-
-
-_AUDIT_HOOK: dict = {"armed": False, "events": []}
-
-
-def _record_writes(event: str, args) -> None:
-    if not _AUDIT_HOOK["armed"]:
-        return
-    if event == "open":
-        path, _mode, flags = args
-        if isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND):
-            _AUDIT_HOOK["events"].append((event, path))
-    elif event in ("tempfile.mkstemp", "tempfile.mkdtemp", "os.truncate"):
-        _AUDIT_HOOK["events"].append((event, args))
-
-
-def writes_during(action) -> list:
-    """The files opened for writing (and temp files made) anywhere in this process while ``action`` runs."""
-    if not getattr(sys, "_cxr_write_hook", False):
-        sys.addaudithook(_record_writes)  # cannot be removed: armed only inside this function
-        sys._cxr_write_hook = True
-    _AUDIT_HOOK["events"] = []
-    _AUDIT_HOOK["armed"] = True
-    try:
-        result = action()
-    finally:
-        _AUDIT_HOOK["armed"] = False
-    return result, list(_AUDIT_HOOK["events"])
 
 
 def test_uploads_never_touch_the_disk(checkpoint):

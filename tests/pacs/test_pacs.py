@@ -1,6 +1,6 @@
 """``cxr dicom-node`` against pynetdicom peers on loopback: the round trip (SR and SC equal to ``cxr predict``), the
 allow list, back-pressure, bad instances, a destination that is down, no file written and no identifier logged.
-The same against a real PACS (Orthanc) and dcmtk is ``tests/test_pacs_orthanc.py``."""
+The same against a real PACS (Orthanc) and dcmtk is ``tests/pacs/test_pacs_orthanc.py``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from cxr.errors import CxrError  # noqa: E402
 from cxr.pacs.node import DicomNode, NodeSettings  # noqa: E402
 from cxr.pacs.policy import AssociationPolicy, Destination, Peer, skip_reason  # noqa: E402
 from cxr.pacs.sender import RetryPolicy  # noqa: E402
-from test_serve_security import MARKERS, assert_no_marker, writes_during  # noqa: E402
+from privacy_checks import MARKERS, assert_no_marker, writes_during  # noqa: E402
 
 SAMPLE = "00000013_003.png"
 CR = "1.2.840.10008.5.1.4.1.1.1"

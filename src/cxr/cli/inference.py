@@ -36,15 +36,20 @@ def predict(
         None, "--workers", help="Decoding processes (default: every core; 1 decodes in this process)."
     ),
     device: str = typer.Option("cpu", "--device", help="Where a checkpoint runs: cpu, cuda, cuda:1, mps."),
+    devices: str | None = typer.Option(
+        None, "--devices", help="Several devices, one process each: N (the first N GPUs) or cuda:0,cuda:2 (or cpu,cpu)."
+    ),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally mirrored image."),
 ) -> None:
     """Probability of each finding per image; unreadable files are reported on stderr and skipped (exit 1).
 
     Files are decoded in a pool of processes while the model runs; records are written to --csv/--jsonl in input
-    order as each batch completes, so a killed run continues with --resume.
+    order as each batch completes, so a killed run continues with --resume. With --devices, each device predicts
+    interleaved chunks of the input in its own process, its share of --workers decoding for it.
     """
     from rich.console import Console
 
+    from cxr.inference.devices import parse_devices
     from cxr.inference.outputs import image_keys, open_sinks
     from cxr.inference.predict import find_images, iter_predictions, load_predictor
 
@@ -57,7 +62,12 @@ def predict(
 
     if batch_size < 1:
         raise CxrError(f"batch size must be at least 1, got {batch_size}")
-    predictor = load_predictor(model, device=device)
+    device_list = parse_devices(devices) if devices is not None else None
+    if device_list is not None and device != "cpu":
+        raise CxrError("--device and --devices: give one of them")
+    if device_list is not None and len(device_list) == 1:  # one device: this process runs it
+        device, device_list = device_list[0], None
+    predictor = load_predictor(model, device=device)  # with several devices, here only for labels and thresholds
     found, missing = find_images(images)
     for error in missing:
         report(error["image"], error["error"])
@@ -73,7 +83,7 @@ def predict(
         with _progress(stderr, len(todo)) as advance:
             records = iter_predictions(
                 predictor, todo, batch_size=batch_size, workers=workers, cam_dir=cam, on_error=report, tta=tta,
-                stems=None,
+                stems=None, devices=device_list,
             )  # fmt: skip
             for record in records:
                 for sink in sinks:

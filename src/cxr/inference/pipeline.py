@@ -17,7 +17,7 @@ import contextlib
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -127,22 +127,23 @@ def predicted_images(
     on_error: Callable[[str, str], None],
 ) -> Iterator[PredictedImage]:
     """Probabilities for every readable file of ``images``, in input order, the model running on batches of
-    ``batch_size`` while the pool decodes the next ones. Unreadable files go to ``on_error(path, reason)``."""
+    ``batch_size`` while the pool decodes the next ones. Unreadable files go to ``on_error(path, reason)`` in their
+    place in the input order (just before the next readable file is yielded), so a consumer that counts outcomes
+    (:mod:`cxr.inference.devices`) knows which input each one answers."""
     if batch_size < 1:
         raise CxrError(f"batch size must be at least 1, got {batch_size}")
     ahead = 2 * batch_size + 4 * workers
-    batch: list[DecodedImage] = []
+    pending: list[DecodedImage] = []
+    readable = 0
     with model_threads(predictor, workers):
         for item in decoded_images(images, predictor.preprocessing, workers, keep_source, ahead):
-            if item.error is not None:
-                on_error(str(item.path), item.error)
-                continue
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield from _run_batch(predictor, batch, tta)
-                batch = []
-        if batch:
-            yield from _run_batch(predictor, batch, tta)
+            pending.append(item)
+            readable += item.error is None
+            if readable == batch_size:
+                yield from _run_batch(predictor, pending, tta, on_error)
+                pending, readable = [], 0
+        if pending:
+            yield from _run_batch(predictor, pending, tta, on_error)
 
 
 @contextlib.contextmanager
@@ -164,7 +165,16 @@ def model_threads(predictor: Predictor, workers: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _run_batch(predictor: Predictor, batch: list[DecodedImage], tta: bool) -> Iterable[PredictedImage]:
-    inputs = to_unit(np.stack([item.view for item in batch]))[:, None]
-    rows = probabilities(predictor, inputs, tta)
-    return [PredictedImage(item.path, row, item.source) for item, row in zip(batch, rows, strict=True)]
+def _run_batch(
+    predictor: Predictor, pending: list[DecodedImage], tta: bool, on_error: Callable[[str, str], None]
+) -> Iterator[PredictedImage]:
+    """The model on the readable files of ``pending``; then every file in order: its record, or its error."""
+    batch = [item for item in pending if item.error is None]
+    rows = iter(
+        probabilities(predictor, to_unit(np.stack([item.view for item in batch]))[:, None], tta) if batch else []
+    )
+    for item in pending:
+        if item.error is not None:
+            on_error(str(item.path), item.error)
+        else:
+            yield PredictedImage(item.path, next(rows), item.source)

@@ -19,6 +19,7 @@ import numpy as np
 
 from cxr.errors import CxrError
 from cxr.inference.cam import unique_stems, write_heatmaps
+from cxr.inference.devices import predicted_on_devices
 from cxr.inference.pipeline import predicted_images, resolve_workers
 from cxr.inference.predictor import Predictor, probabilities, resolve_model_path
 
@@ -95,21 +96,34 @@ def iter_predictions(
     stems: dict[str, str] | None = None,
     on_error: Callable[[str, str], None] | None = None,
     tta: bool = False,
+    devices: Sequence[str] | None = None,
 ) -> Iterator[dict]:
     """One :func:`prediction_record` per readable file of ``images``, in input order, as each batch completes.
 
     Decoding runs in ``workers`` processes (default: every core when there are enough files; see
     :mod:`cxr.inference.pipeline`), overlapped with the model. With ``cam_dir``, each record also has
     ``"heatmaps"`` (files named by ``stems``, default :func:`~cxr.inference.cam.unique_stems` of ``images``).
+    With several ``devices`` (``cuda:0``, ``cuda:1``, ... or ``cpu``), one process per device predicts its share
+    (:mod:`cxr.inference.devices`) and the records are the same, in the same order.
     """
     report = on_error or _report_to_stderr
     workers = resolve_workers(workers, len(images))
     if cam_dir is not None and stems is None:
         stems = dict(zip(map(str, images), unique_stems([str(path) for path in images]), strict=True))
-    for item in predicted_images(
-        predictor, images, batch_size=batch_size, workers=workers, tta=tta, keep_source=cam_dir is not None,
-        on_error=report,
-    ):  # fmt: skip
+    if devices is not None and len(devices) > 1:
+        if cam_dir is not None:
+            raise CxrError("Grad-CAM (--cam) runs in one process: use --device instead of --devices")
+        if predictor.backend != "torch":
+            raise CxrError(f"--devices needs a checkpoint; {predictor.path} runs on onnxruntime's CPU provider")
+        items = predicted_on_devices(
+            predictor.path, devices, images, batch_size=batch_size, workers=workers, tta=tta, on_error=report
+        )
+    else:
+        items = predicted_images(
+            predictor, images, batch_size=batch_size, workers=workers, tta=tta, keep_source=cam_dir is not None,
+            on_error=report,
+        )  # fmt: skip
+    for item in items:
         record = prediction_record(str(item.path), item.probabilities, predictor.labels, predictor.thresholds)
         if cam_dir is not None:
             stem = stems[record["image"]]

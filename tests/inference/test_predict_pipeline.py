@@ -155,3 +155,29 @@ def test_a_torch_model_leaves_the_decoding_processes_their_cores_and_gets_its_th
     assert torch.get_num_threads() == before
     with model_threads(OnCpu(), workers=1):  # no pool: the model keeps every thread
         assert torch.get_num_threads() == before
+
+
+def test_the_model_gets_its_threads_back_once_the_pool_has_decoded_everything(predictor, folder):
+    """``on_drained`` is called once, after the last file is decoded and before it is handed over; then the model's
+    threads come back (the last batches run on every core)."""
+    import torch
+
+    from cxr.inference.pipeline import decoded_images, model_threads
+
+    images = sorted(folder.glob("0000*.png"))[:6]
+    calls, seen_when_drained = [], []
+    order = []
+    for item in decoded_images(images, predictor.preprocessing, workers=2, ahead=8, on_drained=lambda: calls.append(1)):
+        if calls and not seen_when_drained:
+            seen_when_drained.append(len(order))
+        order.append(item.path)
+    assert order == images and calls == [1] and seen_when_drained[0] < len(images)
+
+    class OnCpu:
+        backend, device = "torch", torch.device("cpu")
+
+    before = torch.get_num_threads()
+    with model_threads(OnCpu(), workers=2) as drained:
+        drained()
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before

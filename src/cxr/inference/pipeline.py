@@ -70,10 +70,16 @@ def resolve_workers(workers: int | None, images: int) -> int:
 
 
 def decoded_images(
-    images: Sequence[Path], preprocessing: Preprocessing, workers: int = 1, keep_source: bool = False, ahead: int = 64
+    images: Sequence[Path],
+    preprocessing: Preprocessing,
+    workers: int = 1,
+    keep_source: bool = False,
+    ahead: int = 64,
+    on_drained: Callable[[], None] | None = None,
 ) -> Iterator[DecodedImage]:
     """Every file of ``images`` decoded, in input order; ``workers > 1`` decodes in that many processes, at most
-    about ``ahead`` files ahead of the consumer (so decoding goes on while the consumer runs the model)."""
+    about ``ahead`` files ahead of the consumer (so decoding goes on while the consumer runs the model).
+    ``on_drained()`` is called once the pool has decoded the last file (its cores are free from then on)."""
     if workers == 1:
         for path in images:
             yield decode_for_model(path, preprocessing, keep_source)
@@ -84,20 +90,23 @@ def decoded_images(
     context.set_forkserver_preload(["cxr.imaging.decode", "cxr.imaging.preprocessing"])
     chunks = (list(images[start : start + CHUNK_IMAGES]) for start in range(0, len(images), CHUNK_IMAGES))
     in_flight = max(2 * workers, -(-ahead // CHUNK_IMAGES))
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=init_decode_worker, initargs=(os.getpid(),)
-    ) as pool:
-        running: deque[Future] = deque()
-        try:
-            for chunk in chunks:
-                running.append(pool.submit(_decode_chunk, chunk, preprocessing, keep_source))
-                if len(running) >= in_flight:
-                    yield from _result(running.popleft())
-            while running:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_decode_worker, initargs=(os.getpid(),))
+    running: deque[Future] = deque()
+    try:
+        for chunk in chunks:
+            running.append(pool.submit(_decode_chunk, chunk, preprocessing, keep_source))
+            if len(running) >= in_flight:
                 yield from _result(running.popleft())
-        finally:
-            for future in running:  # the consumer stopped early (an error, Ctrl-C): drop what is still queued
-                future.cancel()
+        while running:
+            decoded = _result(running.popleft())
+            if on_drained is not None and all(future.done() for future in running):
+                on_drained()
+                on_drained = None
+            yield from decoded
+    finally:
+        # The workers are idle or no longer needed: let them exit without making the consumer wait for them (the
+        # join would hold up the last batch); what is still queued after an early stop is dropped.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _result(future: Future) -> list[DecodedImage]:
@@ -135,8 +144,8 @@ def predicted_images(
     ahead = 2 * batch_size + 4 * workers
     pending: list[DecodedImage] = []
     readable = 0
-    with model_threads(predictor, workers):
-        for item in decoded_images(images, predictor.preprocessing, workers, keep_source, ahead):
+    with model_threads(predictor, workers) as drained:
+        for item in decoded_images(images, predictor.preprocessing, workers, keep_source, ahead, drained):
             pending.append(item)
             readable += item.error is None
             if readable == batch_size:
@@ -147,20 +156,22 @@ def predicted_images(
 
 
 @contextlib.contextmanager
-def model_threads(predictor: Predictor, workers: int) -> Iterator[None]:
+def model_threads(predictor: Predictor, workers: int) -> Iterator[Callable[[], None]]:
     """While ``workers`` processes decode, a torch model on the CPU takes the cores they leave (at least one
-    intra-op thread), restored afterwards. On 2 cores, 2 decoding processes beside torch's 2 threads oversubscribed
-    the CPU: the pipeline reached 0.78 of its reference, 0.85 with one thread (``benchmarks/predict_pipeline.py``,
-    ``docs/benchmarks.md``). Measured on 2 cores only; onnxruntime keeps its own session settings."""
+    intra-op thread), restored afterwards; yields the function that gives the model its threads back early, when the
+    pool has decoded the last file (the last batches then run on every core). On 2 cores, 2 decoding processes
+    beside torch's 2 threads oversubscribed the CPU: the pipeline reached 0.78 of its reference, 0.85 with one thread
+    (``benchmarks/predict_pipeline.py``, ``docs/benchmarks.md``). Measured on 2 cores only; onnxruntime keeps its
+    own session settings."""
     torch = sys.modules.get("torch")  # a torch predictor has loaded it; the ONNX path must not import it
     on_cpu = str(getattr(predictor, "device", "")) == "cpu"
     if workers <= 1 or torch is None or predictor.backend != "torch" or not on_cpu:
-        yield
+        yield lambda: None
         return
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     try:
-        yield
+        yield lambda: torch.set_num_threads(before)
     finally:
         torch.set_num_threads(before)
 

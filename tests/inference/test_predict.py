@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,17 @@ def sample_images(sample_dir) -> list[Path]:
 
 def test_record_contract():
     thresholds = {"Mass": 0.5, "Effusion": 0.2, "Nodule": 0.9}
-    record = prediction_record("x.png", [0.6, 0.7, 0.4], ["Mass", "Effusion", "Nodule"], thresholds)
+    prediction = prediction_record("x.png", [0.6, 0.7, 0.4], ["Mass", "Effusion", "Nodule"], thresholds)
+    record = prediction.to_dict()
     assert list(record) == ["image", "probabilities", "positive", "thresholds"]
     assert record["positive"] == ["Effusion", "Mass"]  # at or above threshold, most probable first
-    assert record["thresholds"] == thresholds
-    assert prediction_record("x", [0.5], ["Mass"], {"Mass": 0.5})["positive"] == ["Mass"]  # at = positive
+    assert record["thresholds"] == thresholds and record["probabilities"] == {
+        "Mass": 0.6,
+        "Effusion": 0.7,
+        "Nodule": 0.4,
+    }
+    assert prediction_record("x", [0.5], ["Mass"], {"Mass": 0.5}).positive == ("Mass",)  # at = positive
+    assert "heatmaps" not in record and replace(prediction, heatmaps={}).to_dict()["heatmaps"] == {}
 
 
 def test_predictions_match_the_store_path_of_training(predictor, sample_dir, sample_images, tmp_path):

@@ -73,18 +73,19 @@ def test_two_cpu_devices_give_the_single_process_records_row_for_row(checkpoint,
     predictor = load_predictor(checkpoint)
     images = sorted(folder.glob("*.png"))[:17]
     alone, shared = [], []
-    one = list(iter_predictions(predictor, images, batch_size=3, workers=1, on_error=lambda *e: alone.append(e)))
-    many = list(
-        iter_predictions(
+    one = [p.to_dict() for p in iter_predictions(predictor, images, batch_size=3, on_error=lambda *e: alone.append(e))]
+    many = [
+        p.to_dict()
+        for p in iter_predictions(
             predictor, images, batch_size=3, workers=2, devices=["cpu", "cpu"], on_error=lambda *e: shared.append(e)
         )
-    )
+    ]
     assert [r["image"] for r in many] == [r["image"] for r in one] and len(one) == 16
     np.testing.assert_allclose(probabilities_of(many), probabilities_of(one), atol=1e-6)
     assert [r["positive"] for r in many] == [r["positive"] for r in one]
     assert shared == alone and [Path(image).name for image, _ in shared] == ["00000001_001_broken.png"]
     few = list(iter_predictions(predictor, images[:4], batch_size=3, workers=1, devices=["cpu"] * 3))
-    assert [r["image"] for r in few] == [str(p) for p in images[:4] if "broken" not in p.name]
+    assert [r.image for r in few] == [str(p) for p in images[:4] if "broken" not in p.name]
 
 
 def test_cli_devices_resume_across_shards(checkpoint, folder, tmp_path):

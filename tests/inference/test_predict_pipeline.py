@@ -47,10 +47,14 @@ def test_the_pool_gives_the_same_records_in_the_same_order(predictor, folder):
     """Two decoding processes, chunks of 4, batches of 3: the same records, in input order, as decoding here."""
     images = sorted(folder.glob("*.png"))
     here_errors, pool_errors = [], []
-    here = list(iter_predictions(predictor, images, batch_size=3, workers=1, on_error=lambda *e: here_errors.append(e)))
-    pooled = list(
-        iter_predictions(predictor, images, batch_size=3, workers=2, on_error=lambda *e: pool_errors.append(e))
-    )
+    here = [
+        p.to_dict()
+        for p in iter_predictions(predictor, images, batch_size=3, workers=1, on_error=lambda *e: here_errors.append(e))
+    ]
+    pooled = [
+        p.to_dict()
+        for p in iter_predictions(predictor, images, batch_size=3, workers=2, on_error=lambda *e: pool_errors.append(e))
+    ]
     assert (
         [r["image"] for r in pooled] == [r["image"] for r in here] == [str(p) for p in images if "broken" not in p.name]
     )
@@ -72,7 +76,7 @@ def test_records_stream_with_a_bounded_lookahead(predictor, folder, monkeypatch)
     images = sorted(folder.glob("0000001*.png"))[:2] * 10  # the same files again and again: a long input
     stream = iter_predictions(predictor, images, batch_size=2, workers=1)
     first = next(stream)
-    assert first["image"] == str(images[0]) and len(decoded) == 2
+    assert first.image == str(images[0]) and len(decoded) == 2
     stream.close()
     assert len(decoded) == 2
 
@@ -135,7 +139,7 @@ def test_streamed_json_list_is_the_json_of_the_records(checkpoint, predictor, fo
     images = [path for path in sorted(folder.glob("*.png")) if "broken" not in path.name][:3]
     result = invoke("predict", checkpoint, *images, "--json")
     assert result.exit_code == 0, result.output
-    expected = list(iter_predictions(predictor, images, workers=1))
+    expected = [prediction.to_dict() for prediction in iter_predictions(predictor, images, workers=1)]
     assert result.stdout == json.dumps(expected, indent=2) + "\n"
 
 

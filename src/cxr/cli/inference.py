@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cxr.cli._app import app
 from cxr.errors import CxrError
+
+if TYPE_CHECKING:
+    from cxr.inference.predict import Prediction
 
 # The serving defaults, without importing the server (FastAPI) for every command's --help.
 BATCH_MAX, BATCH_WAIT_MS = 8, 10.0
@@ -85,14 +89,14 @@ def predict(
                 predictor, todo, batch_size=batch_size, workers=workers, cam_dir=cam, on_error=report, tta=tta,
                 stems=None, devices=device_list,
             )  # fmt: skip
-            for record in records:
+            for prediction in records:
                 for sink in sinks:
-                    if not sink.holds(record["image"], keys[record["image"]]):
-                        sink.write(record, keys[record["image"]])
+                    if not sink.holds(prediction.image, keys[prediction.image]):
+                        sink.write(prediction, keys[prediction.image])
                 if as_json:
-                    _echo_json(record, count, single)
+                    _echo_json(prediction.to_dict(), count, single)
                 elif table is not None:
-                    table.append(record)
+                    table.append(prediction)
                 count += 1
                 advance()
     finally:
@@ -111,7 +115,7 @@ def predict(
         raise typer.Exit(1)
 
 
-def _echo_json(record: dict, index: int, single: bool) -> None:
+def _echo_json(record: dict[str, object], index: int, single: bool) -> None:
     """One record of the JSON answer, streamed: the object alone for one file, else an element of a list."""
     text = json.dumps(record, indent=2)
     if single:
@@ -142,32 +146,32 @@ def _progress(console, total: int):
         yield advance
 
 
-def _print_predictions(records: list[dict]) -> None:
+def _print_predictions(predictions: list[Prediction]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    if len(records) == 1:
-        record = records[0]
-        table = Table("finding", "probability", "threshold", "", title=record["image"], title_justify="left")
-        for label, p in sorted(record["probabilities"].items(), key=lambda item: -item[1]):
-            positive = label in record["positive"]
+    if len(predictions) == 1:
+        prediction = predictions[0]
+        table = Table("finding", "probability", "threshold", "", title=prediction.image, title_justify="left")
+        for label, p in sorted(prediction.probabilities.items(), key=lambda item: -item[1]):
+            positive = label in prediction.positive
             style = "bold" if positive else ""
             mark = "[bold red]positive[/]" if positive else ""
-            table.add_row(label, f"{p:.3f}", f"{record['thresholds'][label]:.3f}", mark, style=style)
+            table.add_row(label, f"{p:.3f}", f"{prediction.thresholds[label]:.3f}", mark, style=style)
     else:
         table = Table(title_justify="left")
         table.add_column("image", overflow="fold")  # never cut a path: it is how the user finds the file
         table.add_column("positive findings (probability)")
         table.add_column("most probable")
-        for record in records:
-            probabilities = record["probabilities"]
-            positive = ", ".join(f"{label} ({probabilities[label]:.2f})" for label in record["positive"]) or "—"
+        for prediction in predictions:
+            probabilities = prediction.probabilities
+            positive = ", ".join(f"{label} ({probabilities[label]:.2f})" for label in prediction.positive) or "—"
             top = max(probabilities, key=probabilities.get)
-            table.add_row(record["image"], positive, f"{top} ({probabilities[top]:.2f})")
+            table.add_row(prediction.image, positive, f"{top} ({probabilities[top]:.2f})")
     console.print(table)
-    if any("heatmaps" in record for record in records):
-        count = sum(len(record.get("heatmaps", {})) for record in records)
+    if any(prediction.heatmaps is not None for prediction in predictions):
+        count = sum(len(prediction.heatmaps or {}) for prediction in predictions)
         console.print(f"{count} Grad-CAM overlays written (one per image and positive finding).")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cxr.errors import CxrError, InputFormatError
+from cxr.inference.predict import Prediction
 
 INDEX_COLUMN = "Image Index"
 
@@ -37,7 +38,7 @@ class RecordSink(Protocol):
         """Whether the output already has ``image`` (its path) whose CSV key is ``key``."""
         ...
 
-    def write(self, record: dict, key: str) -> None: ...
+    def write(self, prediction: Prediction, key: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -91,8 +92,8 @@ class CsvSink:
     def holds(self, image: str, key: str) -> bool:
         return key in self.existing
 
-    def write(self, record: dict, key: str) -> None:
-        probabilities = record["probabilities"]
+    def write(self, prediction: Prediction, key: str) -> None:
+        probabilities = prediction.probabilities
         self.writer.writerow([key, *(f"{probabilities[label]:.9g}" for label in self.labels)])
         self.handle.flush()
 
@@ -127,8 +128,8 @@ class JsonLinesSink:
     def holds(self, image: str, key: str) -> bool:
         return image in self.existing
 
-    def write(self, record: dict, key: str) -> None:
-        self.handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+    def write(self, prediction: Prediction, key: str) -> None:
+        self.handle.write(json.dumps(prediction.to_dict(), separators=(",", ":")) + "\n")
         self.handle.flush()
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ out in input order as their batch completes (:func:`iter_predictions`), for outp
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +57,38 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
     return images, errors
 
 
-def prediction_record(image: str, probabilities: Sequence[float], labels: Sequence[str], thresholds: dict) -> dict:
-    """The JSON of one prediction: ``{"image", "probabilities", "positive", "thresholds"}`` keyed by NIH label names.
+@dataclass(frozen=True)
+class Prediction:
+    """One image's prediction: probability and threshold per finding (NIH label names, the model's order), the
+    findings at or above their threshold, most probable first, and the Grad-CAM files ``{finding: {"overlay": png,
+    "map": npy}}`` when asked for. :meth:`to_dict` is the JSON record of ``cxr predict --json`` and ``--jsonl``."""
 
-    ``positive`` lists the labels at or above their threshold, most probable first.
-    """
+    image: str
+    probabilities: dict[str, float]
+    positive: tuple[str, ...]
+    thresholds: dict[str, float]
+    heatmaps: dict[str, dict[str, str]] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        record: dict[str, object] = {
+            "image": self.image,
+            "probabilities": dict(self.probabilities),
+            "positive": list(self.positive),
+            "thresholds": dict(self.thresholds),
+        }
+        if self.heatmaps is not None:
+            record["heatmaps"] = self.heatmaps
+        return record
+
+
+def prediction_record(
+    image: str, probabilities: Sequence[float], labels: Sequence[str], thresholds: Mapping[str, float]
+) -> Prediction:
+    """The :class:`Prediction` of ``image`` from its probabilities in ``labels`` order; a finding is positive at or
+    above its threshold."""
     probs = {label: float(p) for label, p in zip(labels, probabilities, strict=True)}
     positive = sorted((label for label in labels if probs[label] >= thresholds[label]), key=lambda x: -probs[x])
-    return {
-        "image": image,
-        "probabilities": probs,
-        "positive": positive,
-        "thresholds": {label: float(thresholds[label]) for label in labels},
-    }
+    return Prediction(image, probs, tuple(positive), {label: float(thresholds[label]) for label in labels})
 
 
 def predict_arrays(
@@ -97,12 +117,12 @@ def iter_predictions(
     on_error: Callable[[str, str], None] | None = None,
     tta: bool = False,
     devices: Sequence[str] | None = None,
-) -> Iterator[dict]:
-    """One :func:`prediction_record` per readable file of ``images``, in input order, as each batch completes.
+) -> Iterator[Prediction]:
+    """One :class:`Prediction` per readable file of ``images``, in input order, as each batch completes.
 
     Decoding runs in ``workers`` processes (default: every core when there are enough files; see
-    :mod:`cxr.inference.pipeline`), overlapped with the model. With ``cam_dir``, each record also has
-    ``"heatmaps"`` (files named by ``stems``, default :func:`~cxr.inference.cam.unique_stems` of ``images``).
+    :mod:`cxr.inference.pipeline`), overlapped with the model. With ``cam_dir``, each also has its ``heatmaps``
+    (files named by ``stems``, default :func:`~cxr.inference.cam.unique_stems` of ``images``).
     With several ``devices`` (``cuda:0``, ``cuda:1``, ... or ``cpu``), one process per device predicts its share
     (:mod:`cxr.inference.devices`) and the records are the same, in the same order.
     """
@@ -124,11 +144,13 @@ def iter_predictions(
             on_error=report,
         )  # fmt: skip
     for item in items:
-        record = prediction_record(str(item.path), item.probabilities, predictor.labels, predictor.thresholds)
+        prediction = prediction_record(str(item.path), item.probabilities, predictor.labels, predictor.thresholds)
         if cam_dir is not None:
-            stem = stems[record["image"]]
-            record["heatmaps"] = write_heatmaps(predictor, item.source, record["positive"], Path(cam_dir), stem)
-        yield record
+            stem, positive = stems[prediction.image], prediction.positive
+            prediction = replace(
+                prediction, heatmaps=write_heatmaps(predictor, item.source, positive, Path(cam_dir), stem)
+            )
+        yield prediction
 
 
 def predict_images(
@@ -142,9 +164,9 @@ def predict_images(
 ) -> list[dict]:
     """Predict every image of ``paths`` (files, or directories searched recursively) with ``model``.
 
-    Returns one :func:`prediction_record` per readable image, in input order; with ``cam_dir``, each record also
-    has ``"heatmaps"``: ``{finding: {"overlay": png, "map": npy}}`` for its positive findings (with an ONNX
-    model, Grad-CAM runs on the torch twin rebuilt from the file). Unreadable files are passed to
+    Returns the JSON record (:meth:`Prediction.to_dict`) of each readable image, in input order; with ``cam_dir``,
+    each record also has ``"heatmaps"``: ``{finding: {"overlay": png, "map": npy}}`` for its positive findings (with
+    an ONNX model, Grad-CAM runs on the torch twin rebuilt from the file). Unreadable files are passed to
     ``on_error(image, message)`` (default: printed to stderr) and skipped. ``tta``: each probability is the mean
     of the image's and its horizontal mirror's. For a dataset, :func:`iter_predictions` streams the same records.
     """
@@ -155,8 +177,7 @@ def predict_images(
     images, missing = find_images(paths)
     for error in missing:
         report(error["image"], error["error"])
-    return list(
-        iter_predictions(
-            predictor, images, batch_size=batch_size, workers=workers, cam_dir=cam_dir, on_error=report, tta=tta
-        )
+    predictions = iter_predictions(
+        predictor, images, batch_size=batch_size, workers=workers, cam_dir=cam_dir, on_error=report, tta=tta
     )
+    return [prediction.to_dict() for prediction in predictions]

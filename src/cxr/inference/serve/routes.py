@@ -81,9 +81,9 @@ async def predict(
 
     def answer() -> Prediction:  # in the thread pool: parsing, decoding and the model stay off the event loop
         data, filename = multipart_file(body, content_type)
-        record = service.predict(data, anonymous_name(filename), cam, preview, tta)
+        prediction = service.predict(data, anonymous_name(filename), cam, preview, tta)
         if audit is not None:
-            audit.record(REQUEST_ID.get(), data, record["probabilities"])
-        return Prediction(**record)
+            audit.record(REQUEST_ID.get(), data, prediction.probabilities)
+        return prediction
 
     return await run_in_threadpool(answer)

@@ -24,7 +24,7 @@ from cxr.inference.cam import grad_cam, heatmap_rgba, map_to_source, png_bytes
 from cxr.inference.predict import prediction_record
 from cxr.inference.predictor import probabilities as predictor_probabilities
 from cxr.inference.serve.batching import MicroBatcher
-from cxr.inference.serve.schemas import ModelDescription
+from cxr.inference.serve.schemas import ModelDescription, Prediction
 from cxr.inference.serve.telemetry import REQUEST_ID
 from cxr.inference.serve.uploads import DecodePool, HTTPProblem, check_dicom_size
 
@@ -122,20 +122,22 @@ class Service:
             model_input = self.predictor.preprocessing.model_input(gray)
             return gray, model_input, slot.submit(model_input, tta)
 
-    def predict(self, data: bytes, filename: str, cam: str | None, preview: bool, tta: bool = False) -> dict:
+    def predict(self, data: bytes, filename: str, cam: str | None, preview: bool, tta: bool = False) -> Prediction:
+        """The answer to one upload: ``cxr predict``'s record, with a preview and heatmaps (data URLs) if asked."""
         gray, model_input, probabilities = self.probabilities(data, filename, tta)
         predictor = self.predictor
         record = prediction_record(filename or "upload", probabilities, predictor.labels, predictor.thresholds)
-        findings = self.cam_findings(cam, record["positive"])
+        findings = self.cam_findings(cam, list(record.positive))
         shape = preview_shape(*gray.shape)
+        answer = Prediction(**record.to_dict())
         if preview:
-            record["preview"] = data_url(cv2.resize(gray, shape[::-1], interpolation=cv2.INTER_AREA))
+            answer.preview = data_url(cv2.resize(gray, shape[::-1], interpolation=cv2.INTER_AREA))
         if findings:
             try:
-                record["heatmaps"] = self.heatmaps(gray, model_input, findings, shape)
+                answer.heatmaps = self.heatmaps(gray, model_input, findings, shape)
             except CxrError as error:  # e.g. an ONNX file whose graph cannot give back its weights
-                record["heatmaps"], record["heatmaps_error"] = {}, str(error)
-        return record
+                answer.heatmaps, answer.heatmaps_error = {}, str(error)
+        return answer
 
     def heatmaps(self, gray: np.ndarray, model_input: np.ndarray, findings: list[str], shape) -> dict[str, str]:
         indices = [self.predictor.labels.index(finding) for finding in findings]

@@ -12,9 +12,12 @@ measures in one run, each after one untimed warm-up pass over a few files:
 
 On a CPU, decoding and the model share the cores, so the reference is 1/(1/D + 1/M) (the rate of doing one after the
 other with every core on each); on a GPU (``--device cuda``) they run side by side and the reference is min(D, M).
-Prints images/s for each and P / reference (goal >= 0.85, issue 24), with the load average. Not a test.
+Prints images/s for each and P / reference (goal >= 0.85, issue 24), with the load average. With ``--devices`` (e.g.
+``--devices 2`` on a machine with two GPUs) it also times ``cxr predict --devices`` (process start and model loading
+on each device included) and prints its ratio to P on one device. Not a test.
 
     .venv/bin/python benchmarks/predict_pipeline.py [--images 300] [--workers N] [--size 112] [--device cpu]
+        [--devices 2]
 """
 
 from __future__ import annotations
@@ -68,9 +71,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--size", type=int, default=112, help="Model input (and store) size; the demo's is 112.")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--devices", default=None, help="Also time cxr predict --devices (N, or cuda:0,cuda:1).")
     args = parser.parse_args()
 
     from cxr.imaging.preprocessing import to_unit
+    from cxr.inference.devices import parse_devices
     from cxr.inference.pipeline import decoded_images
     from cxr.inference.predict import iter_predictions, load_predictor
 
@@ -96,6 +101,17 @@ def main() -> None:
             assert count == len(paths), count
 
         piped = rate(len(paths), pipeline)
+        spread = None
+        if args.devices:
+            devices = parse_devices(args.devices)
+
+            def on_devices() -> None:
+                records = iter_predictions(
+                    predictor, paths, batch_size=args.batch_size, workers=args.workers, devices=devices
+                )
+                assert sum(1 for _ in records) == len(paths)
+
+            spread = rate(len(paths), on_devices)
         load = os.getloadavg()
 
     gpu = args.device != "cpu"
@@ -109,6 +125,8 @@ def main() -> None:
     print(f"   {formula + ':':22} {reference:7.1f} images/s")
     print(f"P  cxr predict pipeline:  {piped:7.1f} images/s")
     print(f"P / {formula} = {piped / reference:.2f} (goal >= 0.85)")
+    if spread is not None:
+        print(f"P  --devices {args.devices}: {spread:7.1f} images/s, {spread / piped:.2f} x P on {args.device}")
 
 
 if __name__ == "__main__":

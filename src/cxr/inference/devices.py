@@ -58,7 +58,7 @@ def parse_devices(spec: str, cuda_devices: Callable[[], int] | None = None) -> l
         present = (cuda_devices or _cuda_device_count)()
         if max(wanted) >= present:
             raise CxrError(
-                f"--devices {spec} asks for CUDA device {max(wanted)}; this machine has {present} "
+                f"--devices {spec} asks for cuda:{max(wanted)}; this machine has {present} CUDA device(s) "
                 f"({', '.join(f'cuda:{k}' for k in range(present)) or 'none'})"
             )
     return devices

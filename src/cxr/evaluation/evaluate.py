@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.data.nih import read_metadata
+from cxr.data.datasets.nih import read_metadata
 from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.evaluation.expert import LABEL_SET, is_expert_file, load_expert_predictions

@@ -105,7 +105,7 @@ def evaluate_on_store(
                 "every label of every image (score the run's own store, or one that gives them all)"
             )
         metrics = score_per_label(data, thresholds, n_resamples, seed)
-    dataset = str(store.manifest.get("dataset", "nih"))
+    dataset = store.manifest.dataset
     preset = artifact.config.get("experiment")
     metrics.source = {"run": str(run), "split": split, "tta": tta, "store": str(store.path), "preset": preset}
     trained_on = [str(path) for path in run_stores(artifact.config)]

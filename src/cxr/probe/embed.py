@@ -45,7 +45,7 @@ OURS = (EMBEDDINGS, ENCODER, MANIFEST, STATE, JOURNAL)
 def store_id(store: Store) -> str:
     """The identity of a store's images and labels: SHA-256 of its ``index.parquet`` and of the manifest's pixel
     settings (size, crop, decoder, interpolation: the index alone is the same for every crop)."""
-    pixels = {key: store.manifest.get(key) for key in ("size", "crop", "decoder", "interpolation")}
+    pixels = {key: store.manifest.to_dict().get(key) for key in ("size", "crop", "decoder", "interpolation")}
     digest = hashlib.sha256((store.path / "index.parquet").read_bytes())
     digest.update(json.dumps(pixels, sort_keys=True).encode())
     return digest.hexdigest()
@@ -196,7 +196,7 @@ def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: 
             "name": store.path.name,
             "size": store.size,
             "crop": store.crop,
-            "dataset": str(store.manifest.get("dataset", "nih")),
+            "dataset": store.manifest.dataset,
         },  # fmt: skip
         "files": {"embeddings": EMBEDDINGS, "encoder": ENCODER, "encoder_sha256": file_sha256(out / ENCODER)},
         "package_version": __version__,

@@ -146,9 +146,7 @@ def probe_run(
     }
     model, preprocessing = probe_model(emb.encoder_file, labels, head)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    fitted_on = TrainingData(
-        str(store.manifest.get("dataset", "nih")), results[-1]["train_images"], store.manifest_sha256
-    )
+    fitted_on = TrainingData(store.manifest.dataset, results[-1]["train_images"], store.manifest_sha256)
     write_artifact(out / "checkpoints" / "best.ckpt", model, labels, preprocessing, config=config,
                    training_data=(fitted_on,))  # fmt: skip
     split.split_table().to_parquet(out / "split.parquet", index=False)

@@ -136,7 +136,7 @@ def test_a_planted_gap_is_flagged_and_no_gap_where_none_was_planted():
 
 
 def nih_sample_predictions(tmp_path: Path, sample_dir: Path) -> tuple[Path, Path]:
-    from cxr.data.nih import read_image_list, read_metadata
+    from cxr.data.datasets.nih import read_image_list, read_metadata
 
     metadata = read_metadata(sample_dir / "Data_Entry_2017.csv")
     listed = set(read_image_list(sample_dir / "test_list.txt"))
@@ -286,7 +286,7 @@ def test_a_gap_planted_by_cxr_synth_is_found(tmp_path):
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
 
-    from cxr.data.nih import read_metadata
+    from cxr.data.datasets.nih import read_metadata
 
     args = ["synth", str(tmp_path / "data"), "--images", "1000", "--size", "64", "--seed", "5", "--prevalence", "flat"]
     result = runner.invoke(app, [*args, "--workers", "1", "--group-effect", "Effusion:sex=F:0.1"])

@@ -145,5 +145,6 @@ def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
 
 READER = Reader(
     "padchest", "PadChest", detect, read, MAPPING, fixture="padchest", own_table=True,
-    description="160,868 images, 174 radiographic findings from Spanish reports (Bustos et al., Med. Image Anal. 2020)",
+    description="over 160,000 images of 67,000 patients, 174 radiographic findings from Spanish reports "
+    "(Bustos et al., Med. Image Anal. 2020)",
 )  # fmt: skip

@@ -93,5 +93,6 @@ def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
 
 READER = Reader(
     "rsna", "RSNA Pneumonia", detect, read, MAPPING, fixture="rsna",
-    description="26,684 DICOM images of NIH's, lung opacity boxes (RSNA Pneumonia Detection Challenge 2018)",
+    description="26,684 DICOM images from NIH's with lung opacity boxes, in stage 2's labels "
+    "(RSNA Pneumonia Detection Challenge 2018)",
 )  # fmt: skip

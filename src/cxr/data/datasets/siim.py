@@ -73,5 +73,6 @@ def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
 
 READER = Reader(
     "siim", "SIIM-ACR Pneumothorax", detect, read, MAPPING, fixture="siim",
-    description="12,047 DICOM images with pneumothorax masks (SIIM-ACR Pneumothorax Segmentation 2019)",
+    description="DICOM images with pneumothorax masks as run-length strings, 12,047 in `train-rle.csv` "
+    "(SIIM-ACR Pneumothorax Segmentation, Kaggle 2019)",
 )  # fmt: skip

@@ -24,7 +24,10 @@ def _sources(reader: Reader, label: str) -> str:
 
 def readers_markdown(readers: Mapping[str, Reader]) -> str:
     """One row per registered reader: its ``--dataset`` name, title, what it holds, its test fixture."""
-    lines = ["| `--dataset` | dataset | what it holds (figures as published) | tested on |", "|---|---|---|---|"]
+    lines = [
+        "| `--dataset` | dataset | what it holds (as published, or counted in the released files) | tested on |",
+        "|---|---|---|---|",
+    ]
     for reader in readers.values():
         options = " Takes `--uncertainty`." if reader.uncertainty else ""
         lines.append(f"| `{reader.name}` | {reader.title} | {reader.description}.{options} "

@@ -41,7 +41,7 @@ class StoreParams:
             return cls(int(data["size"]), float(data["crop"]), str(data["source"]), str(data.get("dataset", "nih")),
                        data.get("seed"), data.get("uncertainty"))  # fmt: skip
         except (KeyError, TypeError, ValueError) as error:
-            raise CxrError(f"a store's params lack or garble {error} (prepare it again with --force)") from None
+            raise CxrError(f"manifest.json lacks or garbles {error}") from None
 
     def differences(self, other: StoreParams) -> list[str]:
         """``"name old, not new"`` for each param that differs from ``other`` (the new run's)."""
@@ -77,7 +77,7 @@ class StoreManifest:
     """``manifest.json`` of a finished store."""
 
     params: StoreParams
-    metadata: str
+    metadata: str | None
     """File name of the metadata table the store was made from."""
     boxes_source: str | None
     boxes: str | None
@@ -117,16 +117,17 @@ class StoreManifest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoreManifest:
-        """Read a manifest; :class:`CxrError` for one that is not a complete store's, or lacks a required key."""
+        """Read a manifest; :class:`CxrError` for one that is not a store's or lacks what every store had (size, crop,
+        source). Keys added over time (counts, metadata, versions) may be absent from an old or hand-made one."""
         if data.get("format") != FORMAT:
             raise CxrError(f"manifest.json has format {data.get('format')!r}, not {FORMAT!r}")
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise CxrError(f"written by a newer cxr (store format {data['format_version']})")
         try:
-            recorded = data["counts"]
+            recorded = data.get("counts", {})
             counts = StoreCounts(**{field.name: int(recorded.get(field.name, 0)) for field in fields(StoreCounts)})
             return cls(
-                StoreParams.from_dict(data), str(data["metadata"]), data.get("boxes_source"), data.get("boxes"),
+                StoreParams.from_dict(data), data.get("metadata"), data.get("boxes_source"), data.get("boxes"),
                 counts, data.get("package_version"), data.get("decoder"), data.get("interpolation"),
                 data.get("environment"), bool(data.get("complete")), FORMAT, int(data.get("format_version", 0)),
             )  # fmt: skip

@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from cxr.data.datasets import READERS, ReadOptions, read_dataset
+from cxr.data.journal import ChunkResult, Journal, read_journal
 from cxr.data.manifest import StoreManifest, StoreParams
 from cxr.data.store import IN_PROGRESS as STATE
-from cxr.data.store import JOURNAL, ChunkResult, Journal, StoreSource, allocate_images, read_journal, write_tables
+from cxr.data.store import JOURNAL, StoreSource, allocate_images, write_tables
 from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.imaging import decode  # decode.DECODER is read when a store is written: it may be switched at run time
 from cxr.imaging.decode import decode_grayscale, init_decode_worker, preprocess
 from cxr.imaging.geometry import crop_square
-from cxr.provenance import environment
 
 STORE_FILES = ("images.npy", "index.parquet", "rejects.csv", "boxes.parquet", "manifest.json")
 LOCK = ".prepare.lock"
@@ -139,10 +139,11 @@ def prepare_store(
     other arguments is an error unless ``force``. Workers start by ``forkserver``: a script that calls this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
 
-    Any dataset :mod:`cxr.data.datasets` reads can be the source (recognised from its files, or ``dataset``); its
-    store's index has the common vocabulary's labels, NaN where the dataset cannot provide them, and the official
-    split or a patient-wise split seeded with ``seed`` (:mod:`cxr.data.datasets.source`); CheXpert's and MIMIC's
-    uncertain labels follow ``uncertainty`` (``ones``, ``zeros``, ``ignore`` = NaN).
+    Any dataset :mod:`cxr.data.datasets` reads can be the source (recognised from its files, or ``dataset``), shaped
+    by its reader's ``store``: by default the common vocabulary's labels, NaN where the dataset cannot provide them,
+    and the official split or a patient-wise split seeded with ``seed`` (:mod:`cxr.data.datasets.source`); NIH keeps
+    its own labels and official lists. CheXpert's and MIMIC's uncertain labels follow ``uncertainty`` (``ones``,
+    ``zeros``, ``ignore`` = NaN).
     """
     crop_square(1, 1, crop)  # validates crop
     if int(size) != size or size < 8:
@@ -193,7 +194,7 @@ def prepare_store(
             write_json(state_path, state)
         offset = np.load(images_path, mmap_mode="r").offset
         chunks = range(0, len(files), chunk_size)
-        done = read_journal(out / JOURNAL)
+        done = read_journal(out / JOURNAL, ChunkResult.from_dict)
         if done:
             log(f"resuming: {len(done)} of {len(chunks)} chunks already done")
         tasks = {c: (str(images_path), offset, size, crop, start, files[start : start + chunk_size])
@@ -206,8 +207,7 @@ def prepare_store(
             journal.close()
         sizes = [size for c in range(len(chunks)) for size in done[c].sizes]
         reasons = {c * chunk_size + int(i): reason for c in done for i, reason in done[c].rejects.items()}
-        manifest = write_tables(out, source, present, sizes, reasons, params, decode.DECODER,
-                                environment(timestamp=False))  # fmt: skip
+        manifest = write_tables(out, source, present, sizes, reasons, params, decode.DECODER)
         for name in (STATE, JOURNAL):
             (out / name).unlink(missing_ok=True)
         log(f"store written to {out}: {manifest.counts.images} images, {manifest.counts.rejected} rejected")

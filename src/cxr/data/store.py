@@ -6,7 +6,8 @@ source had NIH's ``BBox_List_2017.csv``, ``boxes.parquet`` with the boxes alread
 ``train.bin``, a store is written once and then only memory-mapped.
 
 This module owns the format on disk, both ways: :class:`Store` reads a finished store; the writing helpers
-(:class:`Journal`, :func:`allocate_images`, :func:`write_tables`) are what :mod:`cxr.data.prepare` uses to write one.
+(:class:`StoreSource`, :func:`allocate_images`, :func:`write_tables`, and :mod:`cxr.data.journal`) are what
+:mod:`cxr.data.prepare` uses to write one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import hashlib
 import io
 import json
 import os
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +30,7 @@ from cxr.errors import CxrError, InputFormatError
 from cxr.files import replacing, write_bytes, write_json
 from cxr.imaging.geometry import box_to_store
 from cxr.labels import LABELS
+from cxr.provenance import environment
 
 INDEX_COLUMNS = (
     "image", "row", "patient_id", "follow_up", "split", "blacklisted", "view", "age", "sex",
@@ -42,10 +42,10 @@ BOX_COLUMNS = ("image", "row", "finding", "x", "y", "w", "h")
 IN_PROGRESS = ".prepare-state.json"
 """Present while ``cxr prepare`` has not finished the store (interrupted or running)."""
 JOURNAL = ".prepare-journal.jsonl"
-"""Chunks a running ``cxr prepare`` has finished, one JSON line each (see :class:`Journal`)."""
+"""Chunks a running ``cxr prepare`` has finished, one JSON line each (see :class:`cxr.data.journal.Journal`)."""
 
 
-# Writing, while prepare runs: a durable journal of finished chunks, the preallocated images, atomic files.
+# Writing, while prepare runs: the source, the preallocated images, the tables and the manifest last.
 
 
 @dataclass
@@ -65,69 +65,6 @@ class StoreSource:
     boxes: pd.DataFrame | None = None
     seeded: bool = True
     """Whether the split depends on prepare's ``--seed`` (False for a dataset with official lists only)."""
-
-
-@dataclass
-class ChunkResult:
-    """A decoded chunk: each image's source ``[width, height]`` (None if rejected) and, by position in the chunk
-    (a string: JSON keys are), the reason of each rejected image."""
-
-    sizes: list[list[int] | None]
-    rejects: dict[str, str]
-
-
-def read_journal(path: Path) -> dict[int, ChunkResult]:
-    """Finished chunks from the journal; a torn last line (a kill mid-write) is dropped and truncated away."""
-    done, good = {}, 0
-    if path.exists():
-        data = path.read_bytes()
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            done[record["chunk"]] = ChunkResult(record["sizes"], record["rejects"])
-            good += len(line)
-        if good < len(data):
-            with open(path, "r+b") as handle:
-                handle.truncate(good)
-    return done
-
-
-class Journal:
-    """Finished chunks of a running prepare, committed every ``interval`` seconds: fdatasync(images.npy) first,
-    then their journal lines, fsynced, so that a line only ever vouches for rows already on disk."""
-
-    def __init__(self, path: Path, images_path: Path, done: dict[int, ChunkResult], interval: float):
-        self.done, self.pending, self.last, self.interval = done, [], time.monotonic(), interval
-        self.file = open(path, "ab")  # noqa: SIM115  closed by close()
-        self.images = os.open(images_path, os.O_RDONLY)  # fdatasync flushes the file's pages, mapped ones too
-
-    def add(self, chunk: int, result: ChunkResult) -> None:
-        self.done[chunk] = result
-        record = {"chunk": chunk, "sizes": result.sizes, "rejects": result.rejects}
-        self.pending.append((json.dumps(record) + "\n").encode())
-        if time.monotonic() - self.last >= self.interval:
-            self.commit()
-
-    def commit(self) -> None:
-        if self.pending:
-            os.fdatasync(self.images)
-            self.file.write(b"".join(self.pending))
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.pending.clear()
-        self.last = time.monotonic()
-
-    def close(self) -> None:
-        """Commit what finished (also when an exception is on its way out), then close."""
-        try:
-            self.commit()
-        finally:
-            self.file.close()
-            os.close(self.images)
 
 
 def allocate_images(path: Path, shape: tuple[int, int, int]) -> None:
@@ -153,13 +90,13 @@ def write_tables(
     reasons: dict[int, str],
     params: StoreParams,
     decoder: str,
-    environment: dict[str, Any],
 ) -> StoreManifest:
     """Write the store's tables once every row of ``images.npy`` is done; ``manifest.json`` last, as the seal.
 
     ``present[i]`` says whether metadata row ``i`` is on disk (store rows are those, in metadata order);
     ``sizes[row]`` is ``[width, height]`` of the decoded source image or None if rejected with ``reasons[row]``.
-    ``decoder`` and ``environment`` say what decoded the images (:mod:`cxr.imaging.decode`, area interpolation).
+    ``decoder`` names what decoded the images (:mod:`cxr.imaging.decode`, area interpolation); the manifest also
+    records this process's versions and machine, without a time (a resumed run writes the same bytes).
     """
     table = source.metadata
     columns = list(source.index_columns)
@@ -212,7 +149,7 @@ def write_tables(
     boxes_source = source.files.get("boxes")
     manifest = StoreManifest(
         params, source.files["metadata"].name, boxes_source.name if boxes_source else None, boxes_file, counts,
-        __version__, decoder, "area", environment,
+        __version__, decoder, "area", environment(timestamp=False),
     )  # fmt: skip
     write_json(out / "manifest.json", manifest.to_dict())
     return manifest

@@ -11,7 +11,7 @@ The folder EMB (``docs/architecture.md``, "Embeddings"):
 
 Like ``cxr prepare`` (:mod:`cxr.data.prepare`) the run is resumable: ``embeddings.npy`` is preallocated, images are
 embedded in fixed chunks of ``--batch-size`` rows, and every couple of seconds the finished chunks are made durable
-(fdatasync of the array, then a journal line per chunk, fsynced; :class:`cxr.data.store.Journal`). A killed run,
+(fdatasync of the array, then a journal line per chunk, fsynced; :class:`cxr.data.journal.Journal`). A killed run,
 rerun with the same arguments, redoes only unjournaled chunks, each with the same rows as before, so the finished
 array equals an uninterrupted run's byte for byte on the same machine.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxr import __version__
-from cxr.data.store import Journal, Store, read_journal
+from cxr.data.journal import Journal, read_journal
+from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.files import file_sha256, write_json
 from cxr.imaging.preprocessing import Preprocessing, to_unit
@@ -40,6 +42,20 @@ STATE, JOURNAL = ".embed-state.json", ".embed-journal.jsonl"
 COMMIT_SECONDS = 2.0
 """How often finished chunks are made durable (a kill redoes at most this much work)."""
 OURS = (EMBEDDINGS, ENCODER, MANIFEST, STATE, JOURNAL)
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """What the journal records of an embedded chunk: how many rows it wrote."""
+
+    rows: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> EmbeddedChunk:
+        return cls(int(data["rows"]))
 
 
 def store_id(store: Store) -> str:
@@ -135,7 +151,7 @@ def embed_store(
         _start(out, encoder, embedding_dims(embedder, encoder.preprocessing.input_size), len(rows), params)
     array = np.load(out / EMBEDDINGS, mmap_mode="r+")
     n_chunks = -(-len(rows) // batch_size)
-    done = read_journal(out / JOURNAL)
+    done = read_journal(out / JOURNAL, EmbeddedChunk.from_dict)
     pending = [chunk for chunk in range(n_chunks) if chunk not in done]
     journal = Journal(out / JOURNAL, out / EMBEDDINGS, done, COMMIT_SECONDS)
     try:
@@ -161,7 +177,7 @@ def _start(out: Path, encoder, dims: int, images: int, params: dict) -> None:
     write_json(out / STATE, {"params": params, "dims": dims})
 
 
-def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: Journal, workers: int,
+def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: Journal[EmbeddedChunk], workers: int,
          batch_size: int, progress: bool, total: int, completed: int) -> None:  # fmt: skip
     """Embed the pending chunks in order, each written into its rows and journaled."""
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
@@ -172,7 +188,7 @@ def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: J
             features = embedder(to_unit(pixels.to(embedder.device, non_blocking=True)))
             start = chunk * batch_size
             array[start : start + len(features)] = features.cpu().numpy()
-            journal.add(chunk, {"rows": len(features)})
+            journal.add(chunk, EmbeddedChunk(len(features)))
             bar and bar.advance(0, len(features))
     finally:
         if bar:

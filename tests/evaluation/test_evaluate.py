@@ -24,7 +24,7 @@ runner = CliRunner()
 
 
 def nih_targets(metadata_csv: Path) -> pd.DataFrame:
-    """Targets parsed here, independently of cxr.data.nih: one 0/1 column per finding, indexed by image."""
+    """Targets parsed here, independently of cxr.data.datasets.nih: one 0/1 column per finding, indexed by image."""
     table = pd.read_csv(metadata_csv, usecols=["Image Index", "Finding Labels", "Patient ID"])
     cells = table["Finding Labels"].str.split("|")
     targets = pd.DataFrame({f: cells.map(lambda names, f=f: int(f in names)) for f in FINDINGS})

@@ -85,7 +85,7 @@ def model_spec(
         preprocessing=preprocessing,
         config=dict(config or {}),
         training_data=tuple(training_data),
-        provenance=Provenance(__version__, environment(), source),
+        provenance=Provenance(__version__, environment().to_dict(), source),
     )
 
 

@@ -51,8 +51,8 @@ def _test_macro_auroc(run: Path, model: Path, store: Path) -> float:
 @pytest.mark.slow
 def test_probe_on_the_frozen_cnn_matches_its_own_head(embedded, trained_run, synth_store, tmp_path, sample_dir):
     emb = Embeddings(embedded)
-    assert emb.manifest["model"]["kind"] == "artifact" and emb.manifest["model"]["file"] == "best.ckpt"
-    assert "AdaptiveAvgPool2d" in emb.manifest["pooling"]
+    assert emb.manifest.model["kind"] == "artifact" and emb.manifest.model["file"] == "best.ckpt"
+    assert "AdaptiveAvgPool2d" in emb.manifest.pooling
     assert str(embedded.parent) not in (embedded / MANIFEST).read_text()  # no machine path leaves EMB
 
     run = tmp_path / "probe-run"

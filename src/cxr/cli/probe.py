@@ -45,8 +45,8 @@ def embed(
     settings = embed_settings(model, pretrained=pretrained, image_size=image_size, batch_size=batch_size)
     manifest = embed_store(settings.model, store, out, settings.pretrained, settings.image_size,
                            settings.batch_size, workers, precision, device, progress, force)  # fmt: skip
-    typer.echo(f"embeddings written to {out}: {manifest['images']} images x {manifest['dims']} dims "
-               f"({manifest['precision']})")  # fmt: skip
+    typer.echo(f"embeddings written to {out}: {manifest.images} images x {manifest.dims} dims "
+               f"({manifest.precision})")  # fmt: skip
 
 
 @app.command()

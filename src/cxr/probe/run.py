@@ -145,9 +145,14 @@ def probe_run(
         "experiment": experiment or "linear-probe",
         "store": str(store.path.resolve()),  # as `cxr train` records it: `cxr evaluate RUN` reads the store here
         "task": to_dict(Config(task=task))["task"],
-        "model": {"name": emb.manifest["model"].get("name"), "frozen": True, "encoder": emb.manifest["model"]},
+        "model": {"name": emb.manifest.model.get("name"), "frozen": True, "encoder": emb.manifest.model},
         "probe": {
-            "embeddings": {k: emb.manifest[k] for k in ("dims", "pooling", "precision", "store")},
+            "embeddings": {
+                "dims": emb.manifest.dims,
+                "pooling": emb.manifest.pooling,
+                "precision": emb.manifest.precision,
+                "store": emb.manifest.store.to_dict(),
+            },
             "fractions": fractions,
             "seed": seed,
             "c_grid": list(grid),

@@ -39,8 +39,9 @@ class EmbedSettings:
 class ProbeSettings:
     """``cxr probe``'s fractions of the training patients and C grid, and the preset's name (the run's experiment)."""
 
-    fractions: list[float] = field(default_factory=lambda: [1.0])
-    c_grid: list[float] = field(default_factory=lambda: list(C_GRID))
+    # lists, or the command line's text ("0.01,0.1,1"), which cxr.probe.run.probe_run parses
+    fractions: list[float] | str = field(default_factory=lambda: [1.0])
+    c_grid: list[float] | str = field(default_factory=lambda: list(C_GRID))
     experiment: str | None = None
 
 

@@ -203,7 +203,7 @@ def prepare_store(
         sizes = [size for c in range(len(chunks)) for size in done[c]["sizes"]]
         reasons = {c * chunk_size + int(i): reason for c in done for i, reason in done[c]["rejects"].items()}
         extra = {"dataset": name, "package_version": __version__, "decoder": decode.DECODER, "interpolation": "area"}
-        extra["environment"] = environment(timestamp=False)
+        extra["environment"] = environment(timestamp=False).to_dict()
         manifest = write_tables(out, dataset, present, sizes, reasons, params | extra)
         for name in (STATE, JOURNAL):
             (out / name).unlink(missing_ok=True)

@@ -149,7 +149,7 @@ def write_tables(
     boxes_source = source.files.get("boxes")
     manifest = StoreManifest(
         params, source.files["metadata"].name, boxes_source.name if boxes_source else None, boxes_file, counts,
-        __version__, decoder, "area", environment(timestamp=False),
+        __version__, decoder, "area", environment(timestamp=False).to_dict(),
     )  # fmt: skip
     write_json(out / "manifest.json", manifest.to_dict())
     return manifest

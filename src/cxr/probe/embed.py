@@ -27,17 +27,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxr import __version__
 from cxr.data.journal import Journal, read_journal
 from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.files import file_sha256, write_json
-from cxr.imaging.preprocessing import Preprocessing, to_unit
+from cxr.imaging.preprocessing import to_unit
 from cxr.models.artifact import load_artifact, write_artifact
 from cxr.probe.encoder import Embedder, embedding_dims, load_encoder, pooling, use_bf16
+from cxr.probe.manifest import EMBEDDINGS, ENCODER, MANIFEST, EmbeddedStore, EmbeddingsManifest
 
-FORMAT, FORMAT_VERSION = "cxr-embeddings", 1
-EMBEDDINGS, ENCODER, MANIFEST = "embeddings.npy", "encoder.ckpt", "manifest.json"
 STATE, JOURNAL = ".embed-state.json", ".embed-journal.jsonl"
 COMMIT_SECONDS = 2.0
 """How often finished chunks are made durable (a kill redoes at most this much work)."""
@@ -85,14 +83,14 @@ class ChunkImages(Dataset):
         return chunk, torch.from_numpy(views)[:, None]
 
 
-def _check_out(out: Path, params: dict, force: bool) -> dict | None:
+def _check_out(out: Path, params: dict, force: bool) -> EmbeddingsManifest | None:
     """The finished manifest when EMB already holds these embeddings; None to (re)start or resume."""
     manifest, state = out / MANIFEST, out / STATE
     previous = None
     if manifest.exists():
         done = json.loads(manifest.read_text())
         if done.get("params") == params:
-            return done
+            return EmbeddingsManifest.from_dict(done, str(manifest))
         previous = done.get("params")
     elif state.exists():
         previous = json.loads(state.read_text())["params"]
@@ -121,7 +119,7 @@ def embed_store(
     device: str | None = None,
     progress: bool = True,
     force: bool = False,
-) -> dict:
+) -> EmbeddingsManifest:
     """Embed every image of a store with a frozen ``model`` into ``out``; return the manifest (see the module doc).
 
     ``workers`` loader processes read and resize while the model runs; ``precision`` ``auto`` uses bf16 autocast
@@ -162,7 +160,7 @@ def embed_store(
     array.flush()
     del array
     manifest = _manifest(params, encoder, store, len(rows), json.loads((out / STATE).read_text())["dims"], out)
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest.to_dict())
     for name in (STATE, JOURNAL):
         (out / name).unlink(missing_ok=True)
     return manifest
@@ -195,29 +193,20 @@ def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: J
             bar.stop()
 
 
-def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: Path) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "complete": True,
-        "model": encoder.description,
-        "dims": dims,
-        "images": images,
-        "pooling": pooling(encoder.model),
-        "precision": params["precision"],
-        "preprocessing": params["preprocessing"],
-        "store": {
-            "id": params["store_id"],
-            "manifest_sha256": store.manifest_sha256,
-            "name": store.path.name,
-            "size": store.size,
-            "crop": store.crop,
-            "dataset": store.manifest.dataset,
-        },  # fmt: skip
-        "files": {"embeddings": EMBEDDINGS, "encoder": ENCODER, "encoder_sha256": file_sha256(out / ENCODER)},
-        "package_version": __version__,
-        "params": params,
-    }
+def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: Path) -> EmbeddingsManifest:
+    embedded = EmbeddedStore(params["store_id"], store.manifest_sha256, store.path.name, store.size, store.crop,
+                             store.manifest.dataset)  # fmt: skip
+    return EmbeddingsManifest(
+        model=encoder.description,
+        dims=dims,
+        images=images,
+        pooling=pooling(encoder.model),
+        precision=params["precision"],
+        preprocessing=encoder.preprocessing,
+        store=embedded,
+        encoder_sha256=file_sha256(out / ENCODER),
+        params=params,
+    )
 
 
 def _progress_bar(total: int, completed: int):
@@ -239,13 +228,11 @@ class Embeddings:
         if not manifest.is_file():
             state = " (cxr embed was interrupted: rerun it to finish)" if (self.path / STATE).exists() else ""
             raise CxrError(f"{self.path} is not a finished embeddings folder: no {MANIFEST}{state}")
-        self.manifest = json.loads(manifest.read_text())
-        if self.manifest.get("format") != FORMAT or not self.manifest.get("complete"):
-            raise CxrError(f"{self.path}: {MANIFEST} is not a complete cxr-embeddings manifest")
+        self.manifest = EmbeddingsManifest.from_dict(json.loads(manifest.read_text()), f"{self.path}: {MANIFEST}")
         self.vectors = np.load(self.path / EMBEDDINGS, mmap_mode="r")
-        if self.vectors.shape != (self.manifest["images"], self.manifest["dims"]):
+        if self.vectors.shape != (self.manifest.images, self.manifest.dims):
             raise CxrError(f"{self.path}: {EMBEDDINGS} is {self.vectors.shape}, the manifest says "
-                           f"({self.manifest['images']}, {self.manifest['dims']})")  # fmt: skip
+                           f"({self.manifest.images}, {self.manifest.dims})")  # fmt: skip
 
     @property
     def encoder_file(self) -> Path:
@@ -253,7 +240,7 @@ class Embeddings:
 
     def check_store(self, store: Store) -> None:
         """The probe's labels and split come from ``store``: it must be the store these rows were embedded from."""
-        if store_id(store) != self.manifest["store"]["id"]:
+        if store_id(store) != self.manifest.store.id:
             raise CxrError(f"{store.path} is not the store {self.path} was embedded from (its index.parquet differs; "
-                           f"embedded: {self.manifest['store']['name']})")  # fmt: skip
-        Preprocessing.from_dict(self.manifest["preprocessing"]).check_store(store)
+                           f"embedded: {self.manifest.store.name})")  # fmt: skip
+        self.manifest.preprocessing.check_store(store)

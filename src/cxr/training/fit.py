@@ -125,7 +125,7 @@ def _record_environment(run_dir: Path) -> None:
     """``RUN/environment.json``: one entry per start (the first, then each --resume), as a resume may move machines."""
     path = run_dir / "environment.json"
     starts = json.loads(path.read_text()) if path.exists() else []
-    write_json(path, [*starts, environment()])
+    write_json(path, [*starts, environment().to_dict()])
 
 
 def _precision(config: Config, on_gpu: bool) -> str:

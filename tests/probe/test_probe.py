@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import cli
 from cxr.data.loaders import predict_store
@@ -57,6 +58,7 @@ def test_probe_on_the_frozen_cnn_matches_its_own_head(embedded, trained_run, syn
 
     run = tmp_path / "probe-run"
     cli("probe", str(embedded), *SAME_TASK, "--store", str(synth_store), "--out", str(run), "--c-grid", "0.01,0.1,1")
+    assert yaml.safe_load((run / "config.yaml").read_text())["probe"]["c_grid"] == [0.01, 0.1, 1.0]  # --c-grid used
     cli("evaluate", str(run), "--resamples", "100")
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     probe_auroc, (low, high) = metrics["macro_auroc"], metrics["macro_auroc_ci"]

@@ -69,8 +69,10 @@ def probe(
     from cxr.probe.presets import probe_settings
     from cxr.probe.run import probe_run
 
-    settings = probe_settings(preset, fractions=fractions)
-    result = probe_run(embeddings, store, out, settings.fractions, seed, list(overrides or []), settings.experiment)
+    settings = probe_settings(preset, fractions=fractions, c_grid=c_grid)
+    result = probe_run(
+        embeddings, store, out, settings.fractions, seed, list(overrides or []), settings.experiment, settings.c_grid
+    )
     for row in result.results:
         low, high = row.scores.macro_auroc_ci
         typer.echo(f"fraction {row.fraction:g}: {row.train_patients} patients, {row.train_images} images, "

@@ -41,19 +41,22 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) tools/dict_api.py
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
-# The edit-test loop: lint, then every test not marked slow (nothing that trains a model or runs a server).
+# The edit-test loop: lint (with the bare-dict budget of tools/dict_api.py), then every test not marked slow (nothing that trains a model or runs a server).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) tools/dict_api.py
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) tools/dict_api.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks

@@ -52,10 +52,10 @@ def main() -> None:
             for method in args.methods.split(","):
                 document = localize_run(args.run, args.split, examples=0, method=method, layer=layer,
                                         out=Path(scratch) / f"{method}-{layer}")  # fmt: skip
-                findings = {name: item["pointing_game"] for name, item in document["findings"].items()}
+                findings = {name: item.pointing_game for name, item in document.findings.items()}
                 rows.append({
-                    "method": method, "layer": layer, "pointing_game": document["overall"]["pointing_game"],
-                    "mean_iou": document["overall"]["mean_iou"], "findings": findings,
+                    "method": method, "layer": layer, "pointing_game": document.overall.pointing_game,
+                    "mean_iou": document.overall.mean_iou, "findings": findings,
                     "findings_at_least_0.8": sum(value >= 0.8 for value in findings.values()),
                     "worst": min(findings.values()),
                 })  # fmt: skip

@@ -109,7 +109,7 @@ if __name__ == "__main__":
     data, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
     start = time.perf_counter()
     manifest = prepare_store(data, out, size=300, crop=0.75, workers=workers, progress=False)
-    print(json.dumps({"images": manifest["counts"]["images"], "seconds": time.perf_counter() - start}))
+    print(json.dumps({"images": manifest.counts.images, "seconds": time.perf_counter() - start}))
 """
 
 

@@ -250,7 +250,8 @@ def load_config(experiment: str | Path | None = None, overrides: typing.Sequence
 
 
 def config_from_dict(mapping: dict, source: str = "config") -> Config:
-    """Rebuild a :class:`Config` from :func:`to_dict`'s output (``RUN/config.yaml``, a checkpoint's block)."""
+    """Rebuild a :class:`Config` from :func:`to_dict`'s output (``RUN/config.yaml``, a checkpoint's block): the
+    boundary where the raw tree parsed from YAML is checked key by key and becomes typed."""
     config = Config()
     _apply(config, mapping, "", source)
     return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -47,14 +48,32 @@ def gpu_names() -> list[str]:
     return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
-def environment(timestamp: bool = True) -> dict:
+@dataclass(frozen=True)
+class Environment:
+    """The machine and package versions a result was computed with; ``time`` (UTC, ISO 8601) when it was taken."""
+
+    versions: dict[str, str | None]  # package → installed version (None: absent)
+    python: str
+    platform: str
+    cpu: str
+    gpus: list[str]
+    time: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``environment`` block of runs (``environment.json``), checkpoints and store manifests."""
+        when = {"time": self.time} if self.time is not None else {}
+        return when | {"versions": self.versions, "python": self.python, "platform": self.platform, "cpu": self.cpu,
+                       "gpus": self.gpus}  # fmt: skip
+
+
+def environment(timestamp: bool = True) -> Environment:
     """Versions, Python, OS, CPU and GPUs of this process, with the time it was taken (UTC) unless ``timestamp`` is
     false (a store's manifest: a resumed or parallel prepare must write the same bytes)."""
-    when = {"time": datetime.now(UTC).isoformat(timespec="seconds")} if timestamp else {}
-    return when | {
-        "versions": package_versions(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "gpus": gpu_names(),
-    }
+    return Environment(
+        versions=package_versions(),
+        python=platform.python_version(),
+        platform=platform.platform(),
+        cpu=cpu_name(),
+        gpus=gpu_names(),
+        time=datetime.now(UTC).isoformat(timespec="seconds") if timestamp else None,
+    )

@@ -81,3 +81,30 @@ def test_native_bf16_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
     assert cpuinfo_flags(cpuinfo) & NATIVE_BF16_FLAGS == {"avx512_bf16", "amx_bf16"}
     assert cpuinfo_flags(tmp_path / "missing") == frozenset()
+
+
+def test_demo_json_keeps_its_keys(tmp_path):
+    """``demo.json`` is DemoSummary.to_dict: the keys and the total as before the summary was typed."""
+    from cxr.cli.demo import _summary
+
+    (tmp_path / "run" / "eval" / "test").mkdir(parents=True)
+    (tmp_path / "run" / "eval" / "test" / "metrics.json").write_text('{"macro_auroc": 0.91, "micro_auroc": 0.88}')
+    (tmp_path / "run" / "localize").mkdir()
+    (tmp_path / "run" / "localize" / "localize.json").write_text('{"findings": {"Mass": {"pointing_game": 0.75}}}')
+    summary = _summary(tmp_path, {"synthesize": 1.2, "train": 10.0})
+    assert summary.to_dict() == {
+        "timings": {"synthesize": 1.2, "train": 10.0},
+        "total_seconds": 11.2,
+        "macro_auroc": 0.91,
+        "micro_auroc": 0.88,
+        "report": str(tmp_path / "run" / "eval" / "test" / "report.html"),
+        "pointing_game": {"Mass": 0.75},
+    }
+    assert list(summary.to_dict()) == [
+        "timings",
+        "total_seconds",
+        "macro_auroc",
+        "micro_auroc",
+        "report",
+        "pointing_game",
+    ]

@@ -18,22 +18,26 @@ from typer.testing import CliRunner
 from cxr.cli import app
 from cxr.data.datasets import (
     READERS,
+    ReadOptions,
     chexpert,
     detect_dataset,
     google,
-    mapping_markdown,
     padchest,
-    padchest_markdown,
     read_dataset,
-    summarize,
     vindr,
 )
+from cxr.data.datasets import summarize as summary_of
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import COMMON_LABELS, FINDINGS
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "fixtures"
-EXCERPTS = ("chexpert", "mimic", "padchest", "vindr", "rsna", "siim", "google2019")
+EXCERPTS = tuple(reader.fixture for reader in READERS.values())
+"""Every reader's fixture folder (tests/data/test_readers.py checks each reader has one)."""
+
+
+def summarize(dataset) -> dict:
+    return summary_of(dataset).to_dict()
 
 
 def copy_excerpt(name: str, tmp_path: Path) -> Path:
@@ -52,9 +56,9 @@ def edit_cell(path: Path, line: int, column: str, value: str) -> None:
         csv.writer(handle, lineterminator="\n").writerows(rows)
 
 
-@pytest.mark.parametrize("name", EXCERPTS)
+@pytest.mark.parametrize("name", list(READERS))
 def test_detected_from_files(name):
-    assert detect_dataset(DATA / name) == name
+    assert detect_dataset(DATA / READERS[name].fixture) == name
 
 
 def test_detection_errors(tmp_path, sample_dir):
@@ -117,7 +121,7 @@ def raw_chexpert() -> pd.DataFrame:
 @pytest.mark.parametrize(("policy", "uncertain_as"), [("ones", 1.0), ("zeros", 0.0), ("ignore", np.nan)])
 def test_chexpert_uncertainty_policy(policy, uncertain_as):
     raw = raw_chexpert()
-    dataset = read_dataset(DATA / "chexpert", uncertainty=policy)
+    dataset = read_dataset(DATA / "chexpert", options=ReadOptions(uncertainty=policy))
     for label in chexpert.LABELS:
         expected = raw[label].replace(-1.0, uncertain_as).to_numpy(np.float32)
         np.testing.assert_array_equal(dataset.labels[label].to_numpy(), expected, err_msg=label)
@@ -287,7 +291,7 @@ def test_siim_masks_and_paths(tmp_path):
 
 
 def test_mimic_study_labels_split_and_views(tmp_path):
-    dataset = read_dataset(DATA / "mimic", uncertainty="ones")
+    dataset = read_dataset(DATA / "mimic", options=ReadOptions(uncertainty="ones"))
     images = dataset.images
     assert images["image"].iloc[0] == "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
     assert images["split"].tolist() == ["train"] * 4 + ["validate", "test"]
@@ -371,10 +375,3 @@ def test_checked_figures_vindr_google_rsna_siim(tmp_path):
     assert (rsna["images"], rsna["findings"]["Lung Opacity"]) == (26_684, 6_012)
     siim = summarize(read_dataset(from_wheel(tmp_path, "siim-pneumothorax-train-rle.csv.gz", "train-rle.csv.gz")))
     assert (siim["images"], siim["findings"]["Pneumothorax"]) == (12_047, 2_669)
-
-
-def test_docs_hold_the_mapping_tables():
-    """docs/datasets.md shows the mappings the readers use, not a copy that can drift."""
-    text = (REPO / "docs" / "datasets.md").read_text()
-    assert mapping_markdown() in text
-    assert padchest_markdown() in text

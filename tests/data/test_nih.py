@@ -1,5 +1,6 @@
-"""Reading NIH files: every file of the real sample, both metadata releases, gzip, every validation error, and the
-complete v2020 table (from the torchxrayvision wheel, when downloaded)."""
+"""Reading NIH files: every file of the real sample, both metadata releases, gzip, every validation error, the reader's
+summary, and the complete v2020 table (from the torchxrayvision wheel, when downloaded). Line numbers in errors are the
+file's 1-based lines (header = line 1), the convention of every reader (``datasets.base.read_csv``)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from cxr.cli import app
-from cxr.data.nih import (
+from cxr.data.datasets import inspect_folder, read_dataset
+from cxr.data.datasets.nih import (
     find_images,
     find_metadata,
-    load_dataset,
     read_blacklist,
     read_boxes,
     read_image_list,
     read_metadata,
-    summarize,
 )
 from cxr.data.splits import PatientOverlapError
 from cxr.errors import CxrError, InputFormatError
@@ -207,14 +207,18 @@ def test_find_images_anywhere_below(tmp_path):
     assert found["a.png"] == tmp_path / "images_001/images/a.png"  # first in sorted order wins
 
 
+def summarize(folder: Path) -> dict:
+    return inspect_folder(folder, "nih").to_dict()
+
+
 def test_load_dataset_and_summarize_sample(sample_dir):
-    dataset = load_dataset(sample_dir)
-    table = dataset.metadata
+    dataset = read_dataset(sample_dir, "nih")
+    table = pd.concat([dataset.images, dataset.labels], axis=1)
     train_val = set(read_image_list(sample_dir / "train_val_list.txt"))
     test = set(read_image_list(sample_dir / "test_list.txt"))
     blacklist = read_blacklist(sample_dir / "blacklist.csv")
     on_disk = {p.name for p in (sample_dir / "images").glob("*.png")}
-    summary = summarize(dataset)
+    summary = summarize(sample_dir)
     json.dumps(summary)  # plain JSON types only
     names = table["image"]
     assert summary["images"] == 2000 and summary["patients"] == table["patient_id"].nunique()
@@ -223,6 +227,7 @@ def test_load_dataset_and_summarize_sample(sample_dir):
     assert summary["blacklisted"]["train_val"] == len(set(names) & blacklist & train_val)
     assert summary["blacklisted"]["test"] == len(set(names) & blacklist & test)
     assert summary["findings"] == {name: int(table[name].sum()) for name in LABELS}
+    assert summary["usable"] == 2000 and summary["rejects"] == {"count": 0, "examples": []}
     assert summary["missing_images"]["count"] == 2000 - len(on_disk)
     assert set(summary["missing_images"]["examples"]) <= set(names) - on_disk
     assert summary["images_on_disk"] == len(on_disk) == 11
@@ -232,14 +237,16 @@ def test_load_dataset_and_summarize_sample(sample_dir):
 def test_dataset_without_lists_and_with_overlapping_patients(sample_dir, tmp_path):
     lines = sample_lines(sample_dir)[:30]
     write_lines(tmp_path / "Data_Entry_2017_v2020.csv", lines)
-    dataset = load_dataset(tmp_path)
-    assert (dataset.metadata["split"] == "").all() and dataset.boxes is None
-    assert summarize(dataset)["files"]["train_val"] is None
+    dataset = read_dataset(tmp_path, "nih")
+    assert (dataset.images["split"] == "").all() and dataset.boxes is None
+    summary = summarize(tmp_path)
+    assert summary["files"]["train_val"] is None and summary["split"] == {"train_val": 0, "test": 0}
+    assert summary["unlisted"] == 29
     names = [line.split(",")[0] for line in lines[1:]]  # 00000001_000 and _001 share patient 1
     write_lines(tmp_path / "train_val_list.txt", [names[0]])
     write_lines(tmp_path / "test_list.txt", [names[1]])
     with pytest.raises(PatientOverlapError, match="train_val in .*Data_Entry_2017_v2020.csv"):
-        load_dataset(tmp_path)
+        read_dataset(tmp_path, "nih")
 
 
 def test_inspect_cli_json_and_table(sample_dir):
@@ -247,8 +254,8 @@ def test_inspect_cli_json_and_table(sample_dir):
     result = runner.invoke(app, ["inspect", str(sample_dir), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary.pop("dataset") == "nih" and summary.pop("harmonised")["Lung Lesion"] is not None
-    assert summary == summarize(load_dataset(sample_dir))
+    assert summary["dataset"] == "nih" and summary["harmonised"]["Lung Lesion"] is not None
+    assert summary == summarize(sample_dir)
     result = runner.invoke(app, ["inspect", str(sample_dir)])
     assert result.exit_code == 0 and "Pleural_Thickening" in result.stdout and "1,989" in result.stdout
 
@@ -267,7 +274,7 @@ def test_complete_v2020_table(sample_dir, tmp_path):
         )
     for name in ("train_val_list.txt", "test_list.txt", "blacklist.csv"):
         shutil.copy(sample_dir / name, tmp_path / name)
-    summary = summarize(load_dataset(tmp_path))
+    summary = summarize(tmp_path)
     assert (summary["images"], summary["patients"]) == (112_120, 30_805)
     assert summary["split"] == {"train_val": 86_524, "test": 25_596}
     assert summary["blacklisted"] == {"train_val": 834, "test": 334, "total": 1_168}
@@ -277,8 +284,6 @@ def test_complete_v2020_table(sample_dir, tmp_path):
 
 def test_gzipped_lists_and_blacklist_are_read_like_plain_ones(sample_dir, tmp_path):
     import gzip
-
-    from cxr.data.nih import read_blacklist, read_image_list
 
     for name in ("test_list.txt", "blacklist.csv"):
         (tmp_path / f"{name}.gz").write_bytes(gzip.compress((sample_dir / name).read_bytes()))

@@ -107,7 +107,7 @@ def test_store_contents_follow_the_contract(tiny_nih, tmp_path):
     out = tmp_path / "store"
     manifest = prepare_store(tiny_nih, out, size=32, crop=0.75, workers=1, progress=False, chunk_size=3)
     store = Store(out)
-    assert manifest == store.manifest and manifest["complete"] and (store.size, store.crop) == (32, 0.75)
+    assert manifest == store.manifest and manifest.complete and (store.size, store.crop) == (32, 0.75)
     assert sorted(p.name for p in out.iterdir()) == sorted(STORE_FILES)  # no journal, state or lock left
     index = store.index
     assert list(index.columns) == list(INDEX_COLUMNS)
@@ -131,9 +131,9 @@ def test_store_contents_follow_the_contract(tiny_nih, tmp_path):
     reasons = dict(zip(rejects["image"], rejects["reason"], strict=True))
     assert "truncated" in reasons["00000005_000.png"] and reasons["00000006_000.png"] == "empty file"
     assert reasons["00000007_000.png"].startswith("missing")
-    counts = manifest["counts"]
-    assert (counts["listed"], counts["rows"], counts["images"], counts["rejected"]) == (14, 13, 11, 3)
-    assert (counts["missing"], counts["undecodable"]) == (1, 2)
+    counts = manifest.counts
+    assert (counts.listed, counts.rows, counts.images, counts.rejected) == (14, 13, 11, 3)
+    assert (counts.missing, counts.undecodable) == (1, 2)
 
     boxes = store.boxes()
     assert list(boxes.columns) == ["image", "row", "finding", "x", "y", "w", "h"]
@@ -154,9 +154,9 @@ def test_parallel_run_is_byte_identical_to_serial(tiny_nih, tmp_path):
 def test_real_sample_images(sample_dir, tmp_path):
     manifest = prepare_store(sample_dir, tmp_path / "store", size=64, crop=0.75, workers=1, progress=False)
     store = Store(tmp_path / "store")
-    assert manifest["counts"]["images"] == 11 == len(store)
-    assert manifest["counts"]["missing"] == 2000 - 11 and manifest["counts"]["undecodable"] == 0
-    assert manifest["environment"]["versions"]["numpy"] == np.__version__ and manifest["environment"]["cpu"]
+    assert manifest.counts.images == 11 == len(store)
+    assert manifest.counts.missing == 2000 - 11 and manifest.counts.undecodable == 0
+    assert manifest.environment["versions"]["numpy"] == np.__version__ and manifest.environment["cpu"]
     assert (store.index["source_width"] == 1024).all()
     row = int(store.index.set_index("image").loc["00000100_000.png", "row"])
     grey = np.asarray(Image.open(sample_dir / "images" / "00000100_000.png"))[..., 0]  # the RGBA one: R = G = B
@@ -173,7 +173,7 @@ def test_rerun_is_a_no_op_and_other_arguments_are_refused(tiny_nih, tmp_path, ca
     with pytest.raises(CxrError, match=r"other arguments \(size 16, not 20\).*--force"):
         prepare_store(tiny_nih, out, size=20, crop=1.0, workers=1, progress=False)
     forced = prepare_store(tiny_nih, out, size=20, crop=1.0, workers=1, progress=False, force=True)
-    assert forced["size"] == 20 and Store(out).images.shape[1:] == (20, 20)
+    assert forced.size == 20 and Store(out).images.shape[1:] == (20, 20)
 
 
 def test_refuses_a_folder_that_is_not_a_store(tiny_nih, tmp_path):
@@ -232,7 +232,7 @@ def test_resume_refuses_a_changed_source_and_restarts_from_bare_leftovers(tiny_n
         prepare_store(tiny_nih, out, size=16, workers=1, progress=False)
     (out / IN_PROGRESS).unlink()  # as if killed before the state was written: only our own files remain
     manifest = prepare_store(tiny_nih, out, size=16, workers=1, progress=False)
-    assert manifest["counts"]["missing"] == 2
+    assert manifest.counts.missing == 2
 
 
 def test_force_starts_over_when_the_source_changed_under_an_interrupted_run(tiny_nih, tmp_path, monkeypatch):
@@ -245,7 +245,7 @@ def test_force_starts_over_when_the_source_changed_under_an_interrupted_run(tiny
     with pytest.raises(CxrError, match="use --force"):
         prepare_store(tiny_nih, out, size=16, workers=1, progress=False)
     manifest = prepare_store(tiny_nih, out, size=16, workers=1, progress=False, force=True)
-    assert manifest["complete"] and manifest["counts"]["missing"] == 2
+    assert manifest.complete and manifest.counts.missing == 2
     assert not (out / IN_PROGRESS).exists()
 
 
@@ -318,7 +318,7 @@ def test_store_pickles_without_pixels_and_reports_no_boxes(sample_dir, tiny_nih,
     store.images  # noqa: B018  map the pixels, then make sure pickling does not copy them
     clone = pickle.loads(pickle.dumps(store))
     assert len(pickle.dumps(store)) < store.images.nbytes and np.array_equal(clone.images, store.images)
-    assert not store.has_boxes and store.manifest["boxes"] is None
+    assert not store.has_boxes and store.manifest.boxes is None
     with pytest.raises(CxrError, match="no boxes"):
         store.boxes()
 

@@ -21,36 +21,9 @@ from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.imaging.decode import load
 from cxr.labels import COMMON_LABELS
+from source_images import gradient, write_dicom
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-def gradient(seed: int, height: int = 80, width: int = 64, maximum: int = 4095) -> np.ndarray:
-    """A 12-bit-range image with a seed-dependent bright square, so rows are told apart after resizing."""
-    rng = np.random.default_rng(seed)
-    image = np.tile(np.linspace(0, maximum // 2, width), (height, 1))
-    top, left = rng.integers(0, height - 24), rng.integers(0, width - 24)
-    image[top : top + 24, left : left + 24] = maximum
-    return image.astype(np.uint16)
-
-
-def write_dicom(path: Path, pixels: np.ndarray) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    dataset.Modality, dataset.PhotometricInterpretation = "CR", "MONOCHROME2"
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel, dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 1, 16, 12, 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
 
 
 @pytest.fixture
@@ -70,7 +43,7 @@ def test_padchest_16bit_store(padchest_folder, tmp_path):
     manifest = prepare_store(padchest_folder, tmp_path / "store", size=32, crop=1.0, workers=1, progress=False)
     store = Store(tmp_path / "store")
     index = store.index
-    assert manifest["dataset"] == "padchest" and manifest["counts"]["missing"] == 1
+    assert manifest.dataset == "padchest" and manifest.counts.missing == 1
     assert list(index.columns) == list(INDEX_COLUMNS)
     assert len(index) == len(dataset.images) - 1
     assert index[list(COMMON_LABELS)].dtypes.eq(np.float32).all()
@@ -96,7 +69,7 @@ def test_rsna_dicom_store_with_boxes(tmp_path):
                                       "--crop", "1.0", "--workers", "1", "--seed", "3"])  # fmt: skip
     assert result.exit_code == 0, result.output
     store = Store(tmp_path / "store")
-    assert store.manifest["dataset"] == "rsna" and store.manifest["seed"] == 3
+    assert store.manifest.dataset == "rsna" and store.manifest.params.seed == 3
     index = store.index
     assert len(index) == len(dataset.images)
     np.testing.assert_array_equal(index["Pneumonia"], dataset.labels["Lung Opacity"])

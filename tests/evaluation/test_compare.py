@@ -13,7 +13,9 @@ from cxr.cli import app
 from cxr.errors import CxrError
 from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
 from cxr.evaluation.compare import align, compare_sets, write_comparison
+from cxr.evaluation.comparison import PairedDifference
 from cxr.evaluation.predictions import ScoredSet, write_scored_set
+from cxr.files import to_json
 
 runner = CliRunner()
 
@@ -36,19 +38,19 @@ def two_runs(seed: int = 0, patients: int = 150, labels: tuple[str, ...] = ("Mas
 def test_paired_differences_and_p_values():
     a, b = two_runs()
     result = compare_sets({"adam": a, "sgd": b}, n_resamples=400, seed=0)
-    diffs = result["differences"]["sgd"]
-    assert diffs["Mass"]["difference"] > 0.05 and diffs["Mass"]["ci"][0] > 0 and diffs["Mass"]["p_value"] < 0.01
-    assert diffs["Nodule"] == {"difference": 0.0, "ci": [0.0, 0.0], "p_value": 1.0}  # the same scores
-    assert diffs["macro"]["difference"] == pytest.approx(diffs["Mass"]["difference"] / 3)
+    diffs = result.differences["sgd"]
+    assert diffs["Mass"].difference > 0.05 and diffs["Mass"].ci[0] > 0 and diffs["Mass"].p_value < 0.01
+    assert diffs["Nodule"] == PairedDifference(0.0, [0.0, 0.0], 1.0)  # the same scores
+    assert diffs["macro"].difference == pytest.approx(diffs["Mass"].difference / 3)
     boot = bootstrap_auroc(a.targets, a.probabilities, a.patient_ids, 400, seed=0, micro=False)
-    assert result["auroc"]["adam"]["Mass"]["auroc_ci"] == pytest.approx(boot.interval()[0].tolist())
-    assert result["n_patients"] == 150 and result["runs"] == ["adam", "sgd"]
+    assert result.auroc["adam"]["Mass"].auroc_ci == pytest.approx(boot.interval()[0].tolist())
+    assert result.n_patients == 150 and result.runs == ["adam", "sgd"]
 
 
 def test_pairing_narrows_the_interval_of_a_difference():
     """Same resampled patients for both runs: the shared variation cancels. Independent resamples keep it."""
     a, b = two_runs(seed=1)
-    paired = compare_sets({"a": a, "b": b}, n_resamples=400, seed=0)["differences"]["b"]["Mass"]["ci"]
+    paired = compare_sets({"a": a, "b": b}, n_resamples=400, seed=0).differences["b"]["Mass"].ci
     boot_a = bootstrap_auroc(a.targets, a.probabilities, a.patient_ids, 400, seed=1, micro=False)
     boot_b = bootstrap_auroc(b.targets, b.probabilities, b.patient_ids, 400, seed=2, micro=False)
     unpaired = percentile_interval(boot_b.samples[:, 0] - boot_a.samples[:, 0])
@@ -83,6 +85,13 @@ def test_write_comparison_outputs(tmp_path):
     assert set(paths) == {"json", "forest", "markdown", "html"}
     saved = json.loads(paths["json"].read_text())
     assert set(saved["differences"]) == {"sgd", "balanced"}
+    # comparison.json's layout, key for key and in order, as it was before the result was typed
+    assert list(saved) == ["runs", "labels", "n_images", "n_patients", "bootstrap", "auroc", "differences"]
+    assert saved["bootstrap"] == {"unit": "patient", "resamples": 100, "seed": 0, "level": 0.95, "paired": True}
+    assert list(saved["auroc"]["adam"]) == [*a.labels, "macro"]
+    assert list(saved["auroc"]["adam"]["macro"]) == ["auroc", "auroc_ci"]
+    assert list(saved["differences"]["sgd"]["Mass"]) == ["difference", "ci", "p_value"]
+    assert saved == json.loads(to_json(result.to_dict()))
     markdown = paths["markdown"].read_text()
     assert "## sgd vs adam (paired)" in markdown and "p (two-sided)" in markdown and "forest.png" in markdown
     assert "data:image/png;base64," in paths["html"].read_text()

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 
 def nih_targets(metadata_csv: Path) -> pd.DataFrame:
-    """Targets parsed here, independently of cxr.data.nih: one 0/1 column per finding, indexed by image."""
+    """Targets parsed here, independently of cxr.data.datasets.nih: one 0/1 column per finding, indexed by image."""
     table = pd.read_csv(metadata_csv, usecols=["Image Index", "Finding Labels", "Patient ID"])
     cells = table["Finding Labels"].str.split("|")
     targets = pd.DataFrame({f: cells.map(lambda names, f=f: int(f in names)) for f in FINDINGS})
@@ -244,8 +244,8 @@ def make_store(path: Path, metadata: pd.DataFrame, size: int = 32) -> Path:
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
     """A run dir as `cxr train` leaves it (docs/architecture.md), with a random-init model instead of training."""
+    from cxr.data.datasets.nih import read_metadata
     from cxr.data.loaders import predict_store
-    from cxr.data.nih import read_metadata
     from cxr.data.store import Store
     from cxr.models.artifact import make_preprocessing, write_artifact
     from cxr.models.factory import create_model

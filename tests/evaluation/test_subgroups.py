@@ -136,7 +136,7 @@ def test_a_planted_gap_is_flagged_and_no_gap_where_none_was_planted():
 
 
 def nih_sample_predictions(tmp_path: Path, sample_dir: Path) -> tuple[Path, Path]:
-    from cxr.data.nih import read_image_list, read_metadata
+    from cxr.data.datasets.nih import read_image_list, read_metadata
 
     metadata = read_metadata(sample_dir / "Data_Entry_2017.csv")
     listed = set(read_image_list(sample_dir / "test_list.txt"))
@@ -208,10 +208,13 @@ def test_compare_shows_gaps_side_by_side(tmp_path, sample_dir):
         evaluate_predictions(predictions, sample_dir / "Data_Entry_2017.csv", images, out, n_resamples=30,
                              subgroups=request if run == "a" else None)  # fmt: skip
     result = side_by_side([tmp_path / "a", tmp_path / "b"])
-    header, rows = result["subgroup_gaps"]["header"], result["subgroup_gaps"]["rows"]
+    header, rows = result.subgroup_gaps.header, result.subgroup_gaps.rows
     assert header == ["Attribute", "Group", "Finding", "a:test", "b:test"]
     assert ["sex", "F", "underdiagnosis"] in [row[:3] for row in rows] and all(row[4] == "-" for row in rows)
     paths = write_side_by_side(result, tmp_path / "cmp")
+    saved = json.loads(paths["json"].read_text())  # comparison.json of --external: its keys in order
+    assert list(saved) == ["split", "sets", "kind", "n_images", "labels", "auroc", "not_available", "subgroup_gaps"]
+    assert saved["subgroup_gaps"] == {"header": header, "rows": rows}
     assert "Subgroup gaps" in paths["markdown"].read_text()
     scored = load_predictions(predictions, sample_dir / "Data_Entry_2017.csv", images)  # paired: the same images
     for run in ("a", "b"):
@@ -286,7 +289,7 @@ def test_a_gap_planted_by_cxr_synth_is_found(tmp_path):
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
 
-    from cxr.data.nih import read_metadata
+    from cxr.data.datasets.nih import read_metadata
 
     args = ["synth", str(tmp_path / "data"), "--images", "1000", "--size", "64", "--seed", "5", "--prevalence", "flat"]
     result = runner.invoke(app, [*args, "--workers", "1", "--group-effect", "Effusion:sex=F:0.1"])

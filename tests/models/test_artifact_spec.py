@@ -134,6 +134,14 @@ def test_writing_validates_before_anything_is_written(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_the_recorded_training_stores_one_several_or_none():
+    """What ``cxr evaluate RUN --store`` compares a store with: ``data.stores`` of a multi-store run, else ``store``."""
+    assert _spec(config={"store": "/runs/nih-store", "data": {"stores": []}}).stores == ["/runs/nih-store"]
+    several = {"store": "", "data": {"stores": ["/s/nih", "/s/chexpert"]}}
+    assert _spec(config=several).stores == ["/s/nih", "/s/chexpert"]
+    assert _spec(config={"experiment": "keras original 300Crop169Adam.hdf5"}).stores == []  # an imported model
+
+
 def test_without_path_keeps_the_last_component_only():
     assert without_path("/home/alice/NIH cohort/store (2,400 images)") == "store (2,400 images)"
     assert without_path("C:\\Users\\bob\\cxr\\store-300") == "store-300"

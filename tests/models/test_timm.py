@@ -149,7 +149,7 @@ def _hub_cache(root: Path, repo_id: str, state: dict) -> None:
 
 
 def test_imagenet_weights_offline_come_from_the_local_hub_cache(tmp_path, monkeypatch):
-    """Offline, the layout `hf download` leaves is read; downloading is tests/models/test_weights.py's (a loopback hub)."""
+    """Offline, the layout `hf download` leaves is read; downloading is tests/models/test_weights.py's (loopback)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     repo_id = timm.models.get_pretrained_cfg("convnext_atto").hf_hub_id

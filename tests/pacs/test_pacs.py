@@ -213,7 +213,7 @@ def test_round_trip_sr_and_sc_equal_cxr_predict(start_node, sink, checkpoint, gr
     assert "NOT FOR DIAGNOSTIC USE" in str(sr.ContentSequence[-1].TextValue)
     assert sc.BurnedInAnnotation == "YES" and sc.PhotometricInterpretation == "RGB"
     assert sc.Columns == gray.shape[1] and sc.Rows > gray.shape[0]  # the banner above the radiograph
-    assert node.status()["counts"]["results_sent"] == 2
+    assert node.status().counts["results_sent"] == 2
 
     logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
     assert "cxr.pacs" in logged and "results=2 sent" in logged
@@ -227,7 +227,7 @@ def test_association_refused_unless_allowed(start_node, sink, gray):
     assoc = associate(node)
     assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
     assoc.release()
-    assert node.status()["counts"]["associations_refused"] == 2
+    assert node.status().counts["associations_refused"] == 2
 
 
 def test_bad_instances_fail_and_the_node_keeps_serving(start_node, sink, gray):
@@ -242,7 +242,7 @@ def test_bad_instances_fail_and_the_node_keeps_serving(start_node, sink, gray):
     assert store(node, cr_dataset(gray, BodyPartExamined="KNEE")) == 0x0000
     assert store(node, cr_dataset(gray)) == 0x0000
     assert len(sink.wait_for(1)) == 1 and sink.received[0].SOPClassUID == SR_CLASS
-    counts = node.status()["counts"]
+    counts = node.status().counts
     assert (counts["failed_decode"], counts["skipped"], counts["predicted"]) == (1, 2, 1)
 
 
@@ -252,7 +252,7 @@ def test_back_pressure_answers_out_of_resources(start_node, sink, gray):
     assert store(node, cr_dataset(gray)) == 0xA700
     small = start_node(settings_for(sink.port, max_instance_bytes=gray.size // 2))
     assert store(small, cr_dataset(gray)) == 0xA700
-    assert node.status()["counts"]["refused_busy"] == 1 and small.status()["counts"]["refused_too_large"] == 1
+    assert node.status().counts["refused_busy"] == 1 and small.status().counts["refused_too_large"] == 1
 
 
 def test_destination_down_is_retried_then_counted_failed(start_node, gray, caplog):
@@ -266,9 +266,9 @@ def test_destination_down_is_retried_then_counted_failed(start_node, gray, caplo
     caplog.set_level(logging.INFO, logger="cxr.pacs")
     assert store(node, cr_dataset(gray)) == 0x0000
     deadline = time.monotonic() + 60
-    while node.status()["counts"]["results_failed"] == 0 and time.monotonic() < deadline:
+    while node.status().counts["results_failed"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert node.status()["counts"]["results_failed"] == 1
+    assert node.status().counts["results_failed"] == 1
     failure = next(r.getMessage() for r in caplog.records if "FAILED" in r.getMessage())
     attempts = int(failure.split("attempts=")[1].split()[0])
     assert attempts >= 3 and "results_failed=1" in failure  # 0.1 + 0.2 + 0.4 s of waits fit in the 1 s deadline

@@ -214,9 +214,9 @@ def test_orthanc_round_trip(tools, checkpoint, predictor, tmp_path, sample_dir, 
         stored = storescu(tools, node.port, tmp_path / "third.dcm")
         assert stored.returncode == 0, stored.stderr
         deadline = time.monotonic() + 60
-        while node.status()["counts"]["results_failed"] == 0 and time.monotonic() < deadline:
+        while node.status().counts["results_failed"] == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
-        counts = node.status()["counts"]
+        counts = node.status().counts
         assert (counts["results_sent"], counts["results_failed"], counts["associations_refused"]) == (2, 1, 1)
     finally:
         node.stop(drain_s=10)
@@ -260,7 +260,7 @@ def test_orthanc_stow_rs(tools, predictor, tmp_path, sample_dir):
         assert storescu(tools, node.port, tmp_path / "stow.dcm").returncode == 0
         files = orthanc.wait_for(ds.StudyInstanceUID, {SR_CLASS, SC_CLASS})
         assert {SR_CLASS, SC_CLASS} <= set(files)
-        assert node.status()["counts"]["results_sent"] == 1
+        assert node.status().counts["results_sent"] == 1
     finally:
         node.stop(drain_s=10)
         if orthanc is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import cli
 from cxr.data.loaders import predict_store
@@ -51,12 +52,13 @@ def _test_macro_auroc(run: Path, model: Path, store: Path) -> float:
 @pytest.mark.slow
 def test_probe_on_the_frozen_cnn_matches_its_own_head(embedded, trained_run, synth_store, tmp_path, sample_dir):
     emb = Embeddings(embedded)
-    assert emb.manifest["model"]["kind"] == "artifact" and emb.manifest["model"]["file"] == "best.ckpt"
-    assert "AdaptiveAvgPool2d" in emb.manifest["pooling"]
+    assert emb.manifest.model["kind"] == "artifact" and emb.manifest.model["file"] == "best.ckpt"
+    assert "AdaptiveAvgPool2d" in emb.manifest.pooling
     assert str(embedded.parent) not in (embedded / MANIFEST).read_text()  # no machine path leaves EMB
 
     run = tmp_path / "probe-run"
     cli("probe", str(embedded), *SAME_TASK, "--store", str(synth_store), "--out", str(run), "--c-grid", "0.01,0.1,1")
+    assert yaml.safe_load((run / "config.yaml").read_text())["probe"]["c_grid"] == [0.01, 0.1, 1.0]  # --c-grid used
     cli("evaluate", str(run), "--resamples", "100")
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     probe_auroc, (low, high) = metrics["macro_auroc"], metrics["macro_auroc_ci"]
@@ -87,7 +89,7 @@ def test_probe_on_the_frozen_cnn_matches_its_own_head(embedded, trained_run, syn
 def test_fraction_sweep_gives_a_label_efficiency_table_with_cis(embedded, synth_store, tmp_path):
     run = tmp_path / "sweep"
     result = probe_run(embedded, synth_store, run, "0.1,0.3,1", seed=3, overrides=SAME_TASK, grid=[0.1])
-    assert len(result["results"]) == 3
+    assert len(result.results) == 3
     table = pd.read_csv(run / "efficiency.csv")
     assert table["fraction"].tolist() == [0.1, 0.3, 1.0]
     assert (table["ci_low"] <= table["macro_auroc"]).all() and (table["macro_auroc"] <= table["ci_high"]).all()

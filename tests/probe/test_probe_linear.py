@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,9 +11,16 @@ from sklearn.linear_model import LogisticRegression
 
 from cxr.errors import CxrError
 from cxr.evaluation.metrics import auroc
-from cxr.probe.efficiency import fraction_rows, parse_fractions
-from cxr.probe.linear import fit_linear_head
-from cxr.probe.presets import available_presets, embed_settings, load_preset, probe_settings
+from cxr.probe.efficiency import FractionResult, auroc_with_ci, fraction_rows, parse_fractions, write_efficiency
+from cxr.probe.linear import C_GRID, fit_linear_head
+from cxr.probe.presets import (
+    EmbedSettings,
+    ProbeSettings,
+    available_presets,
+    embed_settings,
+    load_preset,
+    probe_settings,
+)
 
 
 def _data(n: int, d: int = 16, labels: int = 2, seed: int = 0):
@@ -88,13 +97,52 @@ def test_fractions_take_whole_patients_nested_and_seeded():
 def test_presets_name_their_model_and_published_figures(tmp_path):
     assert {"probe-rad-dino", "probe-biomedclip"} <= set(available_presets())
     rad_dino = load_preset("probe-rad-dino")
-    assert rad_dino["embed"]["model"] == "rad-dino" and rad_dino["published"]
-    assert all("published" in entry["note"] for entry in rad_dino["published"])
+    assert rad_dino.embed.model == "rad-dino" and rad_dino.published
+    assert all("published" in entry["note"] for entry in rad_dino.published)
     settings = embed_settings("probe-rad-dino", batch_size=8)
-    assert settings["model"] == "rad-dino" and settings["batch_size"] == 8
-    assert embed_settings("resnet18")["model"] == "resnet18"
-    assert probe_settings("probe-rad-dino")["fractions"] == [0.01, 0.1, 1.0]
+    assert settings.model == "rad-dino" and settings.batch_size == 8 and settings.image_size == 518
+    assert embed_settings("resnet18") == EmbedSettings(model="resnet18")
+    assert probe_settings("probe-rad-dino") == ProbeSettings([0.01, 0.1, 1.0], list(C_GRID), "probe-rad-dino")
+    assert probe_settings("probe-rad-dino", fractions="0.5").fractions == "0.5"  # the command line wins
+    assert probe_settings(None) == ProbeSettings()
     bad = tmp_path / "bad.yaml"
     bad.write_text("embed: {model: x, epochs: 3}\n")
     with pytest.raises(CxrError, match=r"unknown keys \['embed.epochs'\]"):
         load_preset(str(bad))
+
+
+def test_efficiency_files_keep_their_layout(tmp_path):
+    """``efficiency.json``'s rows (also ``probe.json``'s ``fractions``) are FractionResult.to_dict: the keys pinned."""
+    rng = np.random.default_rng(0)
+    labels, patients = ["Mass", "Nodule"], np.repeat(np.arange(60), 2)
+    targets = (rng.random((120, 2)) < 0.4).astype(float)
+    probabilities = np.clip(0.5 * targets + 0.5 * rng.random((120, 2)), 0, 1)
+    scores = auroc_with_ci(labels, targets, probabilities, patients, seed=0, resamples=50)
+    assert scores.findings["Mass"].auroc > 0.7 and scores.macro_auroc == np.mean(
+        [f.auroc for f in scores.findings.values()]
+    )
+    targets[:10, 1] = np.nan  # a label unknown on some rows: scored where known, no macro CI
+    partial = auroc_with_ci(labels, targets, probabilities, patients, seed=0, resamples=50)
+    assert np.isnan(partial.macro_auroc_ci).all() and partial.findings["Mass"] == scores.findings["Mass"]
+    rows = [FractionResult(0.5, 30, 60, partial, [1.0, None], {"Nodule": "one class"}),
+            FractionResult(1.0, 60, 120, scores, [1.0, 0.1], {})]  # fmt: skip
+    table = write_efficiency(tmp_path, rows, labels, "probe")
+    document = json.loads((tmp_path / "efficiency.json").read_text())
+    assert list(document) == ["title", "split", "bootstrap", "rows"]
+    keys = [
+        "fraction",
+        "train_patients",
+        "train_images",
+        "macro_auroc",
+        "macro_auroc_ci",
+        "findings",
+        "chosen_c",
+        "notes",
+    ]
+    assert [list(row) for row in document["rows"]] == [keys, keys]
+    assert document["rows"][0]["macro_auroc_ci"] == [None, None] and document["rows"][0]["chosen_c"] == [1.0, None]
+    assert document["rows"][1]["findings"]["Mass"] == {"auroc": scores.findings["Mass"].auroc,
+                                                       "auroc_ci": scores.findings["Mass"].auroc_ci}  # fmt: skip
+    assert list(table.columns) == ["fraction", "train_patients", "train_images", "macro_auroc", "ci_low", "ci_high",
+                                   "auroc_Mass", "auroc_Nodule"]  # fmt: skip
+    assert "| 1 | 60 | 120 |" in (tmp_path / "efficiency.md").read_text()

@@ -117,9 +117,9 @@ def test_every_drawn_finding_has_one_box_inside_the_image(synth_data: Path) -> N
 
 
 def test_nih_reader_reads_the_output(synth_data: Path) -> None:
-    from cxr.data.nih import load_dataset, summarize
+    from cxr.data.datasets import inspect_folder
 
-    summary = summarize(load_dataset(synth_data))
+    summary = inspect_folder(synth_data, "nih").to_dict()
     table = _entries(synth_data)
     assert summary["images"] == summary["images_on_disk"] == 600 and summary["missing_images"]["count"] == 0
     assert summary["split"]["train_val"] + summary["split"]["test"] == 600 and summary["unlisted"] == 0

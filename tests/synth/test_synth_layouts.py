@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cxr.cli import app
-from cxr.data.datasets import detect_dataset, read_dataset
+from cxr.data.datasets import ReadOptions, detect_dataset, read_dataset
 from cxr.data.prepare import prepare_store
 from cxr.data.store import Store
 from cxr.errors import CxrError
@@ -35,7 +35,7 @@ def chexpert_synth(tmp_path_factory) -> Path:
 
 def test_layout_is_read_as_chexpert(chexpert_synth):
     assert detect_dataset(chexpert_synth) == "chexpert"
-    dataset = read_dataset(chexpert_synth, uncertainty="ones")
+    dataset = read_dataset(chexpert_synth, options=ReadOptions(uncertainty="ones"))
     records = plan_cohort(IMAGES, SEED)
     by_path = {chexpert_path(record): record for record in records}
     assert sorted(dataset.images["image"]) == sorted(by_path)
@@ -72,14 +72,14 @@ def test_same_seed_same_tables_and_bad_layout(chexpert_synth, tmp_path):
 def test_prepared_with_the_official_split(chexpert_synth, tmp_path):
     manifest = prepare_store(chexpert_synth, tmp_path / "store", size=32, crop=1.0, workers=1, progress=False)
     index = Store(tmp_path / "store").index
-    assert manifest["dataset"] == "chexpert" and len(index) == IMAGES
+    assert manifest.dataset == "chexpert" and len(index) == IMAGES
     official = pd.Series(index["official_split"]).map({"train": "train_val", "valid": "test"})
     assert (index["split"] == official).all() and set(index["split"]) == {"train_val", "test"}
     assert index["Fibrosis"].isna().all() and set(index["Cardiomegaly"].dropna()) <= {0.0, 1.0}
     # the uncertainty policy reaches the store: "ones" turns the uncertain cells' NaN into 1
     ones = prepare_store(chexpert_synth, tmp_path / "ones", size=32, crop=1.0, workers=1, progress=False,
                          uncertainty="ones")  # fmt: skip
-    assert ones["uncertainty"] == "ones"
+    assert ones.params.uncertainty == "ones"
     flipped = Store(tmp_path / "ones").index
     dataset = read_dataset(chexpert_synth)
     uncertain = dataset.uncertain["Atelectasis"].to_numpy()

@@ -1,17 +1,21 @@
 """CLI commands ``cxr inspect`` (summarise a dataset folder without decoding a pixel) and ``cxr prepare``.
 
-Thin wrappers: the work is in :mod:`cxr.data.datasets`, :mod:`cxr.data.nih` and :mod:`cxr.data.prepare`; heavy
-imports happen inside the commands.
+Thin wrappers: the work is in :mod:`cxr.data.datasets` and :mod:`cxr.data.prepare`; heavy imports happen inside the
+commands. No dataset is special here: every reader gives the same summary and the same store.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cxr.cli._app import app
+
+if TYPE_CHECKING:
+    from cxr.data.datasets import DatasetSummary
 
 
 @app.command()
@@ -28,86 +32,66 @@ def inspect(
 
     The dataset is recognised from its files (names and CSV columns); see docs/datasets.md.
     """
-    from cxr.data.datasets import detect_dataset, inspect_folder
+    from cxr.data.datasets import inspect_folder
 
-    name = dataset or detect_dataset(data)
-    summary = inspect_folder(data, name)
+    summary = inspect_folder(data, dataset)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    elif name == "nih":
-        _print_summary(summary)
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
     else:
-        _print_dataset(summary)
+        _print_summary(summary)
 
 
-def _print_dataset(summary: dict) -> None:
+def _overview_rows(summary: DatasetSummary) -> list[tuple[str, str]]:
+    """The overview table's rows: every dataset's, then those about what only some datasets have."""
+    patients = "not identified" if summary.patients is None else f"{summary.patients:,}"
+    split = " · ".join(f"{k or 'none'} {v:,}" for k, v in (summary.split or {}).items()) or "none"
+    if summary.unlisted is not None:
+        split += f" · in no list {summary.unlisted:,}"
+    rows = [
+        ("files", ", ".join(f"{key}: {name or '[red]absent[/]'}" for key, name in summary.files.items())),
+        ("images", f"{summary.images:,} listed, {summary.usable:,} usable ({summary.images_on_disk:,} on disk)"),
+        ("patients", patients),
+        ("views", " · ".join(f"{k or '?'} {v:,}" for k, v in summary.views.items())),
+        ("split", split),
+        ("rejects", f"{summary.rejects.count:,}"),
+        ("not available", ", ".join(summary.not_available) or "none"),
+    ]
+    if summary.blacklisted is not None:
+        rows.append(("blacklisted", " · ".join(f"{k} {v:,}" for k, v in summary.blacklisted.items()) + " (kept)"))
+    if summary.age is not None:
+        age = summary.age
+        outliers = "" if summary.age_outliers is None else f"; {summary.age_outliers} impossible ages"
+        rows.append(("age", f"{age['min']}–{age['max']}, median {age['median']}{outliers}"))
+    if summary.sex is not None:
+        rows.append(("sex", " · ".join(f"{k or '?'} {v:,}" for k, v in summary.sex.items())))
+    if summary.missing_images is not None:
+        missing = summary.missing_images
+        examples = f" (e.g. {', '.join(missing.examples)})" if missing.count else ""
+        rows.append(("missing images", f"{missing.count:,}{examples}"))
+    rows.append(("boxes", "none" if summary.boxes is None else f"{summary.boxes:,}"))
+    return rows
+
+
+def _print_summary(summary: DatasetSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    overview = Table(title=f"{summary['dataset']} folder {summary['source']}", show_header=False, title_justify="left")
-    patients = "not identified" if summary["patients"] is None else f"{summary['patients']:,}"
-    rows = [
-        ("files", ", ".join(f"{key}: {name or '[red]absent[/]'}" for key, name in summary["files"].items())),
-        ("images", f"{summary['images']:,} listed, {summary['usable']:,} usable "
-                   f"({summary['images_on_disk']:,} on disk)"),
-        ("patients", patients),
-        ("views", " · ".join(f"{k or '?'} {v:,}" for k, v in summary["views"].items())),
-        ("split", " · ".join(f"{k or 'none'} {v:,}" for k, v in (summary["split"] or {}).items()) or "none"),
-        ("rejects", f"{summary['rejects']['count']:,}"),
-        ("not available", ", ".join(summary["not_available"]) or "none"),
-    ]  # fmt: skip
-    for key, value in rows:
+    overview = Table(title=f"{summary.dataset} folder {summary.source}", show_header=False, title_justify="left")
+    for key, value in _overview_rows(summary):
         overview.add_row(f"[bold]{key}", value)
     console.print(overview)
-    uncertain = summary.get("uncertain")
-    columns = ["label", "positive"] + (["uncertain"] if uncertain else [])
-    findings = Table(*columns, title="The dataset's own labels", title_justify="left")
-    for name, count in summary["findings"].items():
-        findings.add_row(name, f"{count:,}", *([f"{uncertain[name]:,}"] if uncertain else []))
+    uncertain = summary.uncertain
+    columns = ["label", "positive", "%"] + (["uncertain"] if uncertain else [])
+    findings = Table(*columns, title="The dataset's own labels (an image may have several)", title_justify="left")
+    for name, count in summary.findings.items():
+        share = 100 * count / summary.usable if summary.usable else 0.0
+        findings.add_row(name, f"{count:,}", f"{share:.1f}", *([f"{uncertain[name]:,}"] if uncertain else []))
     console.print(findings)
     common = Table("label", "positive", title="Common vocabulary", title_justify="left")
-    for name, count in summary["harmonised"].items():
+    for name, count in summary.harmonised.items():
         common.add_row(name, "not available" if count is None else f"{count:,}")
     console.print(common)
-
-
-def _print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    overview = Table(title=f"NIH folder {summary['source']}", show_header=False, title_justify="left")
-    files = ", ".join(f"{key}: {name or '[red]absent[/]'}" for key, name in summary["files"].items())
-    split, black = summary["split"], summary["blacklisted"]
-    missing = summary["missing_images"]
-    age = summary["age"]
-    rows = [
-        ("files", files),
-        ("images", f"{summary['images']:,} ({summary['images_on_disk']:,} image files on disk)"),
-        ("patients", f"{summary['patients']:,}"),
-        (
-            "official split",
-            f"train_val {split['train_val']:,} · test {split['test']:,} · in neither list {summary['unlisted']:,}",
-        ),  # fmt: skip
-        ("blacklisted", f"train_val {black['train_val']:,} · test {black['test']:,} (kept and marked)"),
-        ("age", f"{age['min']}–{age['max']}, median {age['median']}; {summary['age_outliers']} impossible ages"),
-        ("views", " · ".join(f"{k} {v:,}" for k, v in summary["views"].items())),
-        ("sex", " · ".join(f"{k} {v:,}" for k, v in summary["sex"].items())),
-        (
-            "missing images",
-            f"{missing['count']:,}" + (f" (e.g. {', '.join(missing['examples'])})" if missing["count"] else ""),
-        ),  # fmt: skip
-        ("boxes", "no BBox_List_2017.csv" if summary["boxes"] is None else f"{summary['boxes']:,}"),
-    ]
-    for key, value in rows:
-        overview.add_row(f"[bold]{key}", value)
-    console.print(overview)
-    findings = Table("finding", "images", "%", title="Findings (an image may have several)", title_justify="left")
-    for name, count in summary["findings"].items():
-        share = 100 * count / summary["images"] if summary["images"] else 0.0
-        findings.add_row(name, f"{count:,}", f"{share:.1f}")
-    console.print(findings)
 
 
 @app.command()
@@ -132,6 +116,6 @@ def prepare(
 
     manifest = prepare_store(data, out, size=size, crop=crop, workers=workers, progress=True, force=force,
                              dataset=dataset, seed=seed, uncertainty=uncertainty)  # fmt: skip
-    counts = manifest["counts"]
-    typer.echo(f"{out}: {counts['images']} images ({counts['train_val']} train_val, {counts['test']} test), "
-               f"{counts['rejected']} rejected (see rejects.csv), {size}x{size} px, crop {crop}")  # fmt: skip
+    counts = manifest.counts
+    typer.echo(f"{out}: {counts.images} images ({counts.train_val} train_val, {counts.test} test), "
+               f"{counts.rejected} rejected (see rejects.csv), {size}x{size} px, crop {crop}")  # fmt: skip

@@ -126,8 +126,34 @@ def _sample_images(data: Path, samples: Path, count: int) -> list[str]:
     return [str(samples / name) for name in names]
 
 
-def run_demo(out: Path, recipe: DemoRecipe | None = None, console: Console | None = None) -> dict:
-    """Run every stage; return ``{"timings": {stage: seconds}, "macro_auroc": x, ...}`` (also saved as demo.json)."""
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the demo measured: seconds per stage, the synthetic test AUROC and the heatmaps' pointing game."""
+
+    timings: dict[str, float]  # stage → seconds
+    macro_auroc: float
+    micro_auroc: float
+    report: str  # the evaluation report's path
+    pointing_game: dict[str, float | None]  # finding → share of boxes the heatmap's maximum points into
+
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(self.timings.values()), 1)
+
+    def to_dict(self) -> dict[str, object]:
+        """``demo.json``."""
+        return {
+            "timings": self.timings,
+            "total_seconds": self.total_seconds,
+            "macro_auroc": self.macro_auroc,
+            "micro_auroc": self.micro_auroc,
+            "report": self.report,
+            "pointing_game": self.pointing_game,
+        }
+
+
+def run_demo(out: Path, recipe: DemoRecipe | None = None, console: Console | None = None) -> DemoSummary:
+    """Run every stage; return the timings and results (also saved as ``demo.json``)."""
     from typer.main import get_command
 
     recipe = recipe or DemoRecipe()
@@ -143,7 +169,7 @@ def run_demo(out: Path, recipe: DemoRecipe | None = None, console: Console | Non
         timings[stage.name] = round(time.perf_counter() - start, 1)
         console.print(f"[green]✓ {stage.name}[/] in {timings[stage.name]:.1f} s")
     summary = _summary(out, timings)
-    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    (out / "demo.json").write_text(json.dumps(summary.to_dict(), indent=2))
     _print_summary(console, out, summary)
     return summary
 
@@ -169,32 +195,29 @@ def _invoke(command: Callable, args: list[str], stage: str) -> None:
         raise CxrError(f"demo stage {stage!r} failed with exit code {code}")
 
 
-def _summary(out: Path, timings: dict[str, float]) -> dict:
+def _summary(out: Path, timings: dict[str, float]) -> DemoSummary:
     metrics = json.loads((out / "run" / "eval" / "test" / "metrics.json").read_text())
     localize_path = out / "run" / "localize" / "localize.json"
     localization = json.loads(localize_path.read_text()) if localize_path.exists() else {}
-    return {
-        "timings": timings,
-        "total_seconds": round(sum(timings.values()), 1),
-        "macro_auroc": metrics["macro_auroc"],
-        "micro_auroc": metrics["micro_auroc"],
-        "report": str(out / "run" / "eval" / "test" / "report.html"),
-        "pointing_game": {k: v.get("pointing_game") for k, v in localization.get("findings", {}).items()},
-    }
+    return DemoSummary(
+        timings=timings,
+        macro_auroc=metrics["macro_auroc"],
+        micro_auroc=metrics["micro_auroc"],
+        report=str(out / "run" / "eval" / "test" / "report.html"),
+        pointing_game={k: v.get("pointing_game") for k, v in localization.get("findings", {}).items()},
+    )
 
 
-def _print_summary(console: Console, out: Path, summary: dict) -> None:
+def _print_summary(console: Console, out: Path, summary: DemoSummary) -> None:
     table = Table(title="cxr demo", show_header=True)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
-    for name, seconds in summary["timings"].items():
+    for name, seconds in summary.timings.items():
         table.add_row(name, f"{seconds:.1f}")
-    table.add_row("[bold]total[/]", f"[bold]{summary['total_seconds']:.1f}[/]")
+    table.add_row("[bold]total[/]", f"[bold]{summary.total_seconds:.1f}[/]")
     console.print(table)
-    console.print(
-        f"Synthetic test macro AUROC: [bold]{summary['macro_auroc']:.3f}[/] (micro {summary['micro_auroc']:.3f})"
-    )
-    console.print(f"Report: {summary['report']}")
+    console.print(f"Synthetic test macro AUROC: [bold]{summary.macro_auroc:.3f}[/] (micro {summary.micro_auroc:.3f})")
+    console.print(f"Report: {summary.report}")
     console.print(
         f"Web viewer: [bold]cxr serve {out / 'run' / 'checkpoints' / 'best.ckpt'}[/]  → http://127.0.0.1:8000"
     )

@@ -175,10 +175,10 @@ def compare(
 
         result = side_by_side(items, split)
         paths = write_side_by_side(result, out)
-        _print_table("", ["Finding", *result["sets"]], side_by_side_rows(result), to_stderr=json_out == "-")
+        _print_table("", ["Finding", *result.sets], side_by_side_rows(result), to_stderr=json_out == "-")
         if json_out != "-":
             typer.echo(f"report: {paths['html']}")
-        _emit_json(result, json_out)
+        _emit_json(result.to_dict(), json_out)
         return
     if len(items) < 2:
         raise CxrError("compare needs at least two runs (or predictions CSVs)")
@@ -195,4 +195,4 @@ def compare(
             _print_table("", block[1], block[2], to_stderr=json_out == "-")
     if json_out != "-":
         typer.echo(f"report: {paths['html']}")
-    _emit_json(result, json_out)
+    _emit_json(result.to_dict(), json_out)

@@ -204,13 +204,13 @@ def localize(
     )
     columns = ("finding", "cases", "pointing game", "strict", "mean IoU", "center baseline", "random baseline")
     table = Table(*columns, title_justify="left")
-    table.title = f"{document['method']['name']} on {document['method']['layer']}, {split} split"
-    for name, item in {**document["findings"], "all": document["overall"]}.items():
+    table.title = f"{document.method.name} on {document.method.layer}, {split} split"
+    for name, item in {**document.findings, "all": document.overall}.items():
         table.add_row(
             name,
-            str(item["cases"]),
-            *(f"{item[key]:.3f}" for key in ("pointing_game", "pointing_game_strict", "mean_iou")),
-            *(f"{item[key]:.3f}" for key in ("center_baseline", "random_baseline")),
+            str(item.cases),
+            *(f"{value:.3f}" for value in (item.pointing_game, item.pointing_game_strict, item.mean_iou)),
+            *(f"{value:.3f}" for value in (item.center_baseline, item.random_baseline)),
         )
     Console().print(table)
     Console().print(f"Report: {Path(run) / 'localize' / 'report.md'}")

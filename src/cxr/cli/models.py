@@ -36,11 +36,11 @@ def import_torchxrayvision(
     from cxr.models.xrv import import_torchxrayvision as run_import
 
     record = run_import(name, out, cache_dir)
-    typer.echo(f"wrote {record['out']}: {record['architecture']}, {len(record['labels'])} outputs")
-    if record["dropped_outputs"]:
-        typer.echo(f"dropped (not in cxr's vocabulary): {', '.join(record['dropped_outputs'])}")
-    if record["without_op_thresh"]:
-        typer.echo(f"threshold 0.5 (no operating point): {', '.join(record['without_op_thresh'])}")
+    typer.echo(f"wrote {record.out}: {record.architecture}, {len(record.labels)} outputs")
+    if record.source.dropped_outputs:
+        typer.echo(f"dropped (not in cxr's vocabulary): {', '.join(record.source.dropped_outputs)}")
+    if record.source.without_op_thresh:
+        typer.echo(f"threshold 0.5 (no operating point): {', '.join(record.source.without_op_thresh)}")
 
 
 @import_app.command("keras")
@@ -60,9 +60,9 @@ def import_keras(
 
     record = run_import(file, out, layout, labels)
     typer.echo(
-        f"wrote {record['out']}: {record['architecture']} ({record['layout']} layout), {record['input_size']} px, "
-        f"outputs {', '.join(record['outputs'])}"
+        f"wrote {record.out}: {record.architecture} ({record.source.layout} layout), {record.input_size} px, "
+        f"outputs {', '.join(record.source.outputs)}"
     )
-    if record["preset"]:
-        preset = record["preset"]
+    if record.source.preset:
+        preset = record.source.preset
         typer.echo(f"preprocessing of preset {preset}; its reported AUROCs: cxr evaluate ... --preset {preset}")

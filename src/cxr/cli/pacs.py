@@ -50,4 +50,4 @@ def dicom_node(
         ae_title, port, send_to, allow, host, secondary_capture, max_instance_mb, queue_size, retry_seconds, stow_url
     )
     status = run_node(model, settings, audit, metrics_port)
-    typer.echo(" ".join(f"{name}={value}" for name, value in status["counts"].items()))
+    typer.echo(status.counts_text())

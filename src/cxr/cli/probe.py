@@ -43,10 +43,10 @@ def embed(
     from cxr.probe.presets import embed_settings
 
     settings = embed_settings(model, pretrained=pretrained, image_size=image_size, batch_size=batch_size)
-    manifest = embed_store(settings["model"], store, out, settings["pretrained"], settings["image_size"],
-                           settings["batch_size"], workers, precision, device, progress, force)  # fmt: skip
-    typer.echo(f"embeddings written to {out}: {manifest['images']} images x {manifest['dims']} dims "
-               f"({manifest['precision']})")  # fmt: skip
+    manifest = embed_store(settings.model, store, out, settings.pretrained, settings.image_size,
+                           settings.batch_size, workers, precision, device, progress, force)  # fmt: skip
+    typer.echo(f"embeddings written to {out}: {manifest.images} images x {manifest.dims} dims "
+               f"({manifest.precision})")  # fmt: skip
 
 
 @app.command()
@@ -69,12 +69,12 @@ def probe(
     from cxr.probe.presets import probe_settings
     from cxr.probe.run import probe_run
 
-    settings = probe_settings(preset, fractions=fractions)
+    settings = probe_settings(preset, fractions=fractions, c_grid=c_grid)
     result = probe_run(
-        embeddings, store, out, settings["fractions"], seed, list(overrides or []), settings["experiment"]
+        embeddings, store, out, settings.fractions, seed, list(overrides or []), settings.experiment, settings.c_grid
     )
-    for row in result["results"]:
-        low, high = row["macro_auroc_ci"]
-        typer.echo(f"fraction {row['fraction']:g}: {row['train_patients']} patients, {row['train_images']} images, "
-                   f"test macro AUROC {row['macro_auroc']:.3f} (95% CI {low:.3f}-{high:.3f})")  # fmt: skip
+    for row in result.results:
+        low, high = row.scores.macro_auroc_ci
+        typer.echo(f"fraction {row.fraction:g}: {row.train_patients} patients, {row.train_images} images, "
+                   f"test macro AUROC {row.scores.macro_auroc:.3f} (95% CI {low:.3f}-{high:.3f})")  # fmt: skip
     typer.echo(f"run written to {out}; score it with `cxr evaluate {out}`")

@@ -1,4 +1,4 @@
-"""``cxr prepare``: decode every NIH image once into a store (see ``docs/architecture.md``, "The store").
+"""``cxr prepare``: decode every image of a dataset once into a store (see ``docs/architecture.md``, "The store").
 
 How it stays fast, small and safe:
 
@@ -28,18 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import __version__
-from cxr.data.datasets import READERS, Uncertainty, detect_dataset, read_dataset
-from cxr.data.datasets.source import store_source
-from cxr.data.nih import load_dataset
+from cxr.data.datasets import READERS, ReadOptions, read_dataset
+from cxr.data.journal import ChunkResult, Journal, read_journal
+from cxr.data.manifest import StoreManifest, StoreParams
 from cxr.data.store import IN_PROGRESS as STATE
-from cxr.data.store import JOURNAL, Journal, allocate_images, read_journal, write_tables
+from cxr.data.store import JOURNAL, StoreSource, allocate_images, write_tables
 from cxr.errors import CxrError
 from cxr.files import write_json
 from cxr.imaging import decode  # decode.DECODER is read when a store is written: it may be switched at run time
 from cxr.imaging.decode import decode_grayscale, init_decode_worker, preprocess
 from cxr.imaging.geometry import crop_square
-from cxr.provenance import environment
 
 STORE_FILES = ("images.npy", "index.parquet", "rejects.csv", "boxes.parquet", "manifest.json")
 LOCK = ".prepare.lock"
@@ -55,7 +53,9 @@ def chunk_size_for(images: int, workers: int) -> int:
     return max(1, min(CHUNK_SIZE, -(-images // (8 * workers))))
 
 
-def _write_chunk(images_path: str, offset: int, size: int, crop: float, first_row: int, files: list[str]) -> dict:
+def _write_chunk(
+    images_path: str, offset: int, size: int, crop: float, first_row: int, files: list[str]
+) -> ChunkResult:
     """Worker: decode ``files`` into rows ``first_row...`` of images.npy; return source sizes and reject reasons."""
     rows = np.memmap(images_path, dtype=np.uint8, mode="r+", offset=offset + first_row * size * size,
                      shape=(len(files), size, size))  # fmt: skip
@@ -72,7 +72,7 @@ def _write_chunk(images_path: str, offset: int, size: int, crop: float, first_ro
             rows[i] = 0  # rewritten on resume too, so the bytes never depend on history
             sizes.append(None)
     del rows  # unmap: written pages must not accumulate in this worker's resident memory (the parent syncs them)
-    return {"sizes": sizes, "rejects": rejects}
+    return ChunkResult(sizes, rejects)
 
 
 def _ours(name: str) -> bool:
@@ -86,29 +86,36 @@ def _clear(out: Path) -> None:
             path.unlink()
 
 
-def _check_existing(out: Path, params: dict, force: bool, log) -> dict | None:
+def _check_existing(out: Path, params: StoreParams, force: bool, log) -> StoreManifest | None:
     """The finished manifest if ``out`` already holds this store, else None (after clearing it if forced)."""
     manifest_path, state_path = out / "manifest.json", out / STATE
     previous = None
     if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        if previous.get("complete") and {k: previous.get(k) for k in params} == params:
-            return previous
+        recorded = json.loads(manifest_path.read_text())
+        previous = StoreParams.from_dict(recorded)
+        if recorded.get("complete") and previous == params:
+            return StoreManifest.from_dict(recorded)
     elif state_path.exists():
-        previous = json.loads(state_path.read_text())["params"]
-        if {k: previous.get(k) for k in params} == params:
+        previous = StoreParams.from_dict(json.loads(state_path.read_text())["params"])
+        if previous == params:
             return None  # an interrupted run with the same arguments: resume it
     elif not all(_ours(p.name) for p in out.iterdir()):
         raise CxrError(f"{out} is not empty and not a cxr store: choose an empty or new --out folder")
     # (Only our own files and no state: a run killed before it recorded its state. Start afresh.)
     if previous is not None and not force:
-        differ = [f"{k} {previous.get(k)!r}, not {params[k]!r}" for k in params if previous.get(k) != params[k]]
-        raise CxrError(f"{out} holds a store prepared with other arguments ({'; '.join(differ)}): "
+        differ = "; ".join(previous.differences(params))
+        raise CxrError(f"{out} holds a store prepared with other arguments ({differ}): "
                        "use --force to overwrite it, or another --out")  # fmt: skip
     if previous is not None:
         log(f"--force: overwriting the store in {out}")
     _clear(out)
     return None
+
+
+def _source(data_dir: str | Path, dataset: str | None, options: ReadOptions, seed: int) -> StoreSource:
+    """Read the folder with its reader (recognised from its files, or named) and shape it for the store writer."""
+    read = read_dataset(data_dir, dataset, options)
+    return READERS[read.name].store(read, seed)
 
 
 def prepare_store(
@@ -123,8 +130,8 @@ def prepare_store(
     dataset: str | None = None,
     seed: int = 0,
     uncertainty: str = "ignore",
-) -> dict:
-    """Decode an NIH folder into a store at ``out_dir`` and return its manifest (see ``docs/architecture.md``).
+) -> StoreManifest:
+    """Decode a dataset folder into a store at ``out_dir`` and return its manifest (see ``docs/architecture.md``).
 
     Each image: 8-bit grayscale, centered square crop of ``crop`` x the shorter side, area-resized to ``size``
     (:mod:`cxr.imaging.decode`). ``workers`` processes (default: all cores; 1 runs in this process). An interrupted run
@@ -132,10 +139,11 @@ def prepare_store(
     other arguments is an error unless ``force``. Workers start by ``forkserver``: a script that calls this with
     ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
 
-    Any dataset :mod:`cxr.data.datasets` reads can be the source (recognised from its files, or ``dataset``); its
-    store's index has the common vocabulary's labels, NaN where the dataset cannot provide them, and the official
-    split or a patient-wise split seeded with ``seed`` (:mod:`cxr.data.datasets.source`); CheXpert's and MIMIC's
-    uncertain labels follow ``uncertainty`` (``ones``, ``zeros``, ``ignore`` = NaN).
+    Any dataset :mod:`cxr.data.datasets` reads can be the source (recognised from its files, or ``dataset``), shaped
+    by its reader's ``store``: by default the common vocabulary's labels, NaN where the dataset cannot provide them,
+    and the official split or a patient-wise split seeded with ``seed`` (:mod:`cxr.data.datasets.source`); NIH keeps
+    its own labels and official lists. CheXpert's and MIMIC's uncertain labels follow ``uncertainty`` (``ones``,
+    ``zeros``, ``ignore`` = NaN).
     """
     crop_square(1, 1, crop)  # validates crop
     if int(size) != size or size < 8:
@@ -143,20 +151,16 @@ def prepare_store(
     if workers is not None and workers < 1:
         raise CxrError(f"--workers must be at least 1, got {workers}")
     workers = workers or os.cpu_count() or 1
-    name = dataset or detect_dataset(data_dir)
-    if uncertainty not in {policy.value for policy in Uncertainty}:
-        raise CxrError(f"--uncertainty must be ones, zeros or ignore, not {uncertainty!r}")
-    source = load_dataset(data_dir) if name == "nih" else store_source(read_dataset(data_dir, name, uncertainty), seed)
-    dataset = source
+    options = ReadOptions(uncertainty=uncertainty)  # validates the policy
+    source = _source(data_dir, dataset, options, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     console = _console() if progress else None
     log = (lambda message: console.print(message, soft_wrap=True, highlight=False)) if console else (lambda _: None)
-    params = {"size": int(size), "crop": float(crop), "source": str(dataset.root.resolve())}
-    if name != "nih":
-        params |= {"dataset": name, "seed": seed}
-        if READERS[name].uncertainty:
-            params["uncertainty"] = uncertainty
+    params = StoreParams(
+        int(size), float(crop), str(source.root.resolve()), source.name, seed if source.seeded else None,
+        options.uncertainty.value if READERS[source.name].uncertainty else None,
+    )  # fmt: skip
 
     with _writing(out):
         finished = _check_existing(out, params, force, log)
@@ -165,17 +169,17 @@ def prepare_store(
                 (out / name).unlink(missing_ok=True)
             log(f"{out} is already a complete store (size {size}, crop {crop}): nothing to do")
             return finished
-        table = dataset.metadata
-        present = table["image"].isin(dataset.images.keys()).to_numpy()
+        table = source.metadata
+        present = table["image"].isin(source.images.keys()).to_numpy()
         names = table["image"].to_numpy()[present]
-        files = [str(dataset.images[name]) for name in names]
+        files = [str(source.images[name]) for name in names]
         # What the rows mean: the listed images and which of them are on disk. A resume needs both unchanged.
         fingerprint = hashlib.sha256("\n".join([*table["image"], "", *names]).encode()).hexdigest()
         images_path = out / "images.npy"
         state_path = out / STATE
         if state_path.exists() and json.loads(state_path.read_text())["fingerprint"] != fingerprint:
             if not force:
-                raise CxrError(f"the images of {dataset.root} (listed or on disk) changed since {out} was started: "
+                raise CxrError(f"the images of {source.root} (listed or on disk) changed since {out} was started: "
                                "use --force to start over")  # fmt: skip
             log(f"--force: the source changed since {out} was started; starting over")
             _clear(out)
@@ -185,11 +189,12 @@ def prepare_store(
             (out / JOURNAL).unlink(missing_ok=True)
             allocate_images(images_path, (len(files), size, size))
             chunk_size = chunk_size or chunk_size_for(len(files), workers)
-            state = {"params": params, "fingerprint": fingerprint, "rows": len(files), "chunk_size": chunk_size}
+            state = {"params": params.to_dict(), "fingerprint": fingerprint, "rows": len(files)}
+            state["chunk_size"] = chunk_size
             write_json(state_path, state)
         offset = np.load(images_path, mmap_mode="r").offset
         chunks = range(0, len(files), chunk_size)
-        done = read_journal(out / JOURNAL)
+        done = read_journal(out / JOURNAL, ChunkResult.from_dict)
         if done:
             log(f"resuming: {len(done)} of {len(chunks)} chunks already done")
         tasks = {c: (str(images_path), offset, size, crop, start, files[start : start + chunk_size])
@@ -197,17 +202,15 @@ def prepare_store(
         journal = Journal(out / JOURNAL, images_path, done, COMMIT_SECONDS)
         try:
             _run(tasks, journal.add, min(workers, max(1, len(tasks))), console, len(files),
-                 sum(len(d["sizes"]) for d in done.values()))  # fmt: skip
+                 sum(len(d.sizes) for d in done.values()))  # fmt: skip
         finally:
             journal.close()
-        sizes = [size for c in range(len(chunks)) for size in done[c]["sizes"]]
-        reasons = {c * chunk_size + int(i): reason for c in done for i, reason in done[c]["rejects"].items()}
-        extra = {"dataset": name, "package_version": __version__, "decoder": decode.DECODER, "interpolation": "area"}
-        extra["environment"] = environment(timestamp=False)
-        manifest = write_tables(out, dataset, present, sizes, reasons, params | extra)
+        sizes = [size for c in range(len(chunks)) for size in done[c].sizes]
+        reasons = {c * chunk_size + int(i): reason for c in done for i, reason in done[c].rejects.items()}
+        manifest = write_tables(out, source, present, sizes, reasons, params, decode.DECODER)
         for name in (STATE, JOURNAL):
             (out / name).unlink(missing_ok=True)
-        log(f"store written to {out}: {manifest['counts']['images']} images, {manifest['counts']['rejected']} rejected")
+        log(f"store written to {out}: {manifest.counts.images} images, {manifest.counts.rejected} rejected")
         return manifest
 
 

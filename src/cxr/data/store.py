@@ -6,7 +6,8 @@ source had NIH's ``BBox_List_2017.csv``, ``boxes.parquet`` with the boxes alread
 ``train.bin``, a store is written once and then only memory-mapped.
 
 This module owns the format on disk, both ways: :class:`Store` reads a finished store; the writing helpers
-(:class:`Journal`, :func:`allocate_images`, :func:`write_tables`) are what :mod:`cxr.data.prepare` uses to write one.
+(:class:`StoreSource`, :func:`allocate_images`, :func:`write_tables`, and :mod:`cxr.data.journal`) are what
+:mod:`cxr.data.prepare` uses to write one.
 """
 
 from __future__ import annotations
@@ -16,84 +17,54 @@ import hashlib
 import io
 import json
 import os
-import time
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxr import __version__
+from cxr.data.manifest import FORMAT, FORMAT_VERSION, StoreCounts, StoreManifest, StoreParams
 from cxr.errors import CxrError, InputFormatError
 from cxr.files import replacing, write_bytes, write_json
 from cxr.imaging.geometry import box_to_store
 from cxr.labels import LABELS
+from cxr.provenance import environment
 
-FORMAT, FORMAT_VERSION = "cxr-store", 1
 INDEX_COLUMNS = (
     "image", "row", "patient_id", "follow_up", "split", "blacklisted", "view", "age", "sex",
     "source_width", "source_height", *LABELS,
 )  # fmt: skip
+"""index.parquet of an NIH store: NIH's own labels as uint8 0/1 (another dataset's store has the common vocabulary's
+labels, NaN-able: :data:`cxr.data.datasets.source.INDEX_COLUMNS`)."""
 BOX_COLUMNS = ("image", "row", "finding", "x", "y", "w", "h")
 IN_PROGRESS = ".prepare-state.json"
 """Present while ``cxr prepare`` has not finished the store (interrupted or running)."""
 JOURNAL = ".prepare-journal.jsonl"
-"""Chunks a running ``cxr prepare`` has finished, one JSON line each (see :class:`Journal`)."""
+"""Chunks a running ``cxr prepare`` has finished, one JSON line each (see :class:`cxr.data.journal.Journal`)."""
 
 
-# Writing, while prepare runs: a durable journal of finished chunks, the preallocated images, atomic files.
+# Writing, while prepare runs: the source, the preallocated images, the tables and the manifest last.
 
 
-def read_journal(path: Path) -> dict[int, dict]:
-    """Finished chunks from the journal; a torn last line (a kill mid-write) is dropped and truncated away."""
-    done, good = {}, 0
-    if path.exists():
-        data = path.read_bytes()
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            done[record["chunk"]] = record
-            good += len(line)
-        if good < len(data):
-            with open(path, "r+b") as handle:
-                handle.truncate(good)
-    return done
+@dataclass
+class StoreSource:
+    """What the store writer reads of a dataset: the metadata table (unique ``image`` keys, one row per listed
+    image, the store index's columns), the image files on disk by ``image``, the files it came from, the boxes
+    (``image, finding, x, y, w, h`` in source pixels), and which columns the index keeps. A reader makes one
+    (:func:`cxr.data.datasets.source.store_source`, or its own)."""
 
-
-class Journal:
-    """Finished chunks of a running prepare, committed every ``interval`` seconds: fdatasync(images.npy) first,
-    then their journal lines, fsynced, so that a line only ever vouches for rows already on disk."""
-
-    def __init__(self, path: Path, images_path: Path, done: dict[int, dict], interval: float):
-        self.done, self.pending, self.last, self.interval = done, [], time.monotonic(), interval
-        self.file = open(path, "ab")  # noqa: SIM115  closed by close()
-        self.images = os.open(images_path, os.O_RDONLY)  # fdatasync flushes the file's pages, mapped ones too
-
-    def add(self, chunk: int, result: dict) -> None:
-        self.done[chunk] = {"chunk": chunk, **result}
-        self.pending.append((json.dumps(self.done[chunk]) + "\n").encode())
-        if time.monotonic() - self.last >= self.interval:
-            self.commit()
-
-    def commit(self) -> None:
-        if self.pending:
-            os.fdatasync(self.images)
-            self.file.write(b"".join(self.pending))
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.pending.clear()
-        self.last = time.monotonic()
-
-    def close(self) -> None:
-        """Commit what finished (also when an exception is on its way out), then close."""
-        try:
-            self.commit()
-        finally:
-            self.file.close()
-            os.close(self.images)
+    name: str
+    root: Path
+    metadata: pd.DataFrame
+    images: dict[str, Path]
+    files: dict[str, Path | None]
+    """``metadata`` (required) and ``boxes`` (None if the boxes are not from a file of their own) among others."""
+    index_columns: tuple[str, ...]
+    boxes: pd.DataFrame | None = None
+    seeded: bool = True
+    """Whether the split depends on prepare's ``--seed`` (False for a dataset with official lists only)."""
 
 
 def allocate_images(path: Path, shape: tuple[int, int, int]) -> None:
@@ -111,20 +82,29 @@ def allocate_images(path: Path, shape: tuple[int, int, int]) -> None:
                        "choose another --out") from None  # fmt: skip
 
 
-def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: dict[int, str], info: dict) -> dict:
+def write_tables(
+    out: Path,
+    source: StoreSource,
+    present: np.ndarray,
+    sizes: list[list[int] | None],
+    reasons: dict[int, str],
+    params: StoreParams,
+    decoder: str,
+) -> StoreManifest:
     """Write the store's tables once every row of ``images.npy`` is done; ``manifest.json`` last, as the seal.
 
     ``present[i]`` says whether metadata row ``i`` is on disk (store rows are those, in metadata order);
     ``sizes[row]`` is ``[width, height]`` of the decoded source image or None if rejected with ``reasons[row]``.
-    ``info`` (size, crop, source, versions) goes into the manifest.
+    ``decoder`` names what decoded the images (:mod:`cxr.imaging.decode`, area interpolation); the manifest also
+    records this process's versions and machine, without a time (a resumed run writes the same bytes).
     """
-    table = dataset.metadata
-    columns = list(getattr(dataset, "index_columns", INDEX_COLUMNS))  # NIH's, or another dataset's (NaN-able labels)
+    table = source.metadata
+    columns = list(source.index_columns)
     stored = table[present].reset_index(drop=True)
     stored["row"] = np.arange(len(stored), dtype=np.int64)
     usable = np.array([s is not None for s in sizes], dtype=bool)
-    source = np.array([s or (0, 0) for s in sizes], dtype=np.int64).reshape(-1, 2)
-    stored["source_width"], stored["source_height"] = source[:, 0], source[:, 1]
+    decoded = np.array([s or (0, 0) for s in sizes], dtype=np.int64).reshape(-1, 2)
+    stored["source_width"], stored["source_height"] = decoded[:, 0], decoded[:, 1]
     index = stored.loc[usable, columns].reset_index(drop=True)
     for column in ("image", "split", "view", "sex", "patient_id", "official_split"):
         if column in index and (column != "patient_id" or index[column].dtype == object):
@@ -144,40 +124,34 @@ def write_tables(out: Path, dataset, present: np.ndarray, sizes: list, reasons: 
     write_bytes(out / "rejects.csv", buffer.getvalue().encode())
 
     boxes_file = None
-    if dataset.boxes is not None:
-        boxes = dataset.boxes.merge(index[["image", "row", "source_width", "source_height"]], on="image")
+    if source.boxes is not None:
+        boxes = source.boxes.merge(index[["image", "row", "source_width", "source_height"]], on="image")
         x, y, w, h = box_to_store(*(boxes[c].to_numpy() for c in "xywh"), boxes["source_width"].to_numpy(),
-                                  boxes["source_height"].to_numpy(), info["crop"], info["size"])  # fmt: skip
+                                  boxes["source_height"].to_numpy(), params.crop, params.size)  # fmt: skip
         boxes = boxes.assign(x=x, y=y, w=w, h=h)[list(BOX_COLUMNS)].sort_values(["row", "finding"], kind="stable")
         with replacing(out / "boxes.parquet") as tmp:
             boxes.reset_index(drop=True).to_parquet(tmp, index=False)
         boxes_file = "boxes.parquet"
 
     missing = int((~present).sum())
-    counts = {
-        "listed": len(table),
-        "rows": len(stored),
-        "images": len(index),
-        "rejected": len(reason_at),
-        "missing": missing,
-        "undecodable": len(reason_at) - missing,
-        "train_val": int((index["split"] == "train_val").sum()),
-        "test": int((index["split"] == "test").sum()),
-        "blacklisted": int(index["blacklisted"].sum()) if "blacklisted" in index else 0,
-        "boxes": 0 if boxes_file is None else len(boxes),
-    }
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "complete": True,
-        **{k: info[k] for k in ("size", "crop", "source")},
-        "metadata": dataset.files["metadata"].name,
-        "boxes_source": dataset.files["boxes"].name if dataset.files.get("boxes") else None,
-        "boxes": boxes_file,
-        "counts": counts,
-        **{k: v for k, v in info.items() if k not in ("size", "crop", "source")},
-    }
-    write_json(out / "manifest.json", manifest)
+    counts = StoreCounts(
+        listed=len(table),
+        rows=len(stored),
+        images=len(index),
+        rejected=len(reason_at),
+        missing=missing,
+        undecodable=len(reason_at) - missing,
+        train_val=int((index["split"] == "train_val").sum()),
+        test=int((index["split"] == "test").sum()),
+        blacklisted=int(index["blacklisted"].sum()) if "blacklisted" in index else 0,
+        boxes=0 if boxes_file is None else len(boxes),
+    )
+    boxes_source = source.files.get("boxes")
+    manifest = StoreManifest(
+        params, source.files["metadata"].name, boxes_source.name if boxes_source else None, boxes_file, counts,
+        __version__, decoder, "area", environment(timestamp=False).to_dict(),
+    )  # fmt: skip
+    write_json(out / "manifest.json", manifest.to_dict())
     return manifest
 
 
@@ -197,15 +171,20 @@ class Store:
                                "rerun the same `cxr prepare` command to finish it")  # fmt: skip
             raise CxrError(f"{self.path} is not a cxr store: it has no manifest.json ({hint})")
         try:
-            self.manifest: dict = json.loads(manifest_path.read_text())
+            data = json.loads(manifest_path.read_text())
         except ValueError as error:
             raise InputFormatError(manifest_path, f"not valid JSON ({error})") from None
-        if self.manifest.get("format") != FORMAT:
-            raise CxrError(f"{self.path} is not a cxr store: manifest.json has format {self.manifest.get('format')!r}")
-        if self.manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise CxrError(f"{self.path} was written by a newer cxr (store format {self.manifest['format_version']})")
-        if not self.manifest.get("complete"):
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise CxrError(f"{self.path} is not a cxr store: manifest.json has format {found!r}")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise CxrError(f"{self.path} was written by a newer cxr (store format {data['format_version']})")
+        if not data.get("complete"):
             raise CxrError(f"{self.path} is an incomplete store: rerun the same `cxr prepare` command to finish it")
+        try:
+            self.manifest: StoreManifest = StoreManifest.from_dict(data)
+        except CxrError as error:
+            raise CxrError(f"{self.path} is damaged: {error} (prepare it again with --force)") from None
         for name in ("images.npy", "index.parquet"):
             if not (self.path / name).is_file():
                 raise CxrError(f"{self.path} is damaged: {name} is missing (prepare it again with --force)")
@@ -219,12 +198,12 @@ class Store:
     @property
     def size(self) -> int:
         """Side of every stored image, in pixels."""
-        return int(self.manifest["size"])
+        return self.manifest.size
 
     @property
     def crop(self) -> float:
         """Fraction of the shorter source side kept by the centered square crop."""
-        return float(self.manifest["crop"])
+        return self.manifest.crop
 
     @cached_property
     def index(self) -> pd.DataFrame:
@@ -252,13 +231,13 @@ class Store:
     @property
     def has_boxes(self) -> bool:
         """Whether the source had NIH's box list (``BBox_List_2017.csv``)."""
-        return bool(self.manifest.get("boxes"))
+        return bool(self.manifest.boxes)
 
     def boxes(self) -> pd.DataFrame:
         """Boxes in store pixels: ``image, row, finding, x, y, w, h`` (clipped to the stored square)."""
         if not self.has_boxes:
             raise CxrError(f"{self.path} has no boxes: its source had no BBox_List_2017.csv")
-        return pd.read_parquet(self.path / self.manifest["boxes"])
+        return pd.read_parquet(self.path / str(self.manifest.boxes))
 
     def rejects(self) -> pd.DataFrame:
         """Images that are not in the store, with the reason (``image, reason``)."""

@@ -9,8 +9,10 @@ DeLong et al. (1988)'s test for correlated ROC curves. Differences are ``run - r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,12 +24,23 @@ from cxr.evaluation.bootstrap import (
     percentile_interval,
     resample_counts,
 )
+from cxr.evaluation.comparison import (
+    MACRO,
+    AurocWithCi,
+    PairedBootstrap,
+    PairedComparison,
+    PairedDifference,
+    SideBySide,
+    SubgroupGaps,
+)
 from cxr.evaluation.metrics import macro_average
 from cxr.evaluation.predictions import ScoredSet, load_predictions, read_scored_set, summary_labels
 from cxr.evaluation.report import fmt, fmt_ci, render_html, render_markdown
 from cxr.evaluation.results import EvaluationResult
 from cxr.evaluation.subgroup_report import gaps_side_by_side
 from cxr.files import write_json
+
+Compared = TypeVar("Compared", PairedComparison, SideBySide)
 
 
 def load_compared(item: str | Path, split: str = "test", labels_csv: str | Path | None = None,
@@ -77,12 +90,11 @@ def align(named: dict[str, ScoredSet]) -> tuple[list[str], dict[str, ScoredSet]]
     return labels, aligned
 
 
-def compare_sets(named: dict[str, ScoredSet], n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Per-label and macro AUROC with CIs for every run, and paired differences against the first run.
-
-    JSON-ready: ``{"runs", "labels", "n_images", "n_patients", "bootstrap", "auroc": {run: {label | "macro":
-    {"auroc", "auroc_ci"}}}, "differences": {run: {label | "macro": {"difference", "ci", "p_value"}}}}``.
-    """
+def compare_sets(
+    named: dict[str, ScoredSet], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> PairedComparison:
+    """Per-label and macro AUROC with CIs for every run, and paired differences against the first run
+    (:class:`~cxr.evaluation.comparison.PairedComparison`; its ``to_dict`` is ``comparison.json``)."""
     labels, aligned = align(named)
     names = list(aligned)
     first = aligned[names[0]]
@@ -95,56 +107,55 @@ def compare_sets(named: dict[str, ScoredSet], n_resamples: int = 1000, seed: int
         )
         for name, data in aligned.items()
     }
-    result = {"runs": names, "labels": labels, "n_images": len(first.images), "n_patients": n_patients}
-    result["bootstrap"] = {"unit": "patient", "resamples": n_resamples, "seed": seed, "level": level, "paired": True}
-    result["auroc"], result["differences"] = {}, {}
+    auroc = {}
     for name, boot in boots.items():
         per_label = dict(zip(labels, np.c_[boot.point, boot.interval(level)].tolist(), strict=True))
-        entry = {label: {"auroc": row[0], "auroc_ci": row[1:]} for label, row in per_label.items()}
+        entry = {label: AurocWithCi(row[0], row[1:]) for label, row in per_label.items()}
         macro = macro_average(boot.point[mask])
-        entry["macro"] = {"auroc": macro, "auroc_ci": percentile_interval(boot.macro_samples, level).tolist()}
-        result["auroc"][name] = entry
+        entry[MACRO] = AurocWithCi(macro, percentile_interval(boot.macro_samples, level).tolist())
+        auroc[name] = entry
     base = boots[names[0]]
+    differences = {}
     for name in names[1:]:
         boot = boots[name]
         samples = np.c_[boot.samples - base.samples, boot.macro_samples - base.macro_samples]
         point = np.r_[boot.point - base.point, macro_average(boot.point[mask]) - macro_average(base.point[mask])]
         intervals, p_values = percentile_interval(samples, level), paired_p_value(samples)
-        keys = [*labels, "macro"]
-        result["differences"][name] = {
-            key: {"difference": float(point[i]), "ci": intervals[i].tolist(), "p_value": float(p_values[i])}
-            for i, key in enumerate(keys)
+        differences[name] = {
+            key: PairedDifference(float(point[i]), intervals[i].tolist(), float(p_values[i]))
+            for i, key in enumerate([*labels, MACRO])
         }
-    return result
+    bootstrap = PairedBootstrap(resamples=n_resamples, seed=seed, level=level)
+    return PairedComparison(names, labels, len(first.images), n_patients, bootstrap, auroc, differences)
 
 
-def comparison_tables(result: dict) -> list[tuple]:
+def comparison_tables(result: PairedComparison) -> list[tuple]:
     """Report blocks: AUROC side by side, then differences vs the first run with p-values."""
-    names, keys = result["runs"], [*result["labels"], "macro"]
-    side = [[key, *[fmt_ci(result["auroc"][n][key]["auroc"], result["auroc"][n][key]["auroc_ci"]) for n in names]]
-            for key in keys]  # fmt: skip
+    names = result.runs
+    side = [[key, *[fmt_ci(result.auroc[n][key].auroc, result.auroc[n][key].auroc_ci) for n in names]]
+            for key in result.keys]  # fmt: skip
     blocks: list[tuple] = [("h2", "AUROC [95% CI]"), ("table", ["Finding", *names], side)]
     for name in names[1:]:
-        diffs = result["differences"][name]
-        rows = [[key, fmt_ci(d["difference"], d["ci"]), fmt(d["p_value"], 4)] for key, d in diffs.items()]
+        diffs = result.differences[name]
+        rows = [[key, fmt_ci(d.difference, d.ci), fmt(d.p_value, 4)] for key, d in diffs.items()]
         header = ["Finding", f"{name} - {names[0]} [95% CI]", "p (two-sided)"]
         blocks += [("h2", f"{name} vs {names[0]} (paired)"), ("table", header, rows)]
     return blocks
 
 
-def plot_forest(result: dict, path: str | Path) -> Path:
+def plot_forest(result: PairedComparison, path: str | Path) -> Path:
     """Forest plot: per label and macro, each run's AUROC difference from the first run with its 95% CI."""
     from matplotlib.figure import Figure
 
-    names, keys = result["runs"], [*result["labels"], "macro"]
+    names, keys = result.runs, result.keys
     others = names[1:]
     figure = Figure(figsize=(4.2 * max(1, len(others)), 0.32 * len(keys) + 1.2), layout="constrained")
     axes = figure.subplots(1, max(1, len(others)), squeeze=False, sharey=True).ravel()
     positions = np.arange(len(keys))[::-1]
     for ax, name in zip(axes, others, strict=False):
-        diffs = [result["differences"][name][key] for key in keys]
-        centre = np.array([np.nan if d["difference"] is None else d["difference"] for d in diffs], dtype=float)
-        bounds = np.array([[np.nan, np.nan] if d["ci"][0] is None else d["ci"] for d in diffs], dtype=float)
+        diffs = [result.differences[name][key] for key in keys]
+        centre = np.array([np.nan if d.difference is None else d.difference for d in diffs], dtype=float)
+        bounds = np.array([[np.nan, np.nan] if d.ci[0] is None else d.ci for d in diffs], dtype=float)
         ax.errorbar(centre, positions, xerr=np.abs(bounds.T - centre), fmt="o", color="C0", ms=4, capsize=2)
         ax.axvline(0.0, color="0.5", lw=0.8, ls="--")
         ax.set(title=f"{name} - {names[0]}", xlabel="AUROC difference")
@@ -153,18 +164,18 @@ def plot_forest(result: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
+def write_comparison(result: PairedComparison, out_dir: str | Path) -> dict[str, Path]:
     """Write ``comparison.json``, ``forest.png``, ``comparison.md`` and ``comparison.html`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(out_dir / "comparison.json", result)}
-    boot = result["bootstrap"]
-    intro = (f"{len(result['runs'])} runs on the same {result['n_images']} images of {result['n_patients']} patients. "
-             f"Paired {boot['unit']}-level bootstrap ({boot['resamples']} resamples, seed {boot['seed']}): every "
+    paths = {"json": write_json(out_dir / "comparison.json", result.to_dict())}
+    boot = result.bootstrap
+    intro = (f"{len(result.runs)} runs on the same {result.n_images} images of {result.n_patients} patients. "
+             f"Paired {boot.unit}-level bootstrap ({boot.resamples} resamples, seed {boot.seed}): every "
              "resample draws one set of patients for all runs; p-values are two-sided, and the smallest one "
-             f"{boot['resamples']} resamples can give is {2 / (boot['resamples'] + 1):.4f}.")  # fmt: skip
+             f"{boot.resamples} resamples can give is {2 / (boot.resamples + 1):.4f}.")  # fmt: skip
     blocks = [("h1", "Comparison of runs"), ("p", intro), *comparison_tables(result), *gap_blocks(result)]
-    if len(result["runs"]) > 1:
+    if len(result.runs) > 1:
         paths["forest"] = plot_forest(result, out_dir / "forest.png")
         blocks += [("h2", "Differences"), ("img", paths["forest"], "AUROC differences vs the first run")]
     paths["markdown"] = out_dir / "comparison.md"
@@ -203,41 +214,36 @@ def read_result(folder: str | Path) -> EvaluationResult:
         raise InputFormatError(path, str(error)) from None
 
 
-def side_by_side(runs: list[str | Path], split: str = "test") -> dict:
+def side_by_side(runs: list[str | Path], split: str = "test") -> SideBySide:
     """Internal and external results of runs side by side, from their ``metrics.json`` files (``cxr compare
     --external``). The sets hold different images, so nothing is paired: each AUROC keeps its own patient-level CI,
-    and a label a set did not score is ``None`` with the reason where its metrics give one.
-
-    JSON-ready: ``{"split", "sets": [name], "kind", "n_images", "labels", "auroc": {set: {label | "macro": {"auroc",
-    "auroc_ci"} | None}}, "not_available": {set: {label: reason}}}``.
-    """
-    result: dict = {"split": split, "sets": [], "kind": {}, "n_images": {}, "labels": [], "auroc": {}}
-    result["not_available"] = {}
+    and a label a set did not score is ``None`` with the reason where its metrics give one
+    (:class:`~cxr.evaluation.comparison.SideBySide`; its ``to_dict`` is ``comparison.json``)."""
+    result = SideBySide(split)
     scored: dict[str, EvaluationResult] = {}
     for run in runs:
         for folder_name, folder in scored_folders(run, split).items():
             metrics = read_result(folder)
             name = f"{Path(run).name}:{folder_name}"
-            result["sets"].append(name)
-            result["kind"][name], result["n_images"][name] = _kind(metrics), metrics.n_images
-            entry = {label: {"auroc": v.auroc, "auroc_ci": v.auroc_ci} for label, v in metrics.findings.items()}
-            entry["macro"] = {"auroc": metrics.macro_auroc, "auroc_ci": metrics.macro_auroc_ci}
-            result["auroc"][name] = entry
-            result["not_available"][name] = metrics.not_available or {}
-            result["labels"] += [label for label in metrics.findings if label not in result["labels"]]
+            result.sets.append(name)
+            result.kind[name], result.n_images[name] = _kind(metrics), metrics.n_images
+            entry = {label: AurocWithCi(v.auroc, v.auroc_ci) for label, v in metrics.findings.items()}
+            entry[MACRO] = AurocWithCi(metrics.macro_auroc, metrics.macro_auroc_ci)
+            result.auroc[name] = entry
+            result.not_available[name] = metrics.not_available or {}
+            result.labels.extend(label for label in metrics.findings if label not in result.labels)
             scored[name] = metrics
-    for name in result["sets"]:
-        result["auroc"][name] = {key: result["auroc"][name].get(key) for key in [*result["labels"], "macro"]}
-    add_subgroup_gaps(result, scored)
-    return result
+    for name in result.sets:
+        result.auroc[name] = {key: result.auroc[name].get(key) for key in result.keys}
+    return add_subgroup_gaps(result, scored)
 
 
-def add_subgroup_gaps(result: dict, named: dict[str, EvaluationResult]) -> dict:
-    """``result["subgroup_gaps"]`` (header and rows of :func:`gaps_side_by_side`) where any set has subgroups."""
-    if any(metrics.subgroups for metrics in named.values()):
-        header, rows = gaps_side_by_side(named)
-        result["subgroup_gaps"] = {"header": header, "rows": rows}
-    return result
+def add_subgroup_gaps(result: Compared, named: dict[str, EvaluationResult]) -> Compared:
+    """``result`` with its ``subgroup_gaps`` (the table of :func:`gaps_side_by_side`) where any set has subgroups."""
+    if not any(metrics.subgroups for metrics in named.values()):
+        return result
+    header, rows = gaps_side_by_side(named)
+    return dataclasses.replace(result, subgroup_gaps=SubgroupGaps(header, rows))
 
 
 def run_results(items: dict[str, str | Path], split: str) -> dict[str, EvaluationResult]:
@@ -246,9 +252,9 @@ def run_results(items: dict[str, str | Path], split: str) -> dict[str, Evaluatio
     return {name: read_result(folder) for name, folder in folders.items() if (folder / "metrics.json").is_file()}
 
 
-def gap_blocks(result: dict) -> list[tuple]:
+def gap_blocks(result: PairedComparison | SideBySide) -> list[tuple]:
     """Report blocks of the subgroup gaps side by side (none when no set has subgroups)."""
-    gaps = result.get("subgroup_gaps")
+    gaps = result.subgroup_gaps
     if not gaps:
         return []
     note = (
@@ -256,31 +262,31 @@ def gap_blocks(result: dict) -> list[tuple]:
         "the share of sick images called normal; [95% CI] from each set's own patient bootstrap; "
         "* = CI excludes 0."
     )
-    return [("h2", "Subgroup gaps"), ("p", note), ("table", gaps["header"], gaps["rows"])]
+    return [("h2", "Subgroup gaps"), ("p", note), ("table", gaps.header, gaps.rows)]
 
 
-def side_by_side_rows(result: dict) -> list[list[str]]:
+def side_by_side_rows(result: SideBySide) -> list[list[str]]:
     """Rows ``[label, "AUROC [CI]" per set]`` of :func:`side_by_side`; "not available" where the set's store lacks
     the label, "-" where the set did not score it for another reason."""
 
     def cell(name: str, key: str) -> str:
-        value = result["auroc"][name][key]
+        value = result.auroc[name][key]
         if value is None:
-            return "not available" if key in result["not_available"][name] else "-"
-        return fmt_ci(value["auroc"], value["auroc_ci"])
+            return "not available" if key in result.not_available[name] else "-"
+        return fmt_ci(value.auroc, value.auroc_ci)
 
-    return [[key, *(cell(name, key) for name in result["sets"])] for key in [*result["labels"], "macro"]]
+    return [[key, *(cell(name, key) for name in result.sets)] for key in result.keys]
 
 
-def write_side_by_side(result: dict, out_dir: str | Path) -> dict[str, Path]:
+def write_side_by_side(result: SideBySide, out_dir: str | Path) -> dict[str, Path]:
     """``comparison.json``, ``.md`` and ``.html`` of :func:`side_by_side`: AUROC [95% CI] per set, "not available"
     where a set's store could not give the label."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(out_dir / "comparison.json", result)}
-    names = result["sets"]
+    paths = {"json": write_json(out_dir / "comparison.json", result.to_dict())}
+    names = result.sets
     rows = side_by_side_rows(result)
-    sets = "; ".join(f"{name}: {result['kind'][name]}, {result['n_images'][name]} images" for name in names)
+    sets = "; ".join(f"{name}: {result.kind[name]}, {result.n_images[name]} images" for name in names)
     intro = (f"Sets: {sets}. Different images: each AUROC has its own patient-level bootstrap CI and no difference "
              "is tested. Macro means are over each set's own labels.")  # fmt: skip
     blocks = [("h1", "Internal and external results"), ("p", intro), ("h2", "AUROC [95% CI]"),

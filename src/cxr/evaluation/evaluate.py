@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.data.nih import read_metadata
+from cxr.data.datasets.nih import read_metadata
 from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.evaluation.expert import LABEL_SET, is_expert_file, load_expert_predictions
@@ -79,14 +79,14 @@ def evaluate_run(
     images = parts.loc[parts["part"] == split, "image"].astype(str).tolist()
     if not images:
         raise CxrError(f"{run / 'split.parquet'} has no {split!r} images (parts: {sorted(parts['part'].unique())})")
-    if store is not None and is_external(config, store, images):
+    if store is not None and is_external(artifact.spec, store, images):
         return evaluate_on_store(run, artifact, val, Store(store), split, tta, batch_size, n_resamples, seed,
                                  subgroups=subgroups, rule=rule)  # fmt: skip
     if "store" in parts:
         if store is None:
             raise CxrError(f"{run} was trained on several stores: score one with `cxr evaluate {run} --store STORE` "
                            "(another store than the run's is an external validation)")  # fmt: skip
-        k = [path.resolve() for path in run_stores(config)].index(Path(store).resolve())
+        k = [path.resolve() for path in run_stores(artifact.spec)].index(Path(store).resolve())
         mine = set(parts.loc[(parts["part"] == split) & (parts["store"] == k), "image"].astype(str))
         store = Store(store)
         rows = store.index[store.index["image"].isin(mine)]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cxr.data.datasets.base import LabelledDataset
 from cxr.data.datasets.google import is_expert_file, read_file
-from cxr.data.nih import read_image_list
+from cxr.data.datasets.nih import read_image_list
 from cxr.errors import CxrError
 from cxr.evaluation.predictions import ScoredSet, read_predictions
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from cxr.data.store import Store
 from cxr.errors import CxrError
+from cxr.evaluation.localization import CamMapping, LocalizationRates, LocalizationResult
 from cxr.imaging.preprocessing import to_unit
 from cxr.inference.cam import DEFAULT_METHOD, CamMethod, grad_cam_batch, overlay, png_bytes
 from cxr.inference.eager import TorchPredictor
@@ -104,14 +105,13 @@ def localize_run(
     method: str = DEFAULT_METHOD,
     layer: str | None = None,
     out: str | Path | None = None,
-) -> dict:
+) -> LocalizationResult:
     """Score the class activation maps of ``RUN/checkpoints/best.ckpt`` against the store's boxes; write
     ``RUN/localize`` (or ``out``). ``method``: a :class:`~cxr.inference.cam.CamMethod`; ``layer``: a backbone module
     to map instead of the model's own Grad-CAM layer (``benchmarks/cam_methods.py`` compares both).
 
-    ``tolerance`` is in model-input pixels (default: Zhang et al.'s 15 px at 224, scaled). Returns the document
-    written to ``localize.json``: ``{"findings": {finding: {"cases", "pointing_game", "pointing_game_strict",
-    "mean_iou", "center_baseline", "random_baseline"}}, "overall": {...}, "rule": {...}, ...}``.
+    ``tolerance`` is in model-input pixels (default: Zhang et al.'s 15 px at 224, scaled). Returns the result
+    written to ``localize.json`` (:class:`~cxr.evaluation.localization.LocalizationResult`).
     """
     if not 0 < fraction <= 1:
         raise CxrError(f"the IoU threshold fraction must be in (0, 1], got {fraction}")
@@ -136,16 +136,16 @@ def localize_run(
         stale.unlink()
     cam = functools.partial(grad_cam_batch, predictor.model, method=method, layer=layer)
     scores = pd.DataFrame(_score_cases(cases, store, predictor, cam, tolerance, fraction, examples, out / "examples"))
-    document = _summarise(scores, run, split, store, fraction, tolerance)
-    document["method"] = {
-        "name": method.value,
-        "layer": layer or predictor.model.architecture.cam_layer,
-        "what": "the map of the box's finding, batched as the grad-cam package computes it (cxr.inference.cam)",
-    }
-    (out / "localize.json").write_text(json.dumps(document, indent=2) + "\n")
+    mapping = CamMapping(
+        name=method.value,
+        layer=layer or predictor.model.architecture.cam_layer,
+        what="the map of the box's finding, batched as the grad-cam package computes it (cxr.inference.cam)",
+    )
+    result = _summarise(scores, run, split, store, fraction, tolerance, mapping)
+    (out / "localize.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     scores.to_csv(out / "cases.csv", index=False)
-    (out / "report.md").write_text(_report(document, sorted(p.name for p in (out / "examples").glob("*.png"))))
-    return document
+    (out / "report.md").write_text(_report(result, sorted(p.name for p in (out / "examples").glob("*.png"))))
+    return result
 
 
 def _score_cases(cases, store, predictor, cam, tolerance: float, fraction: float, examples: int, out: Path):
@@ -191,23 +191,25 @@ def _score(image: str, finding: str, cam_map: np.ndarray, boxes, size: int, tole
     }
 
 
-def _rates(scores: pd.DataFrame) -> dict:
-    return {
-        "cases": len(scores),
-        "pointing_game": float(scores["hit"].mean()),
-        "pointing_game_strict": float(scores["strict_hit"].mean()),
-        "mean_iou": float(scores["iou"].mean()),
-        "center_baseline": float(scores["center_hit"].mean()),
-        "random_baseline": float(scores["random_hit"].mean()),
-    }
+def _rates(scores: pd.DataFrame) -> LocalizationRates:
+    return LocalizationRates(
+        cases=len(scores),
+        pointing_game=float(scores["hit"].mean()),
+        pointing_game_strict=float(scores["strict_hit"].mean()),
+        mean_iou=float(scores["iou"].mean()),
+        center_baseline=float(scores["center_hit"].mean()),
+        random_baseline=float(scores["random_hit"].mean()),
+    )
 
 
-def _summarise(scores: pd.DataFrame, run: Path, split: str, store, fraction: float, tolerance: float) -> dict:
-    return {
-        "run": str(run),
-        "split": split,
-        "store": str(store.path),
-        "rule": {
+def _summarise(
+    scores: pd.DataFrame, run: Path, split: str, store, fraction: float, tolerance: float, mapping: CamMapping
+) -> LocalizationResult:
+    return LocalizationResult(
+        run=str(run),
+        split=split,
+        store=str(store.path),
+        rule={
             "pointing_game": f"the map's maximum (centre of its plateau) within {tolerance:.1f} px of a box of the "
             "finding (Zhang et al. 2016: 15 px at 224 px, scaled to the input)",
             "pointing_game_strict": "the same, inside a box (no tolerance)",
@@ -215,10 +217,11 @@ def _summarise(scores: pd.DataFrame, run: Path, split: str, store, fraction: flo
             "center_baseline": "pointing game of always pointing at the image centre",
             "random_baseline": "pointing game of a uniformly random point (share of the image that counts as a hit)",
         },
-        "tolerance_px": tolerance,
-        "overall": _rates(scores),
-        "findings": {finding: _rates(group) for finding, group in scores.groupby("finding", sort=True)},
-    }
+        tolerance_px=tolerance,
+        overall=_rates(scores),
+        findings={finding: _rates(group) for finding, group in scores.groupby("finding", sort=True)},
+        method=mapping,
+    )
 
 
 def _write_example(path: Path, view: np.ndarray, cam_map: np.ndarray, boxes, case: dict) -> None:
@@ -240,22 +243,22 @@ def _write_example(path: Path, view: np.ndarray, cam_map: np.ndarray, boxes, cas
     path.write_bytes(png_bytes(drawn))
 
 
-def _report(document: dict, example_files: list[str]) -> str:
+def _report(result: LocalizationResult, example_files: list[str]) -> str:
+    method = result.method
     lines = [
-        f"# Heatmap localization ({document['method']['name']}): {document['split']} split",
+        f"# Heatmap localization ({method.name}): {result.split} split",
         "",
-        f"Run `{document['run']}`, store `{document['store']}`. {document['method']['name']} on the model's "
-        f"`{document['method']['layer']}`: {document['method']['what']}.",
+        f"Run `{result.run}`, store `{result.store}`. {method.name} on the model's `{method.layer}`: {method.what}.",
         "",
-        *(f"- {name.replace('_', ' ').capitalize()}: {rule}." for name, rule in document["rule"].items()),
+        *(f"- {name.replace('_', ' ').capitalize()}: {rule}." for name, rule in result.rule.items()),
         "",
         "| finding | cases | pointing game | strict | mean IoU | center baseline | random baseline |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, item in {**document["findings"], "**all**": document["overall"]}.items():
+    for name, item in {**result.findings, "**all**": result.overall}.items():
         lines.append(
-            f"| {name} | {item['cases']} | {item['pointing_game']:.3f} | {item['pointing_game_strict']:.3f} | "
-            f"{item['mean_iou']:.3f} | {item['center_baseline']:.3f} | {item['random_baseline']:.3f} |"
+            f"| {name} | {item.cases} | {item.pointing_game:.3f} | {item.pointing_game_strict:.3f} | "
+            f"{item.mean_iou:.3f} | {item.center_baseline:.3f} | {item.random_baseline:.3f} |"
         )
     lines += ["", "## Examples", "", "White: the boxes; cross: the map's maximum (white when it is a hit).", ""]
     lines += [f"![{name}](examples/{name})" for name in example_files]

@@ -3,7 +3,7 @@
 A predictions CSV has an image-id column (``Image Index``, else the first column) and one probability column per
 output, named ``<Finding>`` or ``prob_<Finding>`` with NIH's spelling (``Pleural_Thickening``, ``No Finding``;
 ``Any Finding`` = 1 - No Finding). Columns are matched by name, never by position, because published files use
-other orders (CheXNet's, for one). Targets and patients come from NIH metadata (``cxr.data.nih.read_metadata``) or a
+other orders (CheXNet's, for one). Targets and patients come from NIH metadata (``datasets.nih.read_metadata``) or a
 store's index, which share their columns.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.data.nih import read_image_list, read_metadata
+from cxr.data.datasets.nih import read_image_list, read_metadata
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import ANY_FINDING, COMMON_LABELS, NO_FINDING, canonical_name
 
@@ -119,7 +119,7 @@ def join_labels(
     restrict_to: list[str] | None = None,
     source: str = "predictions",
 ) -> ScoredSet:
-    """Align predictions with NIH metadata (``cxr.data.nih.read_metadata`` columns); optionally restrict to a list.
+    """Align predictions with NIH metadata (``datasets.nih.read_metadata`` columns); optionally restrict to a list.
 
     With ``restrict_to`` (e.g. ``test_list.txt``) exactly those images are scored and each needs a prediction;
     every scored image needs labels. Violations raise :class:`CxrError` listing a few names.

@@ -146,11 +146,13 @@ def build_blocks(
     title: str,
     references: list[Reference],
     config: dict | None = None,
-    counts: dict | None = None,
+    counts: dict[str, int] | None = None,
     source: str | None = None,
 ) -> list[tuple]:
     """The report's content as render-neutral blocks: ``("h1"|"h2"|"p"|"pre", text)``, ``("table", header, rows)``,
-    ``("img", path, caption)``."""
+    ``("img", path, caption)``. ``counts``: images per part of the split. ``config``: the run's config as its artifact
+    records it, shown verbatim; a plain tree because it is a trained run's :class:`cxr.config.Config` or the tree a
+    probe or an importer records."""
     boot = metrics.bootstrap
     blocks: list[tuple] = [("h1", title)]
     if source:
@@ -251,7 +253,7 @@ def write_report(
     title: str,
     references: list[Reference],
     config: dict | None = None,
-    counts: dict | None = None,
+    counts: dict[str, int] | None = None,
     training_log: str | Path | None = None,
     source: str | None = None,
 ) -> dict[str, Path]:

@@ -123,7 +123,9 @@ def validation_thresholds(val: ScoredSet) -> dict[str, dict[str, float]]:
     return chosen
 
 
-def score_per_label(data: ScoredSet, thresholds: dict, n_resamples: int, seed: int) -> EvaluationResult:
+def score_per_label(
+    data: ScoredSet, thresholds: dict[str, dict[str, float]], n_resamples: int, seed: int
+) -> EvaluationResult:
     """:func:`score` for a set whose targets are unknown (NaN) on some rows: each label scored on the images that
     give it (its own ``n`` and patient-level CI). The macro AUROC is the mean of the labels' points; its CI and the
     micro AUROC would need one image set and are NaN (``per_label`` says so)."""

@@ -5,6 +5,7 @@ it was trained on, for the labels both the model and the store have.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from cxr.evaluation.results import EvaluationResult, StoreScored
 from cxr.evaluation.scoring import operating_thresholds, score, score_per_label, validation_thresholds
 from cxr.evaluation.subgroups import SubgroupRequest, add_subgroups
 from cxr.files import write_json
+
+if TYPE_CHECKING:  # the spec's module imports no torch, but cxr.models' siblings do: evaluation loads them lazily
+    from cxr.models.spec import ModelSpec
 
 
 def predict_split(artifact, store: Path, images: list[str], batch_size: int, tta: bool) -> np.ndarray:
@@ -33,16 +37,15 @@ def predict_split(artifact, store: Path, images: list[str], batch_size: int, tta
     return probabilities
 
 
-def run_stores(config: dict) -> list[Path]:
-    """The stores a run was trained on, as recorded: ``data.stores`` (several) or ``store``."""
-    stores = (config.get("data") or {}).get("stores") or ([config["store"]] if config.get("store") else [])
-    return [Path(path) for path in stores]
+def run_stores(spec: ModelSpec) -> list[Path]:
+    """The stores a run was trained on, as its artifact records them (:attr:`ModelSpec.stores`)."""
+    return [Path(path) for path in spec.stores]
 
 
-def is_external(config: dict, store: str | Path, split_images: list[str]) -> bool:
+def is_external(spec: ModelSpec, store: str | Path, split_images: list[str]) -> bool:
     """Whether ``store`` is another dataset than the run's: not one of its recorded stores where those still exist;
     where they are gone (moved), whether the store lacks the run's images."""
-    recorded = run_stores(config)
+    recorded = run_stores(spec)
     if any(path.exists() for path in recorded):
         return Path(store).resolve() not in {path.resolve() for path in recorded}
     return not pd.Index(split_images).isin(Store(store).index["image"]).all()
@@ -105,10 +108,10 @@ def evaluate_on_store(
                 "every label of every image (score the run's own store, or one that gives them all)"
             )
         metrics = score_per_label(data, thresholds, n_resamples, seed)
-    dataset = str(store.manifest.get("dataset", "nih"))
+    dataset = store.manifest.dataset
     preset = artifact.config.get("experiment")
     metrics.source = {"run": str(run), "split": split, "tta": tta, "store": str(store.path), "preset": preset}
-    trained_on = [str(path) for path in run_stores(artifact.config)]
+    trained_on = [str(path) for path in run_stores(artifact.spec)]
     metrics.store_scored = StoreScored(dataset=dataset, store=str(store.path), external=external,
                                        trained_on=trained_on, unlabelled=int((~some).sum()))  # fmt: skip
     metrics.not_available = not_available

@@ -5,8 +5,8 @@ et al., 2021, IEEE TIP 30) — as the ``grad-cam`` package computes them, and th
 The map is computed at the model input (``S x S``; the target is the model's ``feature_layer``: the last block —
 DenseNet's rectified dense block, ResNet's ``layer4`` — from 224 px, their stride-16 block below, see ``cxr.models``)
 and normalised to ``[0, 1]`` exactly as ``pytorch_grad_cam.GradCAM`` does; :func:`grad_cam_batch` computes those
-maps for many images with a fraction of the package's work (``tests/inference/test_cam.py`` checks they agree). The model
-input is a crop of the source image (the store's centered square, then the eval view's resize or center crop), so
+maps for many images with a fraction of the package's work (``tests/inference/test_cam.py`` checks they agree). The
+model input is a crop of the source image (the store's centered square, then the eval view's resize or center crop), so
 :meth:`Preprocessing.input_region <cxr.imaging.preprocessing.Preprocessing.input_region>` says which square of
 the source the map covers; overlays are drawn in source geometry and are
 transparent / untinted outside that square. Grad-CAM installs a hook on the model and switches its weights'
@@ -60,9 +60,9 @@ def grad_cam_batch(
 ) -> list[np.ndarray]:
     """Grad-CAM maps of several inputs ``(N, 1, S, S)``: per input ``i``, ``float32 (len(label_indices[i]), S, S)``.
 
-    The maps are ``pytorch_grad_cam.GradCAM``'s (``tests/inference/test_cam.py`` compares them), computed with less work:
-    one forward pass per input, not one per (input, label), and per label only the backward pass from the logits to
-    the target layer, not through the whole network and its weights. The inputs of a chunk share each pass: in eval
+    The maps are ``pytorch_grad_cam.GradCAM``'s (``tests/inference/test_cam.py`` compares them), computed with less
+    work: one forward pass per input, not one per (input, label), and per label only the backward pass from the logits
+    to the target layer, not through the whole network and its weights. The inputs of a chunk share each pass: in eval
     mode nothing mixes samples, so the gradient of a sum of logits, one per input, is every input's own gradient.
     ``cxr localize`` maps hundreds of images this way. ``method``: a :class:`CamMethod`; ``layer``: another target
     than the model's ``feature_layer``, by its module name in the backbone (e.g. an earlier stage).

@@ -50,6 +50,8 @@ class ModelArtifact:
 
     @property
     def config(self) -> dict:
+        """The recorded config tree (:attr:`ModelSpec.config`: a training run's ``Config``, or the tree a probe, an
+        importer or ``cxr embed`` records), plain so that every kind of artifact keeps what it wrote."""
         return self.spec.config
 
     @property
@@ -72,7 +74,9 @@ def model_spec(
     source: dict | None = None,
 ) -> ModelSpec:
     """The description of ``model`` as an artifact records it; thresholds are 0.5 per label until validation chooses
-    them. Validated here, so a file that could not be read back is never written."""
+    them. Validated here, so a file that could not be read back is never written. ``config`` is the tree to record
+    (see :attr:`ModelArtifact.config`), ``source`` where imported weights came from (e.g.
+    :meth:`cxr.models.keras_import.KerasSource.to_dict`)."""
     if preprocessing.input_size != model.input_size:
         raise CxrError(
             f"preprocessing gives {preprocessing.input_size} px inputs to a model built for {model.input_size} px"
@@ -85,12 +89,13 @@ def model_spec(
         preprocessing=preprocessing,
         config=dict(config or {}),
         training_data=tuple(training_data),
-        provenance=Provenance(__version__, environment(), source),
+        provenance=Provenance(__version__, environment().to_dict(), source),
     )
 
 
 def artifact_block(spec: ModelSpec) -> dict:
-    """The ``"cxr"`` block of a checkpoint: the format header and the spec."""
+    """The ``"cxr"`` block of a checkpoint: the format header and the spec, as plain types (the file format: a
+    checkpoint loads with ``weights_only=True``)."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION} | spec.to_dict()
 
 

@@ -69,7 +69,8 @@ def clip_folder(pretrained: str) -> Path:
 
 
 def read_clip_config(folder: Path) -> dict:
-    """``open_clip_config.json`` of a folder, with its ``model_cfg`` checked."""
+    """``open_clip_config.json`` of a folder, with its ``model_cfg`` checked: a third-party JSON tree, kept as the
+    publisher wrote it so the same network is rebuilt."""
     config = read_json(folder / CONFIG_FILE, "open_clip's model config")
     model_cfg = config.get("model_cfg")
     if not isinstance(model_cfg, dict) or not {"embed_dim", "vision_cfg"} <= model_cfg.keys():
@@ -114,7 +115,8 @@ def tower_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 def build_image_tower(pretrained: str, input_size: int, recorded: dict | None) -> FoundationBackbone:
     """BiomedCLIP's image tower at ``input_size`` px: random (``none``, or an artifact's ``recorded`` config) or with
-    the ``visual.*`` weights of the hub or a folder/file (strict)."""
+    the ``visual.*`` weights of the hub or a folder/file (strict). ``recorded``: open_clip's config as the artifact
+    recorded it, a third-party JSON tree, kept as the publisher wrote it so the same network is rebuilt."""
     from open_clip.model import _build_vision_tower
 
     state = None

@@ -314,7 +314,8 @@ def create_model(
     matches, e.g. the original's SGD run started from the Adam run's weights). ``grad_checkpointing`` recomputes block
     activations in the backward pass (less memory, more compute). ``normalization``: the (mean, std) an artifact
     recorded, checked against the model's own so a checkpoint never runs with other statistics than it was trained
-    with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`).
+    with. ``backbone_config``: what an artifact recorded of a foundation backbone (:mod:`cxr.models.foundation`): the
+    publisher's configuration, a third-party JSON tree kept as written.
     ``drop_path``: stochastic depth of timm models (Huang et al. 2016), the rate of their last block.
     """
     try:

@@ -33,7 +33,8 @@ def build_foundation_backbone(
     name: str, head: str, input_size: int, pretrained: str, recorded: dict | None = None
 ) -> FoundationBackbone:
     """Build the registered backbone ``name`` for ``(B, 3, input_size, input_size)`` inputs (see the module doc for
-    ``pretrained``; ``recorded`` is an artifact's ``backbone_config``)."""
+    ``pretrained``; ``recorded`` is an artifact's ``backbone_config``: the family's own configuration, a third-party
+    JSON tree, kept as the publisher wrote it so the same network is rebuilt)."""
     if name not in FOUNDATION_MODELS:
         raise CxrError(f"unknown foundation model {name!r} (known: {', '.join(FOUNDATION_MODELS)})")
     if head != "gap":

@@ -54,7 +54,8 @@ class FoundationEntry:
 
 
 def read_json(path: Path, what: str) -> dict:
-    """A JSON object from ``path``; a :class:`CxrError` naming the file when it is missing or not JSON."""
+    """A JSON object from ``path``; a :class:`CxrError` naming the file when it is missing or not JSON. A publisher's
+    config file (a third-party layout): its reader checks the keys it uses."""
     if not path.is_file():
         raise CxrError(f"{path}: missing ({what})")
     try:

@@ -21,6 +21,7 @@ fine-tunes (``model.init_from=``) like any other. What the artifact records:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.config import load_config
@@ -32,6 +33,36 @@ from cxr.models.factory import BACKBONES, create_model
 from cxr.models.keras_h5 import KerasFile, read_keras_file
 from cxr.models.keras_layouts import ORIGINAL_FILES, Recognised, check_layout, recognise
 from cxr.models.keras_weights import load_weights
+
+
+@dataclass(frozen=True)
+class KerasSource:
+    """Where an imported Keras model came from: the artifact's ``provenance.source`` (no folder of the machine)."""
+
+    layout: str
+    file: str  # the file's name
+    sha256: str
+    keras_version: str
+    backend: str
+    saved_as: str  # full-model or weights-only
+    preset: str | None  # the cxr preset whose preprocessing it was trained with (a known original file)
+    outputs: list[str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"source": "keras", "layout": self.layout, "file": self.file, "sha256": self.sha256,
+                "keras_version": self.keras_version, "backend": self.backend, "saved_as": self.saved_as,
+                "preset": self.preset, "outputs": self.outputs}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KerasImport:
+    """What ``cxr import keras`` wrote: the artifact, the architecture and preprocessing chosen, and the source."""
+
+    out: str
+    architecture: str
+    input_size: int
+    preprocessing: Preprocessing
+    source: KerasSource
 
 
 def architecture_name(recognised: Recognised) -> str:
@@ -75,7 +106,7 @@ def preprocessing_of(file: KerasFile, recognised: Recognised) -> tuple[Preproces
     return Preprocessing(size, 1.0, size), None
 
 
-def import_keras(path: str | Path, out: str | Path, layout: str = "auto", labels: str | None = None) -> dict:
+def import_keras(path: str | Path, out: str | Path, layout: str = "auto", labels: str | None = None) -> KerasImport:
     """Write the Keras 2 model of ``path`` as a cxr model artifact at ``out``; return what was imported."""
     check_layout(layout)  # before reading a file of hundreds of MB
     file = read_keras_file(path)
@@ -86,21 +117,11 @@ def import_keras(path: str | Path, out: str | Path, layout: str = "auto", labels
     head = recognised.layout.head
     model = create_model(name, len(names), head, recognised.dropout, "none", recognised.input_size, names)
     load_weights(model, file, recognised)
-    record = {
-        "source": "keras",
-        "layout": recognised.layout.name,
-        "file": file.path.name,
-        "sha256": file.sha256,
-        "keras_version": file.keras_version,
-        "backend": file.backend,
-        "saved_as": file.kind.value,
-        "preset": preset,
-        "outputs": names,
-    }
+    source = KerasSource(recognised.layout.name, file.path.name, file.sha256, file.keras_version, file.backend,
+                         file.kind.value, preset, names)  # fmt: skip
     config = {
         "experiment": f"keras {recognised.layout.name} {file.path.name}",
         "model": {"name": name, "head": head, "dropout": recognised.dropout},
     }
-    write_artifact(out, model.eval(), names, preprocessing, None, config, source=record)
-    return record | {"out": str(out), "architecture": name, "input_size": recognised.input_size,
-                     "preprocessing": preprocessing.to_dict()}  # fmt: skip
+    write_artifact(out, model.eval(), names, preprocessing, None, config, source=source.to_dict())
+    return KerasImport(str(out), name, recognised.input_size, preprocessing, source)

@@ -106,7 +106,9 @@ def _json_safe(config) -> dict:
 
 def build(pooling: str, pretrained: str, input_size: int, recorded: dict | None) -> FoundationBackbone:
     """A RAD-DINO encoder for ``input_size`` px: random (``none``, or the twin of an artifact's ``recorded``
-    config) or with the weights of the hub or a folder/file, loaded with strict key checks."""
+    config) or with the weights of the hub or a folder/file, loaded with strict key checks. ``recorded``:
+    transformers' ``Dinov2Config`` and image processor as the artifact recorded them, a third-party JSON tree, kept
+    as the publisher wrote it so the same network is rebuilt."""
     from transformers import Dinov2Config, Dinov2Model
 
     dino = None

@@ -261,6 +261,15 @@ class ModelSpec:
     def package_version(self) -> str:
         return self.provenance.package_version
 
+    @property
+    def stores(self) -> list[str]:
+        """The stores the model was trained on, as recorded: ``data.stores`` (several) or ``store`` (one; set by
+        ``cxr train`` and ``cxr probe``); empty for imported models."""
+        data = self.config.get("data")
+        several = data.get("stores") if isinstance(data, dict) else None
+        store = self.config.get("store")
+        return [str(path) for path in several] if several else ([str(store)] if store else [])
+
     def with_thresholds(self, thresholds: dict[str, float]) -> ModelSpec:
         return replace(self, thresholds=thresholds)
 

@@ -181,7 +181,38 @@ def thresholds(model: XrvModel, rows: list[int], labels: list[str]) -> tuple[dic
     return {label: 0.5 if label in missing else value for label, value in chosen.items()}, missing
 
 
-def import_torchxrayvision(name: str, out: str | Path, cache_dir: str | Path | None = None) -> dict:
+@dataclass(frozen=True)
+class XrvSource:
+    """Which torchxrayvision weights were imported, recorded in the artifact's config as ``imported``."""
+
+    torchxrayvision_version: str
+    weights: str  # its name, e.g. densenet121-res224-all
+    url: str
+    file: str
+    sha256: str
+    description: str
+    dropped_outputs: list[str]  # its outputs outside cxr's vocabulary
+    without_op_thresh: list[str]  # labels left at 0.5: torchxrayvision gives no operating point for them
+
+    def to_dict(self) -> dict[str, object]:
+        return {"source": "torchxrayvision", "torchxrayvision_version": self.torchxrayvision_version,
+                "weights": self.weights, "url": self.url, "file": self.file, "sha256": self.sha256,
+                "description": self.description, "dropped_outputs": self.dropped_outputs,
+                "thresholds": "op_threshs", "without_op_thresh": self.without_op_thresh}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class XrvImport:
+    """What ``cxr import torchxrayvision`` wrote: the artifact, its architecture, labels and thresholds, the source."""
+
+    out: str
+    architecture: str
+    labels: list[str]
+    thresholds: dict[str, float]
+    source: XrvSource
+
+
+def import_torchxrayvision(name: str, out: str | Path, cache_dir: str | Path | None = None) -> XrvImport:
     """Write torchxrayvision's classifier ``name`` as a cxr model artifact at ``out``; return what was imported."""
     try:
         import torchxrayvision as xrv
@@ -197,19 +228,9 @@ def import_torchxrayvision(name: str, out: str | Path, cache_dir: str | Path | N
         raise CxrError(f"{name} predicts none of cxr's findings (its outputs: {[x for x in model.labels if x]})")
     net = convert(_load_xrv(model, path.parent), model, rows, labels)
     chosen, without = thresholds(model, rows, labels)
-    record = {
-        "source": "torchxrayvision",
-        "torchxrayvision_version": str(xrv.__version__),
-        "weights": name,
-        "url": model.url,
-        "file": str(path),
-        "sha256": file_sha256(path),
-        "description": model.description,
-        "dropped_outputs": dropped,
-        "thresholds": "op_threshs",
-        "without_op_thresh": without,
-    }
+    source = XrvSource(str(xrv.__version__), name, model.url, str(path), file_sha256(path), model.description,
+                       dropped, without)  # fmt: skip
     config = {"experiment": f"torchxrayvision {name}", "model": {"name": model.architecture, "head": "gap"}}
     preprocessing = Preprocessing(model.input_size, 1.0, model.input_size)
-    write_artifact(out, net, labels, preprocessing, chosen, config | {"imported": record})
-    return record | {"out": str(out), "architecture": model.architecture, "labels": labels, "thresholds": chosen}
+    write_artifact(out, net, labels, preprocessing, chosen, config | {"imported": source.to_dict()})
+    return XrvImport(str(out), model.architecture, labels, chosen, source)

@@ -27,10 +27,10 @@ class NodeCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         status = self.node.status()
-        for name, value in status["counts"].items():
+        for name, value in status.counts.items():
             yield CounterMetricFamily(f"cxr_dicom_{name}", HELP[name], value=value)
-        yield GaugeMetricFamily("cxr_dicom_queue_depth", "Instances waiting for the model", value=status["queue_depth"])
-        yield GaugeMetricFamily("cxr_dicom_queue_size", "Capacity of the queue (--queue)", value=status["queue_size"])
+        yield GaugeMetricFamily("cxr_dicom_queue_depth", "Instances waiting for the model", value=status.queue_depth)
+        yield GaugeMetricFamily("cxr_dicom_queue_size", "Capacity of the queue (--queue)", value=status.queue_size)
 
 
 def serve_metrics(node, port: int, host: str = "127.0.0.1"):

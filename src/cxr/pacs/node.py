@@ -48,6 +48,20 @@ COUNTERS = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class NodeStatus:
+    """The counters (:data:`COUNTERS`) and the queue: what a monitoring check reads (``/metrics``) and the CLI prints
+    when the node stops."""
+
+    counts: dict[str, int]
+    queue_depth: int
+    queue_size: int
+
+    def counts_text(self) -> str:
+        """``name=value`` per counter, the form of the node's log lines."""
+        return " ".join(f"{name}={value}" for name, value in self.counts.items())
+
+
 @dataclass
 class Job:
     """One accepted instance waiting for the worker: pixels and the header without its pixel data."""
@@ -144,7 +158,7 @@ class DicomNode:
     def port(self) -> int:
         return self.server.server_address[1] if self.server else self.settings.port
 
-    def stop(self, drain_s: float = 30.0) -> dict:
+    def stop(self, drain_s: float = 30.0) -> NodeStatus:
         """Refuse new associations, let the worker finish what is queued (up to ``drain_s``), then stop it."""
         if self.server is not None:
             self.server.shutdown()
@@ -156,14 +170,14 @@ class DicomNode:
             self.worker.join(timeout=5)
         self.stopping.set()
         status = self.status()
-        log.info("stopped %s", _counts_text(status["counts"]))
+        log.info("stopped %s", status.counts_text())
         return status
 
-    def status(self) -> dict:
+    def status(self) -> NodeStatus:
         """The counters and the queue: what a monitoring check reads (also logged at every result)."""
         with self.lock:
             counts = dict(self.counts)
-        return {"counts": counts, "queue_depth": self.jobs.qsize(), "queue_size": self.settings.queue_size}
+        return NodeStatus(counts, self.jobs.qsize(), self.settings.queue_size)
 
     def _count(self, name: str) -> None:
         with self.lock:
@@ -251,7 +265,7 @@ class DicomNode:
             "instance=%s results=%d %s attempts=%d predict_ms=%.1f send_ms=%.1f queued_ms=%.1f%s %s",
             job.id, len(outputs), "sent" if outcome.stored else "FAILED", outcome.attempts,
             1000 * (predicted - started), 1000 * (time.perf_counter() - predicted), 1000 * (started - job.received),
-            f" error={outcome.error}" if outcome.error else "", _counts_text(self.status()["counts"]),
+            f" error={outcome.error}" if outcome.error else "", self.status().counts_text(),
         )  # fmt: skip
 
     def _audit(self, job: Job, probabilities: dict[str, float], stored: bool) -> None:
@@ -282,7 +296,3 @@ def _header(data: bytes):
             if not str(header.get(keyword, "")).strip():
                 raise CxrError(f"header: no {keyword}")
     return header
-
-
-def _counts_text(counts: dict) -> str:
-    return " ".join(f"{name}={value}" for name, value in counts.items())

@@ -9,10 +9,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxr.errors import CxrError
 from cxr.pacs.policy import AssociationPolicy, Destination, parse_ae_title
 from cxr.pacs.sender import RetryPolicy
+
+if TYPE_CHECKING:  # node.py needs pynetdicom, an optional extra: imported where the node starts
+    from cxr.pacs.node import NodeStatus
 
 PACS_EXTRA = "pip install 'cxr[pacs]'"
 
@@ -64,7 +68,7 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
-def run_node(model: str | Path, settings, audit: Path | None = None, metrics_port: int | None = None) -> dict:
+def run_node(model: str | Path, settings, audit: Path | None = None, metrics_port: int | None = None) -> NodeStatus:
     """Load ``model``, serve until SIGINT/SIGTERM (and ``/metrics`` on ``metrics_port``), drain the queue; return the
     final status."""
     try:

@@ -12,6 +12,7 @@ whole, as in those protocols. Every row carries the patient-level bootstrap CI o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,38 @@ import pandas as pd
 
 from cxr.errors import CxrError
 from cxr.evaluation.bootstrap import bootstrap_auroc, percentile_interval
+from cxr.evaluation.comparison import AurocWithCi
 from cxr.evaluation.metrics import macro_average
+from cxr.evaluation.results import Interval
 from cxr.files import write_bytes, write_json
+
+
+@dataclass(frozen=True)
+class TestAuroc:
+    """Per-label and macro test AUROC of a probe, each with its patient-level 95% CI."""
+
+    macro_auroc: float
+    macro_auroc_ci: Interval
+    findings: dict[str, AurocWithCi]
+
+
+@dataclass(frozen=True)
+class FractionResult:
+    """One probe fitted on a fraction of the training patients: its data, test AUROC and chosen strengths."""
+
+    fraction: float
+    train_patients: int
+    train_images: int
+    scores: TestAuroc
+    chosen_c: list[float | None]  # per label; None: not fitted (one class in training)
+    notes: dict[str, str]  # label → why it was not fitted / how C was chosen
+
+    def to_dict(self) -> dict[str, object]:
+        """A row of ``efficiency.json`` and of ``probe.json``'s ``fractions``."""
+        findings = {label: value.to_dict() for label, value in self.scores.findings.items()}
+        return {"fraction": self.fraction, "train_patients": self.train_patients, "train_images": self.train_images,
+                "macro_auroc": self.scores.macro_auroc, "macro_auroc_ci": self.scores.macro_auroc_ci,
+                "findings": findings, "chosen_c": self.chosen_c, "notes": self.notes}  # fmt: skip
 
 
 def parse_fractions(text: str | list[float]) -> list[float]:
@@ -47,7 +78,7 @@ def fraction_rows(train: pd.DataFrame, fraction: float, seed: int) -> np.ndarray
 def auroc_with_ci(
     labels: list[str], targets: np.ndarray, probabilities: np.ndarray, patient_ids: np.ndarray, seed: int,
     resamples: int = 1000,
-) -> dict:  # fmt: skip
+) -> TestAuroc:  # fmt: skip
     """Per-label and macro test AUROC with patient-level 95% CIs. Labels with unknown (NaN) targets on some rows are
     scored on the rows that give them, and the macro CI then needs one image set: NaN."""
     known = ~np.isnan(targets)
@@ -64,25 +95,26 @@ def auroc_with_ci(
             per_label[label] = (float(boot.point[0]), boot.interval()[0].tolist())
         macro_ci = [math.nan, math.nan]
     macro = macro_average(np.array([value for value, _ in per_label.values()]))
-    return {"macro_auroc": macro, "macro_auroc_ci": macro_ci,
-            "findings": {label: {"auroc": v, "auroc_ci": ci} for label, (v, ci) in per_label.items()}}  # fmt: skip
+    return TestAuroc(macro, macro_ci, {label: AurocWithCi(v, ci) for label, (v, ci) in per_label.items()})
 
 
-def write_efficiency(out: Path, rows: list[dict], labels: list[str], title: str) -> pd.DataFrame:
+def write_efficiency(out: Path, rows: list[FractionResult], labels: list[str], title: str) -> pd.DataFrame:
     """``efficiency.csv`` / ``.json`` / ``.md`` / ``.png`` in ``out``: one row per fraction."""
     table = pd.DataFrame(
-        [{"fraction": r["fraction"], "train_patients": r["train_patients"], "train_images": r["train_images"],
-          "macro_auroc": r["macro_auroc"], "ci_low": r["macro_auroc_ci"][0], "ci_high": r["macro_auroc_ci"][1],
-          **{f"auroc_{label}": r["findings"][label]["auroc"] for label in labels}} for r in rows]
+        [{"fraction": r.fraction, "train_patients": r.train_patients, "train_images": r.train_images,
+          "macro_auroc": r.scores.macro_auroc, "ci_low": r.scores.macro_auroc_ci[0],
+          "ci_high": r.scores.macro_auroc_ci[1],
+          **{f"auroc_{label}": r.scores.findings[label].auroc for label in labels}} for r in rows]
     )  # fmt: skip
     table.to_csv(out / "efficiency.csv", index=False, float_format="%.6g")
-    write_json(out / "efficiency.json", {"title": title, "split": "test", "bootstrap": "patient", "rows": rows})
+    document = {"title": title, "split": "test", "bootstrap": "patient", "rows": [row.to_dict() for row in rows]}
+    write_json(out / "efficiency.json", document)
     lines = [f"# {title}", "", "Test macro AUROC with patient-level bootstrap 95% CIs, per fraction of the training "
              "patients (nested, seeded); C chosen on the whole validation part.", "",
              "| fraction | patients | images | macro AUROC | 95% CI |", "|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
-        low, high = r["macro_auroc_ci"]
-        lines.append(f"| {r['fraction']:g} | {r['train_patients']} | {r['train_images']} | {r['macro_auroc']:.3f} | "
+        low, high = r.scores.macro_auroc_ci
+        lines.append(f"| {r.fraction:g} | {r.train_patients} | {r.train_images} | {r.scores.macro_auroc:.3f} | "
                      f"{low:.3f}–{high:.3f} |")  # fmt: skip
     write_bytes(out / "efficiency.md", ("\n".join(lines) + "\n").encode())
     _plot(out / "efficiency.png", table, title)

@@ -11,7 +11,7 @@ The folder EMB (``docs/architecture.md``, "Embeddings"):
 
 Like ``cxr prepare`` (:mod:`cxr.data.prepare`) the run is resumable: ``embeddings.npy`` is preallocated, images are
 embedded in fixed chunks of ``--batch-size`` rows, and every couple of seconds the finished chunks are made durable
-(fdatasync of the array, then a journal line per chunk, fsynced; :class:`cxr.data.store.Journal`). A killed run,
+(fdatasync of the array, then a journal line per chunk, fsynced; :class:`cxr.data.journal.Journal`). A killed run,
 rerun with the same arguments, redoes only unjournaled chunks, each with the same rows as before, so the finished
 array equals an uninterrupted run's byte for byte on the same machine.
 """
@@ -20,32 +20,46 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxr import __version__
-from cxr.data.store import Journal, Store, read_journal
+from cxr.data.journal import Journal, read_journal
+from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.files import file_sha256, write_json
-from cxr.imaging.preprocessing import Preprocessing, to_unit
+from cxr.imaging.preprocessing import to_unit
 from cxr.models.artifact import load_artifact, write_artifact
 from cxr.probe.encoder import Embedder, embedding_dims, load_encoder, pooling, use_bf16
+from cxr.probe.manifest import EMBEDDINGS, ENCODER, MANIFEST, EmbeddedStore, EmbeddingsManifest
 
-FORMAT, FORMAT_VERSION = "cxr-embeddings", 1
-EMBEDDINGS, ENCODER, MANIFEST = "embeddings.npy", "encoder.ckpt", "manifest.json"
 STATE, JOURNAL = ".embed-state.json", ".embed-journal.jsonl"
 COMMIT_SECONDS = 2.0
 """How often finished chunks are made durable (a kill redoes at most this much work)."""
 OURS = (EMBEDDINGS, ENCODER, MANIFEST, STATE, JOURNAL)
 
 
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """What the journal records of an embedded chunk: how many rows it wrote."""
+
+    rows: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> EmbeddedChunk:
+        return cls(int(data["rows"]))
+
+
 def store_id(store: Store) -> str:
     """The identity of a store's images and labels: SHA-256 of its ``index.parquet`` and of the manifest's pixel
     settings (size, crop, decoder, interpolation: the index alone is the same for every crop)."""
-    pixels = {key: store.manifest.get(key) for key in ("size", "crop", "decoder", "interpolation")}
+    pixels = {key: store.manifest.to_dict().get(key) for key in ("size", "crop", "decoder", "interpolation")}
     digest = hashlib.sha256((store.path / "index.parquet").read_bytes())
     digest.update(json.dumps(pixels, sort_keys=True).encode())
     return digest.hexdigest()
@@ -69,14 +83,14 @@ class ChunkImages(Dataset):
         return chunk, torch.from_numpy(views)[:, None]
 
 
-def _check_out(out: Path, params: dict, force: bool) -> dict | None:
+def _check_out(out: Path, params: dict, force: bool) -> EmbeddingsManifest | None:
     """The finished manifest when EMB already holds these embeddings; None to (re)start or resume."""
     manifest, state = out / MANIFEST, out / STATE
     previous = None
     if manifest.exists():
         done = json.loads(manifest.read_text())
         if done.get("params") == params:
-            return done
+            return EmbeddingsManifest.from_dict(done, str(manifest))
         previous = done.get("params")
     elif state.exists():
         previous = json.loads(state.read_text())["params"]
@@ -105,7 +119,7 @@ def embed_store(
     device: str | None = None,
     progress: bool = True,
     force: bool = False,
-) -> dict:
+) -> EmbeddingsManifest:
     """Embed every image of a store with a frozen ``model`` into ``out``; return the manifest (see the module doc).
 
     ``workers`` loader processes read and resize while the model runs; ``precision`` ``auto`` uses bf16 autocast
@@ -135,7 +149,7 @@ def embed_store(
         _start(out, encoder, embedding_dims(embedder, encoder.preprocessing.input_size), len(rows), params)
     array = np.load(out / EMBEDDINGS, mmap_mode="r+")
     n_chunks = -(-len(rows) // batch_size)
-    done = read_journal(out / JOURNAL)
+    done = read_journal(out / JOURNAL, EmbeddedChunk.from_dict)
     pending = [chunk for chunk in range(n_chunks) if chunk not in done]
     journal = Journal(out / JOURNAL, out / EMBEDDINGS, done, COMMIT_SECONDS)
     try:
@@ -146,7 +160,7 @@ def embed_store(
     array.flush()
     del array
     manifest = _manifest(params, encoder, store, len(rows), json.loads((out / STATE).read_text())["dims"], out)
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest.to_dict())
     for name in (STATE, JOURNAL):
         (out / name).unlink(missing_ok=True)
     return manifest
@@ -161,7 +175,7 @@ def _start(out: Path, encoder, dims: int, images: int, params: dict) -> None:
     write_json(out / STATE, {"params": params, "dims": dims})
 
 
-def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: Journal, workers: int,
+def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: Journal[EmbeddedChunk], workers: int,
          batch_size: int, progress: bool, total: int, completed: int) -> None:  # fmt: skip
     """Embed the pending chunks in order, each written into its rows and journaled."""
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
@@ -172,36 +186,27 @@ def _run(embedder: Embedder, dataset: ChunkImages, array: np.ndarray, journal: J
             features = embedder(to_unit(pixels.to(embedder.device, non_blocking=True)))
             start = chunk * batch_size
             array[start : start + len(features)] = features.cpu().numpy()
-            journal.add(chunk, {"rows": len(features)})
+            journal.add(chunk, EmbeddedChunk(len(features)))
             bar and bar.advance(0, len(features))
     finally:
         if bar:
             bar.stop()
 
 
-def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: Path) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "complete": True,
-        "model": encoder.description,
-        "dims": dims,
-        "images": images,
-        "pooling": pooling(encoder.model),
-        "precision": params["precision"],
-        "preprocessing": params["preprocessing"],
-        "store": {
-            "id": params["store_id"],
-            "manifest_sha256": store.manifest_sha256,
-            "name": store.path.name,
-            "size": store.size,
-            "crop": store.crop,
-            "dataset": str(store.manifest.get("dataset", "nih")),
-        },  # fmt: skip
-        "files": {"embeddings": EMBEDDINGS, "encoder": ENCODER, "encoder_sha256": file_sha256(out / ENCODER)},
-        "package_version": __version__,
-        "params": params,
-    }
+def _manifest(params: dict, encoder, store: Store, images: int, dims: int, out: Path) -> EmbeddingsManifest:
+    embedded = EmbeddedStore(params["store_id"], store.manifest_sha256, store.path.name, store.size, store.crop,
+                             store.manifest.dataset)  # fmt: skip
+    return EmbeddingsManifest(
+        model=encoder.description,
+        dims=dims,
+        images=images,
+        pooling=pooling(encoder.model),
+        precision=params["precision"],
+        preprocessing=encoder.preprocessing,
+        store=embedded,
+        encoder_sha256=file_sha256(out / ENCODER),
+        params=params,
+    )
 
 
 def _progress_bar(total: int, completed: int):
@@ -223,13 +228,11 @@ class Embeddings:
         if not manifest.is_file():
             state = " (cxr embed was interrupted: rerun it to finish)" if (self.path / STATE).exists() else ""
             raise CxrError(f"{self.path} is not a finished embeddings folder: no {MANIFEST}{state}")
-        self.manifest = json.loads(manifest.read_text())
-        if self.manifest.get("format") != FORMAT or not self.manifest.get("complete"):
-            raise CxrError(f"{self.path}: {MANIFEST} is not a complete cxr-embeddings manifest")
+        self.manifest = EmbeddingsManifest.from_dict(json.loads(manifest.read_text()), f"{self.path}: {MANIFEST}")
         self.vectors = np.load(self.path / EMBEDDINGS, mmap_mode="r")
-        if self.vectors.shape != (self.manifest["images"], self.manifest["dims"]):
+        if self.vectors.shape != (self.manifest.images, self.manifest.dims):
             raise CxrError(f"{self.path}: {EMBEDDINGS} is {self.vectors.shape}, the manifest says "
-                           f"({self.manifest['images']}, {self.manifest['dims']})")  # fmt: skip
+                           f"({self.manifest.images}, {self.manifest.dims})")  # fmt: skip
 
     @property
     def encoder_file(self) -> Path:
@@ -237,7 +240,7 @@ class Embeddings:
 
     def check_store(self, store: Store) -> None:
         """The probe's labels and split come from ``store``: it must be the store these rows were embedded from."""
-        if store_id(store) != self.manifest["store"]["id"]:
+        if store_id(store) != self.manifest.store.id:
             raise CxrError(f"{store.path} is not the store {self.path} was embedded from (its index.parquet differs; "
-                           f"embedded: {self.manifest['store']['name']})")  # fmt: skip
-        Preprocessing.from_dict(self.manifest["preprocessing"]).check_store(store)
+                           f"embedded: {self.manifest.store.name})")  # fmt: skip
+        self.manifest.preprocessing.check_store(store)

@@ -12,6 +12,7 @@ of the largest fraction. ``probe.json`` records, per label, the strength chosen 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 import yaml
 
-from cxr.config import load_config, to_dict
+from cxr.config import Config, TaskConfig, load_config, to_dict
 from cxr.data.store import Store
 from cxr.data.tasks import TaskSplit, build_split, targets
 from cxr.errors import CxrError
@@ -27,7 +28,7 @@ from cxr.files import write_bytes, write_json
 from cxr.models.artifact import load_artifact, write_artifact
 from cxr.models.factory import CxrNet, rebuild_model
 from cxr.models.spec import TrainingData
-from cxr.probe.efficiency import auroc_with_ci, fraction_rows, parse_fractions, write_efficiency
+from cxr.probe.efficiency import FractionResult, auroc_with_ci, fraction_rows, parse_fractions, write_efficiency
 from cxr.probe.embed import Embeddings
 from cxr.probe.encoder import final_linear
 from cxr.probe.linear import C_GRID, LinearHead, fit_linear_head
@@ -36,12 +37,24 @@ DEFAULT_TASK = ("task.target=common",)
 """Every finding the store gives (NIH: its 14), official split with the patient-wise validation carve-out."""
 
 
-def probe_config(overrides: Sequence[str]) -> dict:
+@dataclass(frozen=True)
+class ProbeRun:
+    """What :func:`probe_run` wrote: the run's config (``config.yaml``, the same tree in the artifact) and one result
+    per fraction of the training patients."""
+
+    config: dict[str, object]  # the YAML tree of config.yaml: store, task, model (the frozen encoder), probe
+    results: list[FractionResult]
+
+    def to_dict(self) -> dict[str, object]:
+        return self.config | {"results": [result.to_dict() for result in self.results]}
+
+
+def probe_config(overrides: Sequence[str]) -> TaskConfig:
     """The task section (defaults ← :data:`DEFAULT_TASK` ← ``task.*`` overrides); other sections are refused."""
     other = [o for o in overrides if not o.strip().startswith("task.")]
     if other:
         raise CxrError(f"cxr probe takes task.* overrides only (the model is frozen): {', '.join(other)}")
-    return to_dict(load_config(None, [*DEFAULT_TASK, *overrides]))["task"]
+    return load_config(None, [*DEFAULT_TASK, *overrides]).task
 
 
 def parse_grid(grid: str | Sequence[float]) -> list[float]:
@@ -55,10 +68,8 @@ def parse_grid(grid: str | Sequence[float]) -> list[float]:
     return values
 
 
-def task_split(store: Store, task: dict) -> TaskSplit:
-    from cxr.config import config_from_dict
-
-    split = build_split(store.index, config_from_dict({"task": task}).task)
+def task_split(store: Store, task: TaskConfig) -> TaskSplit:
+    split = build_split(store.index, task)
     for part in ("train", "val", "test"):
         if not len(split.rows(part)):
             raise CxrError(f"the {part} part of {store.path} is empty for this task: a probe needs all three")
@@ -108,8 +119,8 @@ def probe_run(
     overrides: Sequence[str] = (),
     experiment: str | None = None,
     grid: str | Sequence[float] = C_GRID,
-) -> dict:
-    """Fit the probes and write the run (see the module doc); returns the config written."""
+) -> ProbeRun:
+    """Fit the probes and write the run (see the module doc); returns the config written and the results."""
     emb, store, out = Embeddings(embeddings), Store(store_path), Path(out)
     emb.check_store(store)
     if out.exists() and any(out.iterdir()):
@@ -128,15 +139,20 @@ def probe_run(
         table, x_train, y_train = _parts(split, vectors, "train", rows)
         head = fit_linear_head(x_train, y_train, x_val, y_val, labels, grid, seed)
         scores = auroc_with_ci(labels, y_test, head.probabilities(x_test), test_table["patient_id"].to_numpy(), seed)
-        sizes = {"train_patients": int(table["patient_id"].nunique()), "train_images": len(table)}
-        results.append({"fraction": fraction, **sizes, **scores, "chosen_c": head.chosen_c, "notes": head.notes})
+        patients = int(table["patient_id"].nunique())
+        results.append(FractionResult(fraction, patients, len(table), scores, head.chosen_c, head.notes))
     config = {
         "experiment": experiment or "linear-probe",
         "store": str(store.path.resolve()),  # as `cxr train` records it: `cxr evaluate RUN` reads the store here
-        "task": task,
-        "model": {"name": emb.manifest["model"].get("name"), "frozen": True, "encoder": emb.manifest["model"]},
+        "task": to_dict(Config(task=task))["task"],
+        "model": {"name": emb.manifest.model.get("name"), "frozen": True, "encoder": emb.manifest.model},
         "probe": {
-            "embeddings": {k: emb.manifest[k] for k in ("dims", "pooling", "precision", "store")},
+            "embeddings": {
+                "dims": emb.manifest.dims,
+                "pooling": emb.manifest.pooling,
+                "precision": emb.manifest.precision,
+                "store": emb.manifest.store.to_dict(),
+            },
             "fractions": fractions,
             "seed": seed,
             "c_grid": list(grid),
@@ -146,9 +162,7 @@ def probe_run(
     }
     model, preprocessing = probe_model(emb.encoder_file, labels, head)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    fitted_on = TrainingData(
-        str(store.manifest.get("dataset", "nih")), results[-1]["train_images"], store.manifest_sha256
-    )
+    fitted_on = TrainingData(store.manifest.dataset, results[-1].train_images, store.manifest_sha256)
     write_artifact(out / "checkpoints" / "best.ckpt", model, labels, preprocessing, config=config,
                    training_data=(fitted_on,))  # fmt: skip
     split.split_table().to_parquet(out / "split.parquet", index=False)
@@ -156,8 +170,8 @@ def probe_run(
         out / "val_predictions.parquet", index=False
     )
     write_bytes(out / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
-    write_json(out / "probe.json", {"labels": labels, "fractions": results,
+    write_json(out / "probe.json", {"labels": labels, "fractions": [result.to_dict() for result in results],
                                     "val_auroc_by_c": dict(zip(labels, head.val_auroc, strict=True))})  # fmt: skip
     if len(fractions) > 1:
         write_efficiency(out, results, labels, f"Linear probe on {config['model']['name']}: label efficiency")
-    return config | {"results": results}
+    return ProbeRun(config, results)

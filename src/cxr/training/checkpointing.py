@@ -16,6 +16,7 @@ resumed run ends with the weights of the uninterrupted run, wherever it was kill
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -65,7 +66,7 @@ class LastCheckpoint(L.Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file and renamed: a run killed while saving keeps its previous last.ckpt."""
 
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         with replacing(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
@@ -74,7 +75,8 @@ def start_of_epoch(loops: dict) -> None:
     """Batch counters as Lightning's loops reset them when an epoch begins (``reset_on_run``).
 
     At ``on_train_epoch_start`` the training and validation batch counters still describe the epoch before; left so,
-    a resumed run takes the new epoch for finished (no batch trained, validation skipped).
+    a resumed run takes the new epoch for finished (no batch trained, validation skipped). ``loops`` stays a plain
+    ``dict``: it is a checkpoint's ``"loops"`` entry, a tree whose layout Lightning owns and changes between releases.
     """
     fit = loops["fit_loop"]
     for key in ("epoch_loop.batch_progress", "epoch_loop.val_loop.batch_progress"):

@@ -125,7 +125,7 @@ def _record_environment(run_dir: Path) -> None:
     """``RUN/environment.json``: one entry per start (the first, then each --resume), as a resume may move machines."""
     path = run_dir / "environment.json"
     starts = json.loads(path.read_text()) if path.exists() else []
-    write_json(path, [*starts, environment()])
+    write_json(path, [*starts, environment().to_dict()])
 
 
 def _precision(config: Config, on_gpu: bool) -> str:
@@ -256,7 +256,7 @@ def fit_stores(config: Config, stores: list[Store], image_size: int | None) -> t
                            f"{stores[0].size} px crop {stores[0].crop}, {other.path} is {other.size} px crop "
                            f"{other.crop} (prepare them with the same --size and --crop)")  # fmt: skip
     config.data.stores = [str(Path(store.path).resolve()) for store in stores]
-    names = [str(store.manifest.get("dataset", "nih")) for store in stores]
+    names = [store.manifest.dataset for store in stores]
     return config, build_multi_split([store.index for store in stores], names, config.task, config.data.store_weights)
 
 
@@ -290,9 +290,7 @@ def fit(
     pos_weight = _pos_weight(split) if config.train.pos_weight else None
     # Built before the run folder exists: a model that cannot be built (ImageNet weights offline, a wrong
     # model.init_from) must not leave a folder that can be neither restarted nor resumed.
-    training_data = tuple(
-        TrainingData(str(s.manifest.get("dataset", "nih")), len(s.index), s.manifest_sha256) for s in stores
-    )
+    training_data = tuple(TrainingData(s.manifest.dataset, len(s.index), s.manifest_sha256) for s in stores)
     module = CxrModule(config, split.outputs, preprocessing, pos_weight, resume=resume, training_data=training_data)
     if config.optim.layer_decay != 1.0:
         layer_depths(module.model)  # a model without ViT blocks is refused here, not after the run folder exists

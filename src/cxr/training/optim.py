@@ -95,7 +95,7 @@ def parameter_groups(model: nn.Module, spec: OptimConfig) -> list[dict]:
     return list(groups.values())
 
 
-def kernel_options(choice: str, on_cuda: bool) -> dict:
+def kernel_options(choice: str, on_cuda: bool) -> dict[str, bool]:
     """``optim.fused`` → the optimizer's ``fused`` / ``foreach`` arguments. ``auto`` takes the fused kernel (one launch
     for all parameters) on CUDA and torch's default elsewhere, where fused kernels are not faster on every CPU."""
     if choice == "fused" or (choice == "auto" and on_cuda):

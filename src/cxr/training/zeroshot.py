@@ -188,7 +188,7 @@ def zeroshot_run(
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     split.split_table().to_parquet(run_dir / "split.parquet", index=False)
-    write_json(run_dir / "environment.json", [environment()])
+    write_json(run_dir / "environment.json", [environment().to_dict()])
     write_json(run_dir / "zeroshot.json", record)
     preprocessing = Preprocessing.from_config(config.data)
     write_artifact(run_dir / "checkpoints" / "best.ckpt", net, split.outputs, preprocessing,

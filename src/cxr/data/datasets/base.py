@@ -16,6 +16,7 @@ import io
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,29 @@ IMAGE_COLUMNS = ("image", "patient_id", "view", "split")
 
 Mapping = dict[str, tuple[str, ...]]
 """A dataset's mapping table: own label -> the common labels it provides."""
+
+
+class Uncertainty(StrEnum):
+    """What CheXpert's -1.0 (uncertain) becomes: 1, 0, or missing (NaN: the loss masks it, metrics skip it)."""
+
+    ONES = "ones"
+    ZEROS = "zeros"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a user may choose about how a folder is read; a reader uses the options that concern it."""
+
+    uncertainty: Uncertainty = Uncertainty.IGNORE
+    """CheXpert's and MIMIC's -1.0: ``ones``, ``zeros`` or ``ignore`` (NaN)."""
+    age_max: float = 120
+    """NIH: an age above this (the 2017 release's 148-414 "years") is flagged as an outlier and set to NaN."""
+
+    def __post_init__(self) -> None:
+        if self.uncertainty not in {policy.value for policy in Uncertainty}:
+            raise CxrError(f"--uncertainty must be ones, zeros or ignore, not {self.uncertainty!r}")
+        object.__setattr__(self, "uncertainty", Uncertainty(self.uncertainty))
 
 
 @dataclass
@@ -54,6 +78,14 @@ class LabelledDataset:
     """``image, rle`` for datasets that give segmentation masks (SIIM), one row per mask."""
     patients_known: bool = True
     mapping: Mapping = field(default_factory=dict)
+    official_splits: tuple[str, ...] = ()
+    """The split names the dataset's own list files define (NIH: ``train_val``, ``test``); when given, the
+    ``split`` column keeps them (``""`` for an image in no list) and a store never re-splits the dataset."""
+    found: dict[str, Path] | None = None
+    """Image files found anywhere below ``root``, by file name, for a dataset whose metadata names images without
+    their folder (NIH); None when ``image`` is a path relative to ``root``."""
+    listed_elsewhere: dict[str, int] | None = None
+    """Per list file (official lists, blacklist): how many of its names are not in the metadata."""
 
     def table(self) -> pd.DataFrame:
         """One table: the image columns, then the common labels (their names), then own labels as ``own:<name>``."""
@@ -102,7 +134,7 @@ def candidates(root: Path, names: Iterable[str]) -> list[Path]:
     return found
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
     """A CSV as text: plain, gzipped, or the single member of a zip (how Kaggle ships RSNA's labels)."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
@@ -118,7 +150,7 @@ def _open_text(path: Path) -> io.TextIOBase:
 def read_header(path: Path) -> list[str]:
     """The header cells of a CSV (stripped); ``[]`` for an unreadable or empty file (detection must not fail)."""
     try:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             return [cell.strip() for cell in next(csv.reader([handle.readline()]), [])]
     except (OSError, UnicodeDecodeError, EOFError, zipfile.BadZipFile, InputFormatError):
         return []
@@ -135,7 +167,7 @@ def read_csv(path: Path, required: Iterable[str], optional: Iterable[str] | None
     required = list(required)
     wanted = None if optional is None else {*required, *optional}
     try:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             table = pd.read_csv(
                 handle, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False,
                 index_col=False, engine="c", usecols=None if wanted is None else (lambda c: c.strip() in wanted),
@@ -146,6 +178,23 @@ def read_csv(path: Path, required: Iterable[str], optional: Iterable[str] | None
     for column in required:
         if column not in table.columns:
             raise InputFormatError(path, f"missing column (found: {', '.join(table.columns)})", 1, column)
+    table.index = pd.RangeIndex(2, len(table) + 2)
+    table = table[~(table == "").all(axis=1)]
+    return table.apply(lambda c: c.str.strip())
+
+
+def read_rows(path: Path, names: list[str]) -> pd.DataFrame:
+    """Every cell as a stripped string under the given column ``names`` (the file's header line is skipped, so a
+    header with a trailing comma or a row with one spare cell can be read); the index is the 1-based line number,
+    as :func:`read_csv`'s. A row with more cells than ``names`` is a malformed-CSV error naming its line."""
+    try:
+        with open_text(path) as handle:
+            table = pd.read_csv(
+                handle, header=None, skiprows=1, names=names, dtype=str, index_col=False, keep_default_na=False,
+                na_filter=False, skip_blank_lines=False, engine="c",
+            )  # fmt: skip
+    except (pd.errors.ParserError, UnicodeDecodeError, zipfile.BadZipFile) as error:
+        raise InputFormatError(path, f"malformed CSV ({str(error).strip()})") from None
     table.index = pd.RangeIndex(2, len(table) + 2)
     table = table[~(table == "").all(axis=1)]
     return table.apply(lambda c: c.str.strip())

@@ -9,7 +9,6 @@ mentioned). Blank is read as not provided (NaN); what -1.0 becomes is the uncert
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ import pandas as pd
 from cxr.data.datasets.base import (
     LabelledDataset,
     Mapping,
+    ReadOptions,
+    Uncertainty,
     candidates,
     check_unique,
     fail_at,
@@ -26,6 +27,7 @@ from cxr.data.datasets.base import (
     read_csv,
     read_header,
 )
+from cxr.data.datasets.reader import Reader
 from cxr.errors import CxrError
 
 LABELS: tuple[str, ...] = (
@@ -68,14 +70,6 @@ COLUMNS = ("Path", "Frontal/Lateral", "AP/PA", *LABELS)
 _PATIENT = r"(patient\d+)"
 
 
-class Uncertainty(StrEnum):
-    """What CheXpert's -1.0 (uncertain) becomes: 1, 0, or missing (NaN: the loss masks it, metrics skip it)."""
-
-    ONES = "ones"
-    ZEROS = "zeros"
-    IGNORE = "ignore"
-
-
 def apply_policy(values: pd.DataFrame, policy: Uncertainty | str) -> pd.DataFrame:
     """Replace -1.0 per the policy; the other values (1, 0, NaN) stay."""
     replacement = {Uncertainty.ONES: 1.0, Uncertainty.ZEROS: 0.0, Uncertainty.IGNORE: np.nan}[Uncertainty(policy)]
@@ -112,7 +106,7 @@ def _read_part(path: Path, split: str) -> pd.DataFrame:
     return pd.concat([images, parse_labels(path, table, LABELS)], axis=1)
 
 
-def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> LabelledDataset:
+def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
     """Read ``train.csv`` and/or ``valid.csv`` (gzipped or not) of a CheXpert folder."""
     files: dict[str, Path | None] = {}
     parts = []
@@ -128,5 +122,12 @@ def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> Lab
         check_unique(files[part["split"].iat[0]], part.set_index("line")["image"], "Path")
     raw = table[list(LABELS)]
     images = table.drop(columns=[*LABELS, "line"])
-    labels = apply_policy(raw, uncertainty)
+    labels = apply_policy(raw, (options or ReadOptions()).uncertainty)
     return finish("chexpert", root, files, images, labels, MAPPING, uncertain=raw == -1.0)
+
+
+READER = Reader(
+    "chexpert", "CheXpert", detect, read, MAPPING, fixture="chexpert", uncertainty=True,
+    description="224,316 images of 65,240 patients, 14 observations labelled 1, 0 or uncertain from reports "
+    "(Irvin et al., AAAI 2019)",
+)  # fmt: skip

@@ -16,6 +16,7 @@ import pandas as pd
 from cxr.data.datasets.base import (
     LabelledDataset,
     Mapping,
+    ReadOptions,
     candidates,
     check_unique,
     fail_at,
@@ -24,6 +25,9 @@ from cxr.data.datasets.base import (
     read_header,
     require_file,
 )
+from cxr.data.datasets.reader import Reader
+from cxr.data.store import StoreSource
+from cxr.errors import CxrError
 
 FILE_NAMES = ("google2019_nih-chest-xray-labels.csv",)
 LABELS: tuple[str, ...] = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
@@ -66,5 +70,20 @@ def is_expert_file(path: Path) -> bool:
     return set(LABELS) <= set(read_header(path))
 
 
-def read(root: Path) -> LabelledDataset:
+def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
     return read_file(require_file(root, FILE_NAMES, "Google NIH expert-label"))
+
+
+def store_source(dataset: LabelledDataset, seed: int = 0) -> StoreSource:
+    """No store: the labels describe NIH's images, which are in NIH's folder."""
+    raise CxrError(
+        "Google's expert labels describe NIH images: prepare the NIH folder, and score with "
+        "`cxr evaluate --predictions P.csv --labels google2019_nih-chest-xray-labels.csv[.gz]`"
+    )
+
+
+READER = Reader(
+    "google2019", "Google's NIH expert labels", detect, read, MAPPING, fixture="google2019", secondary=True,
+    description="4 findings on 4,376 NIH images by 3 radiologists each (Majkowska et al., Radiology 2020)",
+    store=store_source,
+)  # fmt: skip

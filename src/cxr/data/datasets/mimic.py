@@ -25,6 +25,7 @@ import pandas as pd
 from cxr.data.attributes import age_from_anchor
 from cxr.data.datasets.base import (
     LabelledDataset,
+    ReadOptions,
     candidates,
     check_unique,
     fail_at,
@@ -34,7 +35,8 @@ from cxr.data.datasets.base import (
     rejects_table,
     require_file,
 )
-from cxr.data.datasets.chexpert import LABELS, MAPPING, Uncertainty, apply_policy, parse_labels
+from cxr.data.datasets.chexpert import LABELS, MAPPING, apply_policy, parse_labels
+from cxr.data.datasets.reader import Reader
 
 PREFIX = "mimic-cxr-2.0.0-"
 LABEL_FILES = (f"{PREFIX}chexpert.csv", f"{PREFIX}negbio.csv")
@@ -63,7 +65,7 @@ def _integers(path: Path, table: pd.DataFrame, columns: tuple[str, ...]) -> None
         fail_at(path, table[column], ~table[column].str.fullmatch(r"\d+"), column, lambda v: f"{v!r} is not an id")
 
 
-def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> LabelledDataset:
+def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
     label_path = require_file(root, LABEL_FILES, "MIMIC-CXR labels")
     meta_path = require_file(root, [f"{PREFIX}metadata.csv"], "MIMIC-CXR")
     split_path = candidates(root, [f"{PREFIX}split.csv"])
@@ -94,7 +96,14 @@ def read(root: Path, uncertainty: Uncertainty | str = Uncertainty.IGNORE) -> Lab
         images["sex"], images["age"] = _demographics(patients_path[0], meta)
     files = {"labels": label_path, "metadata": meta_path, "split": split_path[0] if split_path else None}
     rejects = rejects_table([])
-    dataset = finish("mimic", root, files, images, apply_policy(raw, uncertainty), MAPPING, uncertain=raw == -1.0,
+    labels = apply_policy(raw, (options or ReadOptions()).uncertainty)
+    dataset = finish("mimic", root, files, images, labels, MAPPING, uncertain=raw == -1.0,
                      rejects=rejects)  # fmt: skip
     dataset.images["labelled"] = ~unlabelled.to_numpy()
     return dataset
+
+
+READER = Reader(
+    "mimic", "MIMIC-CXR-JPG", detect, read, MAPPING, fixture="mimic", uncertainty=True,
+    description="377,110 images of 65,379 patients, CheXpert's labels per study (Johnson et al., 2019)",
+)  # fmt: skip

@@ -23,6 +23,7 @@ from cxr.data.attributes import age_at_study
 from cxr.data.datasets.base import (
     LabelledDataset,
     Mapping,
+    ReadOptions,
     candidates,
     check_unique,
     finish,
@@ -31,6 +32,7 @@ from cxr.data.datasets.base import (
     rejects_table,
     require_file,
 )
+from cxr.data.datasets.reader import Reader
 
 FILE_NAMES = ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", "PADCHEST_chest_x_ray_images_labels_160K.csv")
 COLUMNS = ("ImageID", "ImageDir", "PatientID", "Projection", "Labels")
@@ -112,7 +114,7 @@ def _age(rows: pd.DataFrame) -> pd.Series | float:
     return age_at_study(rows["PatientBirth"], rows["StudyDate_DICOM"]).to_numpy()
 
 
-def read(root: Path) -> LabelledDataset:
+def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
     path = require_file(root, FILE_NAMES, "PadChest")
     table = read_csv(path, COLUMNS, optional=["PatientSex_DICOM", "PatientBirth", "StudyDate_DICOM"])
     check_unique(path, table["ImageID"], "ImageID")
@@ -139,3 +141,10 @@ def read(root: Path) -> LabelledDataset:
         "view": rows["Projection"], "split": "", "sex": rows.get("PatientSex_DICOM", ""), "age": _age(rows),
     })  # fmt: skip
     return finish("padchest", root, {"metadata": path}, images, labels, MAPPING, rejects=rejects)
+
+
+READER = Reader(
+    "padchest", "PadChest", detect, read, MAPPING, fixture="padchest", own_table=True,
+    description="over 160,000 images of 67,000 patients, 174 radiographic findings from Spanish reports "
+    "(Bustos et al., Med. Image Anal. 2020)",
+)  # fmt: skip

@@ -17,6 +17,7 @@ import pandas as pd
 from cxr.data.datasets.base import (
     LabelledDataset,
     Mapping,
+    ReadOptions,
     candidates,
     fail_at,
     finish,
@@ -24,6 +25,7 @@ from cxr.data.datasets.base import (
     read_csv,
     read_header,
 )
+from cxr.data.datasets.reader import Reader
 from cxr.errors import CxrError, InputFormatError
 
 LABELS_FILE = "stage_2_train_labels.csv"
@@ -51,7 +53,7 @@ def _classes(path: Path, order: pd.Index) -> pd.Series:
     return (per_image.reindex(order) == "Normal").astype("float32").where(per_image.reindex(order).notna())
 
 
-def read(root: Path) -> LabelledDataset:
+def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
     found = _labels_file(root)
     if not found:
         raise CxrError(f"no RSNA metadata in {root}: expected {LABELS_FILE}[.gz|.zip]")
@@ -87,3 +89,10 @@ def read(root: Path) -> LabelledDataset:
         "image": "stage_2_train_images/" + pd.Series(order) + ".dcm", "patient_id": order, "view": "", "split": "",
     })  # fmt: skip
     return finish("rsna", root, files, images, labels, MAPPING, boxes=box_table)
+
+
+READER = Reader(
+    "rsna", "RSNA Pneumonia", detect, read, MAPPING, fixture="rsna",
+    description="26,684 DICOM images from NIH's with lung opacity boxes, in stage 2's labels "
+    "(RSNA Pneumonia Detection Challenge 2018)",
+)  # fmt: skip

@@ -16,6 +16,7 @@ import pandas as pd
 from cxr.data.datasets.base import (
     LabelledDataset,
     Mapping,
+    ReadOptions,
     candidates,
     fail_at,
     finish,
@@ -23,6 +24,7 @@ from cxr.data.datasets.base import (
     read_header,
     require_file,
 )
+from cxr.data.datasets.reader import Reader
 
 FILE_NAMES = ("train-rle.csv", "stage_2_train.csv")
 COLUMNS = ("ImageId", "EncodedPixels")
@@ -52,7 +54,7 @@ def _dicom_paths(root: Path) -> dict[str, str]:
     return found
 
 
-def read(root: Path) -> LabelledDataset:
+def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
     path = require_file(root, FILE_NAMES, "SIIM-ACR")
     table = read_csv(path, COLUMNS)
     rle = table["EncodedPixels"]
@@ -67,3 +69,10 @@ def read(root: Path) -> LabelledDataset:
     masks = pd.DataFrame({"image": table["ImageId"][rle != "-1"], "rle": rle[rle != "-1"]}).reset_index(drop=True)
     labels = pd.DataFrame({"Pneumothorax": positive.astype("float32")})
     return finish("siim", root, {"metadata": path}, images, labels, MAPPING, masks=masks, patients_known=False)
+
+
+READER = Reader(
+    "siim", "SIIM-ACR Pneumothorax", detect, read, MAPPING, fixture="siim",
+    description="DICOM images with pneumothorax masks as run-length strings, 12,047 in `train-rle.csv` "
+    "(SIIM-ACR Pneumothorax Segmentation, Kaggle 2019)",
+)  # fmt: skip

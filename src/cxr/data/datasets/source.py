@@ -1,5 +1,7 @@
-"""A dataset read by a reader, shaped for ``cxr prepare``: what ``prepare_store`` needs of a source (the metadata
-table with unique ``image`` keys, the image files found on disk, boxes) and the store index's columns.
+"""A dataset read by a reader, shaped for ``cxr prepare`` (a :class:`~cxr.data.store.StoreSource`: the metadata
+table with unique ``image`` keys, the image files found on disk, boxes) with the common vocabulary's index columns.
+A reader whose store needs another shape (NIH's own labels) or none (Google's labels of NIH images) says so with its
+own ``Reader.store``.
 
 The index of such a store has the common vocabulary's labels as float32 columns, NaN where the dataset cannot
 provide a label (NIH stores keep their uint8 columns). The split is the dataset's official one when it has both a
@@ -11,8 +13,6 @@ dataset's own word either way.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ import pandas as pd
 from cxr.data.attributes import harmonise_age, harmonise_sex
 from cxr.data.datasets.base import LabelledDataset
 from cxr.data.splits import assert_patient_disjoint
+from cxr.data.store import StoreSource
 from cxr.errors import CxrError
 from cxr.labels import COMMON_LABELS
 
@@ -35,19 +36,6 @@ OFFICIAL = {"train": "train_val", "validate": "train_val", "valid": "test", "tes
 """Official split names -> the store's ``train_val`` / ``test``."""
 
 
-@dataclass
-class StoreSource:
-    """What ``prepare_store`` reads from a source folder (NIH's :class:`~cxr.data.nih.NIHDataset` has the same)."""
-
-    name: str
-    root: Path
-    metadata: pd.DataFrame
-    images: dict[str, Path]
-    files: dict[str, Path | None]
-    boxes: pd.DataFrame | None = None
-    index_columns: tuple[str, ...] = field(default=INDEX_COLUMNS)
-
-
 def seeded_split(patients: pd.Series, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
     """``train_val``/``test`` per row, whole patients on one side, about ``test_fraction`` of the images in test."""
     rng = np.random.default_rng(seed)
@@ -59,11 +47,6 @@ def seeded_split(patients: pd.Series, test_fraction: float = 0.2, seed: int = 0)
 
 def store_source(dataset: LabelledDataset, seed: int = 0, test_fraction: float = 0.2) -> StoreSource:
     """Shape a read dataset for ``cxr prepare``; only images present on disk will get store rows."""
-    if dataset.name == "google2019":
-        raise CxrError(
-            "Google's expert labels describe NIH images: prepare the NIH folder, and score with "
-            "`cxr evaluate --predictions P.csv --labels google2019_nih-chest-xray-labels.csv[.gz]`"
-        )
     images = dataset.images
     official = images["split"].astype(str)
     mapped = official.map(OFFICIAL)
@@ -87,4 +70,4 @@ def store_source(dataset: LabelledDataset, seed: int = 0, test_fraction: float =
     found = {name: dataset.root / name for name in metadata["image"] if os.path.isfile(dataset.root / name)}
     files = {"metadata": next(path for path in dataset.files.values() if path)} | dict(dataset.files)
     files["boxes"] = None
-    return StoreSource(dataset.name, dataset.root, metadata, found, files, dataset.boxes)
+    return StoreSource(dataset.name, dataset.root, metadata, found, files, INDEX_COLUMNS, dataset.boxes)

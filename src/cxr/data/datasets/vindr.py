@@ -17,6 +17,7 @@ import pandas as pd
 from cxr.data.datasets.base import (
     LabelledDataset,
     Mapping,
+    ReadOptions,
     candidates,
     fail_at,
     finish,
@@ -25,6 +26,7 @@ from cxr.data.datasets.base import (
     read_header,
     require_file,
 )
+from cxr.data.datasets.reader import Reader
 
 NO_FINDING = "No finding"
 CLASSES: tuple[str, ...] = (
@@ -86,7 +88,7 @@ def _boxes(path: Path, table: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)  # fmt: skip
 
 
-def read(root: Path) -> LabelledDataset:
+def read(root: Path, options: ReadOptions | None = None) -> LabelledDataset:
     path = require_file(root, FILE_NAMES, "VinDr-CXR")
     table = read_csv(path, COLUMNS)
     fail_at(path, table["image_id"], table["image_id"] == "", "image_id", lambda v: "empty image id")
@@ -104,3 +106,10 @@ def read(root: Path) -> LabelledDataset:
     })  # fmt: skip
     return finish("vindr", root, {"metadata": path}, images, labels, MAPPING, boxes=_boxes(path, table),
                   patients_known=False)  # fmt: skip
+
+
+READER = Reader(
+    "vindr", "VinDr-CXR", detect, read, MAPPING, fixture="vindr",
+    description="15,000 training images, 22 local and 6 global labels by 3 radiologists each, with boxes "
+    "(Nguyen et al., Sci. Data 2022)",
+)  # fmt: skip

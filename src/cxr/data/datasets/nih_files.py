@@ -1,4 +1,4 @@
-"""Reading an NIH ChestX-ray14 folder: metadata CSV, official lists, blacklist, boxes, and the PNGs below it.
+"""NIH ChestX-ray14's files: the metadata CSV, the official lists, the blacklist, the boxes, and the PNGs below it.
 
 The dataset is Wang et al., "ChestX-ray8: Hospital-scale chest X-ray database and benchmarks on weakly-supervised
 classification and localization of common thorax diseases", CVPR 2017 (112,120 images, 30,805 patients). Its metadata
@@ -6,22 +6,21 @@ exists in two releases: ``Data_Entry_2017.csv`` (a trailing comma on every line,
 ages 148-414) and ``Data_Entry_2017_v2020.csv`` (no trailing comma, no impossible ages). Both are read here, gzipped
 or not. ``blacklist.csv`` comes from AzureChestXRay (header ``black``, old-Mac CR line endings).
 
-Every validation error is an :class:`~cxr.errors.InputFormatError` naming the file, the 1-based line and the column.
+Every validation error is an :class:`~cxr.errors.InputFormatError` naming the file, the 1-based line and the column;
+the tables are read by :mod:`cxr.data.datasets.base`'s helpers, whose row index is that line number. The reader that
+puts these files together is :mod:`cxr.data.datasets.nih`.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxr.data.splits import official_split
+from cxr.data.datasets.base import candidates, fail_at, open_text, read_rows
 from cxr.errors import CxrError, InputFormatError
 from cxr.labels import LABELS, canonical_name, parse_finding_labels
 
@@ -48,41 +47,13 @@ _INTEGER_COLUMNS = ("follow_up", "patient_id", "width", "height")
 _FLOAT_COLUMNS = ("spacing_x", "spacing_y")
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping ``*.gz``; ``utf-8-sig`` drops a BOM left by spreadsheet tools."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _read_table(path: Path, names: list[str]) -> pd.DataFrame:
-    """All cells as strings, header skipped, blank lines kept so that row ``i`` is file line ``i + 2``."""
-    try:
-        table = pd.read_csv(
-            path, header=None, skiprows=1, names=names, dtype=str, index_col=False, keep_default_na=False,
-            na_filter=False, skip_blank_lines=False, encoding="utf-8-sig", engine="c",
-        )  # fmt: skip
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise InputFormatError(path, f"malformed CSV ({str(error).strip()})") from None
-    blank = (table == "").all(axis=1)
-    return table[~blank]
-
-
-def _fail_at(path: Path, values: pd.Series, bad: pd.Series, column: str, message) -> None:
-    """Raise for the first row flagged in ``bad``; ``message(value)`` words the problem for that row's value."""
-    if bad.any():
-        index = bad.idxmax()
-        raise InputFormatError(path, message(values.at[index]), line=int(index) + 2, column=column)
-
-
 def find_metadata(data_dir: str | Path) -> Path:
     """The metadata CSV of an NIH folder: ``Data_Entry_2017_v2020.csv`` preferred, then ``Data_Entry_2017.csv``,
     each possibly gzipped. Raises :class:`CxrError` naming the files looked for."""
     data_dir = Path(data_dir)
-    for name in METADATA_NAMES:
-        for candidate in (data_dir / name, data_dir / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
+    found = candidates(data_dir, METADATA_NAMES)
+    if found:
+        return found[0]
     wanted = ", ".join(f"{n}[.gz]" for n in METADATA_NAMES)
     raise CxrError(f"no NIH metadata in {data_dir}: expected one of {wanted}")
 
@@ -96,7 +67,7 @@ def read_metadata(path: str | Path, age_max: float = 120) -> pd.DataFrame:
     image; an empty age is NaN too. The 2017 release's trailing comma is accepted; any other extra cell is an error.
     """
     path = Path(path)
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         header = next(csv.reader([handle.readline()]), [])
     header = [name.strip() for name in header]
     while header and not header[-1]:
@@ -105,35 +76,35 @@ def read_metadata(path: str | Path, age_max: float = 120) -> pd.DataFrame:
         if column not in header:
             raise InputFormatError(path, f"missing column (found: {', '.join(header) or 'nothing'})", 1, column)
     # One spare column absorbs the 2017 release's empty 12th cell; a 13th cell makes pandas raise with its line.
-    table = _read_table(path, [*header, "_extra"])
+    table = read_rows(path, [*header, "_extra"])
     extra = f"#{len(header) + 1}"
-    _fail_at(path, table["_extra"], table["_extra"] != "", extra, lambda v: f"unexpected extra cell {v!r}")
+    fail_at(path, table["_extra"], table["_extra"] != "", extra, lambda v: f"unexpected extra cell {v!r}")
 
-    images = table["Image Index"].str.strip()
-    _fail_at(path, images, images == "", "Image Index", lambda v: "empty image name")
+    images = table["Image Index"]
+    fail_at(path, images, images == "", "Image Index", lambda v: "empty image name")
     duplicated = images.duplicated()
     if duplicated.any():
-        index = duplicated.idxmax()
-        first = images.index[images == images.at[index]][0]
-        message = f"duplicate image {images.at[index]!r} (first on line {first + 2})"
-        raise InputFormatError(path, message, line=int(index) + 2, column="Image Index")
+        line = int(duplicated.idxmax())
+        first = int(images.index[images == images.at[line]][0])
+        message = f"duplicate image {images.at[line]!r} (first on line {first})"
+        raise InputFormatError(path, message, line=line, column="Image Index")
 
     out = pd.DataFrame({"image": images})
     for nih, ours in METADATA_COLUMNS.items():
         if ours not in (*_INTEGER_COLUMNS, *_FLOAT_COLUMNS, "age"):
             continue
-        text = table[nih].str.strip()
+        text = table[nih]
         values = pd.to_numeric(text, errors="coerce")
         bad = values.isna() & (text != "") if ours == "age" else values.isna()
         if ours in _INTEGER_COLUMNS:
             bad |= values.notna() & (values != values.round())
         kind = "an integer" if ours in _INTEGER_COLUMNS else "a number"
-        _fail_at(path, table[nih], bad, nih, lambda v, kind=kind: f"{v!r} is not {kind}")
+        fail_at(path, table[nih], bad, nih, lambda v, kind=kind: f"{v!r} is not {kind}")
         out[ours] = values.astype("int64") if ours in _INTEGER_COLUMNS else values.astype("float64")
     out["age_outlier"] = (out["age"] < 0) | (out["age"] > age_max)
     out.loc[out["age_outlier"], "age"] = np.nan
-    out["sex"] = table["Patient Gender"].str.strip()
-    out["view"] = table["View Position"].str.strip()
+    out["sex"] = table["Patient Gender"]
+    out["view"] = table["View Position"]
 
     # ~800 distinct label strings among 112,120 rows: parse each once with the canonical parser, then index.
     codes, uniques = pd.factorize(table["Finding Labels"])
@@ -142,7 +113,7 @@ def read_metadata(path: str | Path, age_max: float = 120) -> pd.DataFrame:
         try:
             names = parse_finding_labels(text)
         except ValueError as error:
-            line = int(table.index[codes == code][0]) + 2
+            line = int(table.index[codes == code][0])
             raise InputFormatError(path, str(error), line=line, column="Finding Labels") from None
         matrix[code, [LABELS.index(name) for name in names]] = 1
     labels = pd.DataFrame(matrix[codes], columns=list(LABELS), index=out.index)
@@ -153,7 +124,7 @@ def read_metadata(path: str | Path, age_max: float = 120) -> pd.DataFrame:
 def read_image_list(path: str | Path) -> list[str]:
     """Image names of ``train_val_list.txt`` / ``test_list.txt``, one per line (the last line may lack a newline)."""
     try:
-        with _open_text(Path(path)) as handle:  # gzipped or not, like the metadata
+        with open_text(Path(path)) as handle:  # gzipped or not, like the metadata
             text = handle.read()
     except (UnicodeDecodeError, OSError, EOFError) as error:
         raise InputFormatError(path, f"not a text list of image names ({type(error).__name__}: {error})") from error
@@ -174,17 +145,17 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
     The header is ``Image Index,Finding Label,Bbox [x,y,w,h],,,``; NIH spells Infiltration ``Infiltrate`` there.
     """
     path = Path(path)
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         header = next(csv.reader([handle.readline()]), [])
     if [h.strip() for h in header[:2]] != ["Image Index", "Finding Label"] or len(header) < 6:
         raise InputFormatError(path, "expected the header 'Image Index,Finding Label,Bbox [x,y,w,h],,,'", 1)
     names = ["image", "finding", "x", "y", "w", "h"]
-    table = _read_table(path, names + [f"_extra{i}" for i in range(len(header) - len(names))])
-    out = pd.DataFrame({"image": table["image"].str.strip()})
+    table = read_rows(path, names + [f"_extra{i}" for i in range(len(header) - len(names))])
+    out = pd.DataFrame({"image": table["image"]})
     for column in names[2:]:
-        out[column] = pd.to_numeric(table[column].str.strip(), errors="coerce").astype("float64")
+        out[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
         where = f"Bbox [x,y,w,h] ({column})"
-        _fail_at(path, table[column], out[column].isna(), where, lambda v: f"box coordinate {v!r} is not a number")
+        fail_at(path, table[column], out[column].isna(), where, lambda v: f"box coordinate {v!r} is not a number")
     findings = {}
     for text in table["finding"].unique():
         try:
@@ -193,7 +164,7 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
                 raise ValueError(f"{text!r} is not a finding")
         except ValueError as error:
             bad = table["finding"] == text
-            _fail_at(path, table["finding"], bad, "Finding Label", lambda v, e=error: str(e))
+            fail_at(path, table["finding"], bad, "Finding Label", lambda v, e=error: str(e))
     out["finding"] = table["finding"].map(findings)
     return out[names].reset_index(drop=True)
 
@@ -219,86 +190,3 @@ def find_images(data_dir: str | Path) -> dict[str, Path]:
                 found[entry.name] = Path(entry.path)
         pending.extend(reversed(subdirs))  # depth-first, in sorted order
     return found
-
-
-@dataclass
-class NIHDataset:
-    """An NIH folder, read: the metadata table (plus ``split`` and ``blacklisted``), boxes, and images on disk."""
-
-    root: Path
-    metadata: pd.DataFrame
-    boxes: pd.DataFrame | None
-    images: dict[str, Path]
-    files: dict[str, Path | None]
-    listed_elsewhere: dict[str, int] = field(default_factory=dict)
-    """Per list file: how many of its names are not in the metadata (normal for a subset of NIH)."""
-
-    @property
-    def missing_images(self) -> list[str]:
-        """Images in the metadata that are not on disk, in metadata order."""
-        return [name for name in self.metadata["image"] if name not in self.images]
-
-
-def _optional(data_dir: Path, name: str) -> Path | None:
-    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_dataset(data_dir: str | Path, age_max: float = 120) -> NIHDataset:
-    """Read an NIH folder: the metadata, the official lists and the blacklist (each optional), the boxes
-    (optional), and the images below it. The single entry point for ``inspect``, ``prepare`` and ``synth`` users.
-
-    ``metadata["split"]`` is ``"train_val"``, ``"test"`` or ``""`` (in neither list) and is checked to be
-    patient-disjoint; ``metadata["blacklisted"]`` marks the blacklist's images, which are kept.
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise CxrError(f"{root} is not a folder (expected an NIH folder: metadata CSV, lists, images)")
-    files: dict[str, Path | None] = {"metadata": find_metadata(root)}
-    for key, name in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
-        files[key] = _optional(root, name)
-    files["blacklist"] = _optional(root, "blacklist.csv")
-    files["boxes"] = _optional(root, "BBox_List_2017.csv")
-
-    metadata = read_metadata(files["metadata"], age_max=age_max)
-    known = set(metadata["image"])
-    lists = {key: read_image_list(files[key]) if files[key] else [] for key in ("train_val", "test")}
-    blacklist = read_blacklist(files["blacklist"]) if files["blacklist"] else set()
-    metadata["split"] = official_split(metadata, lists["train_val"], lists["test"], source=files["metadata"])
-    metadata["blacklisted"] = metadata["image"].isin(blacklist)
-    elsewhere = {key: sum(name not in known for name in names) for key, names in lists.items()}
-    elsewhere["blacklist"] = len(blacklist - known)
-    boxes = read_boxes(files["boxes"]) if files["boxes"] else None
-    return NIHDataset(root, metadata, boxes, find_images(root), files, elsewhere)
-
-
-def _number(value) -> float | None:
-    return None if pd.isna(value) else float(value)
-
-
-def summarize(dataset: NIHDataset, examples: int = 5) -> dict:
-    """The ``cxr inspect --json`` object: counts keyed by NIH's names, computed without decoding a pixel."""
-    table = dataset.metadata
-    missing = dataset.missing_images
-    splits = ("train_val", "test")
-    return {
-        "source": str(dataset.root),
-        "files": {key: path.name if path else None for key, path in dataset.files.items()},
-        "images": len(table),
-        "patients": int(table["patient_id"].nunique()),
-        "findings": {name: int(table[name].sum()) for name in LABELS},
-        "split": {part: int((table["split"] == part).sum()) for part in splits},
-        "unlisted": int((table["split"] == "").sum()),
-        "blacklisted": {part: int((table["blacklisted"] & (table["split"] == part)).sum()) for part in splits}
-        | {"total": int(table["blacklisted"].sum())},
-        "age_outliers": int(table["age_outlier"].sum()),
-        "age": {name: _number(getattr(table["age"], name)()) for name in ("min", "median", "max")},
-        "views": {str(k): int(v) for k, v in table["view"].value_counts().sort_index().items()},
-        "sex": {str(k): int(v) for k, v in table["sex"].value_counts().sort_index().items()},
-        "images_on_disk": len(dataset.images),
-        "missing_images": {"count": len(missing), "examples": missing[:examples]},
-        "listed_not_in_metadata": dict(dataset.listed_elsewhere),
-        "boxes": None if dataset.boxes is None else len(dataset.boxes),
-    }

@@ -30,7 +30,7 @@ class DemoRecipe:
     seed: int = 0
     store_size: int = 112
     experiment: str = "demo"
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 32
     workers: int = 2
     predict_images: int = 4

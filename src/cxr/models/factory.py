@@ -436,18 +436,25 @@ def _timm_net(
         head_module = nn.Sequential(*layers, nn.Linear(spec.model.num_features, num_outputs))
     else:
         head_module = _head(head, _feature_shape(spec.model, input_size), num_outputs, dropout)
-    architecture = ArchitectureSpec(
+    architecture = _built_architecture(name, num_outputs, head, dropout, "timm", spec)
+    return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
+
+
+def _built_architecture(name, num_outputs: int, head: str, dropout: float, source: str, spec, **extra):
+    """The :class:`ArchitectureSpec` of a backbone built by timm or a foundation loader: its record (``spec``)
+    gives the normalisation, fixed input size and Grad-CAM layer."""
+    return ArchitectureSpec(
         name=str(name),
         num_outputs=num_outputs,
         head=Head(head).value,
         dropout=float(dropout),
-        source="timm",
+        source=source,
         mean=tuple(spec.mean),
         std=tuple(spec.std),
         img_size=spec.img_size,
         cam_layer=spec.feature_layer,
+        **extra,
     )
-    return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)
 
 
 def _is_foundation_name(name: str) -> bool:
@@ -465,17 +472,8 @@ def _foundation_spec(name: str, head: str, input_size: int, pretrained: str, rec
 def _foundation_net(name, spec, num_outputs: int, head: str, dropout: float, input_size: int, labels) -> CxrNet:
     """A registered foundation backbone (pooled features) + dropout + linear: head ``gap`` only."""
     layers = [nn.Dropout(dropout)] if dropout > 0 else []
-    architecture = ArchitectureSpec(
-        name=str(name),
-        num_outputs=num_outputs,
-        head=Head(head).value,
-        dropout=float(dropout),
-        source="foundation",
-        mean=tuple(spec.mean),
-        std=tuple(spec.std),
-        img_size=spec.img_size,
-        cam_layer=spec.feature_layer,
-        backbone_config=spec.config,
+    architecture = _built_architecture(
+        name, num_outputs, head, dropout, "foundation", spec, backbone_config=spec.config
     )
     head_module = nn.Sequential(*layers, nn.Linear(spec.num_features, num_outputs))
     return CxrNet(spec.model, head_module, architecture, input_size, labels, cam_reshape=spec.cam_reshape)

@@ -8,6 +8,10 @@ model's own Grad-CAM layer and on the stages before and after it, on the same ru
 rows compare like with like; the machine's speed does not enter (no timings).
 
     .venv/bin/python benchmarks/cam_methods.py RUN [--split test] [--layers layer2,layer3,layer4] [--json OUT]
+    .venv/bin/python benchmarks/cam_methods.py RUN --methods layercam --layers layer1,layer2 --gates none,layer3,layer4
+
+``--gates``: also score each map multiplied by a later stage's Grad-CAM (``cxr.inference.cam.grad_cam_batch``'s
+``gate``; the demo's recipe maps layer1 gated by layer3).
 
 RUN is a trained run with boxes in its store (``cxr demo --out D`` leaves ``D/run``).
 """
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--layers", default="", help="comma-separated backbone modules (default: around its own)")
     parser.add_argument("--methods", default=",".join(CamMethod))
+    parser.add_argument("--gates", default="none", help="comma-separated gate modules, or none (no gate)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -49,26 +54,32 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for layer in layers:
-            for method in args.methods.split(","):
-                document = localize_run(args.run, args.split, examples=0, method=method, layer=layer,
-                                        out=Path(scratch) / f"{method}-{layer}")  # fmt: skip
-                findings = {name: item.pointing_game for name, item in document.findings.items()}
-                rows.append({
-                    "method": method, "layer": layer, "pointing_game": document.overall.pointing_game,
-                    "mean_iou": document.overall.mean_iou, "findings": findings,
-                    "findings_at_least_0.8": sum(value >= 0.8 for value in findings.values()),
-                    "worst": min(findings.values()),
-                })  # fmt: skip
-                print(f"{method:>10} {layer:>12}  pointing {rows[-1]['pointing_game']:.3f}  IoU "
-                      f"{rows[-1]['mean_iou']:.3f}  >=0.8: {rows[-1]['findings_at_least_0.8']}/{len(findings)}  "
-                      f"worst {rows[-1]['worst']:.3f}", flush=True)  # fmt: skip
+            for gate in args.gates.split(","):
+                for method in args.methods.split(","):
+                    document = localize_run(args.run, args.split, examples=0, method=method, layer=layer,
+                                            gate=None if gate == "none" else gate,
+                                            out=Path(scratch) / f"{method}-{layer}-{gate}")  # fmt: skip
+                    findings = {name: item.pointing_game for name, item in document.findings.items()}
+                    rows.append({
+                        "method": method, "layer": layer, "gate": gate,
+                        "pointing_game": document.overall.pointing_game, "mean_iou": document.overall.mean_iou,
+                        "findings": findings, "findings_at_least_0.8": sum(value >= 0.8 for value in findings.values()),
+                        "worst": min(findings.values()),
+                    })  # fmt: skip
+                    print(f"{method:>10} {layer:>12} {gate:>8}  pointing {rows[-1]['pointing_game']:.3f}  IoU "
+                          f"{rows[-1]['mean_iou']:.3f}  >=0.8: {rows[-1]['findings_at_least_0.8']}/{len(findings)}  "
+                          f"worst {rows[-1]['worst']:.3f}", flush=True)  # fmt: skip
     names = sorted(rows[0]["findings"])
     print("\nper finding (pointing game):")
-    print(f"{'':>24}" + "".join(f"{name[:9]:>10}" for name in names))
+    print(f"{'':>33}" + "".join(f"{name[:9]:>10}" for name in names))
     for row in rows:
-        print(f"{row['method']:>10} {row['layer']:>12} " + "".join(f"{row['findings'][n]:>10.2f}" for n in names))
+        print(f"{row['method']:>10} {row['layer']:>12} {row['gate']:>8} "
+              + "".join(f"{row['findings'][n]:>10.2f}" for n in names))  # fmt: skip
     best = max(rows, key=lambda row: (row["findings_at_least_0.8"], row["worst"], row["pointing_game"]))
-    print(f"\nbest: {best['method']} on {best['layer']} (most findings >= 0.8, then the worst finding's score)")
+    print(
+        f"\nbest: {best['method']} on {best['layer']}, gate {best['gate']} (most findings >= 0.8, then the worst "
+        "finding's score)"
+    )
     if args.json:
         args.json.write_text(json.dumps({"run": args.run.name, "split": args.split, "rows": rows}, indent=2) + "\n")
 

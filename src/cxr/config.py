@@ -153,6 +153,7 @@ class ModelConfig:
     grad_checkpointing: bool = False  # recompute activations in the backward: less memory, more compute
     drop_path: float = 0.0  # timm models: stochastic depth rate of the last block (ViT fine-tuning recipes: 0.1-0.2)
     cam_layer: str | None = None  # the heatmaps' layer (a backbone module, e.g. layer2); None: the family's default
+    cam_gate: str | None = None  # a later backbone module whose Grad-CAM multiplies the heatmaps; None: no gate
 
 
 @dataclass

@@ -19,7 +19,9 @@ def test_localize_json_keeps_its_layout_and_the_report_reads_the_result():
     rates = ["cases", "pointing_game", "pointing_game_strict", "mean_iou", "center_baseline", "random_baseline"]
     assert list(document["overall"]) == rates
     assert document["findings"]["Mass"] == dict(zip(rates, [4, 0.75, 0.5, 0.31, 0.25, 0.12], strict=True))
-    assert document["method"] == {"name": "gradcam", "layer": "layer4", "what": "the map of the box's finding"}
+    assert document["method"] == {
+        "name": "gradcam", "layer": "layer4", "what": "the map of the box's finding", "gate": None,
+    }  # fmt: skip
     report = _report(result, ["a_Mass.png"])
     assert "| Mass | 4 | 0.750 | 0.500 | 0.310 | 0.250 | 0.120 |" in report and "| **all** | 4 |" in report
     assert "gradcam on the model's `layer4`" in report and "- Pointing game: within 15 px." in report

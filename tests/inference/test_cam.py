@@ -113,6 +113,53 @@ def test_every_cam_method_gives_the_packages_maps(method):
             np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+def test_a_gated_map_is_the_product_of_the_packages_two_maps():
+    """``gate=``: LayerCAM on an early stage times Grad-CAM on a later one, each as the ``grad-cam`` package computes
+    it, min-max scaled again; both from one backward pass, the same whichever order the layers are named in. The
+    model's recorded gate is the default, and ``gate=None`` switches it off."""
+    import dataclasses
+
+    import torch
+    from pytorch_grad_cam import GradCAM, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxr.inference.cam import grad_cam_batch
+    from cxr.models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 4, input_size=64).eval()
+    images = np.random.default_rng(5).random((3, 1, 64, 64), dtype=np.float32)
+    wanted = [[0, 3], [2], [1, 2, 3]]
+
+    def package(cls, layer, image, indices):
+        copies = torch.from_numpy(image[None]).expand(len(indices), -1, -1, -1).contiguous()
+        with cls(model=model, target_layers=[model.backbone.get_submodule(layer)]) as cam:
+            return cam(input_tensor=copies, targets=[ClassifierOutputTarget(i) for i in indices])
+
+    gated = grad_cam_batch(model, images, wanted, chunk=2, method="layercam", layer="layer1", gate="layer3")
+    reversed_order = grad_cam_batch(model, images, wanted, method="gradcam", layer="layer3", gate="layer1")
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())  # restored, and left untouched
+    for image, indices, ours, other in zip(images, wanted, gated, reversed_order, strict=True):
+        fine, coarse = package(LayerCAM, "layer1", image, indices), package(GradCAM, "layer3", image, indices)
+        product = fine * coarse
+        expected = (product - product.min(axis=(1, 2), keepdims=True)) / (
+            1e-7 + np.ptp(product, axis=(1, 2), keepdims=True)
+        )
+        np.testing.assert_allclose(ours, expected, atol=1e-4)
+        assert not np.allclose(ours, fine, atol=1e-2)  # the gate changed the map
+        swapped = package(GradCAM, "layer3", image, indices) * package(GradCAM, "layer1", image, indices)
+        swapped = (swapped - swapped.min(axis=(1, 2), keepdims=True)) / (
+            1e-7 + np.ptp(swapped, axis=(1, 2), keepdims=True)
+        )
+        np.testing.assert_allclose(other, swapped, atol=1e-4)
+    model.architecture = dataclasses.replace(model.architecture, cam_layer="layer1", cam_gate="layer3")
+    own = grad_cam_batch(model, images, wanted, chunk=2, method="layercam")
+    for ours, recorded in zip(gated, own, strict=True):
+        np.testing.assert_allclose(ours, recorded, atol=1e-6)
+    ungated = grad_cam_batch(model, images, wanted, method="layercam", gate=None)
+    np.testing.assert_allclose(ungated[0], package(LayerCAM, "layer1", images[0], wanted[0]), atol=1e-4)
+
+
 def test_unique_stems():
     assert unique_stems(["a/x.png", "b/x.png", "y.dcm", "c/x.png"]) == ["x", "x-2", "y", "x-3"]
 
@@ -253,3 +300,29 @@ def test_the_heatmap_layer_is_a_config_key_recorded_in_the_artifact(tmp_path):
     assert load_artifact(path).model.architecture.cam_layer == "layer2"
     with pytest.raises(CxrError, match="no layer 'layer9'"):
         CxrModule(load_config(None, [*base, "model.cam_layer=layer9"]), ["Mass"], Preprocessing(64, 1.0, 64))
+    assert "cam_gate" not in load_artifact(path).model.architecture.to_dict()  # ungated artifacts keep their keys
+
+
+def test_the_heatmap_gate_is_a_config_key_recorded_in_the_artifact(tmp_path):
+    """``model.cam_gate`` (the demo's recipe: layer1 gated by layer3) reaches the artifact and the rebuilt model,
+    whose heatmaps it then gates; a gate the backbone lacks is refused with its name."""
+    from cxr.config import load_config
+    from cxr.errors import CxrError
+    from cxr.imaging.preprocessing import Preprocessing
+    from cxr.inference.cam import grad_cam_batch
+    from cxr.models.artifact import load_artifact, write_artifact
+    from cxr.training.module import CxrModule
+
+    base = ["model.name=resnet18", "model.pretrained=none", "model.head=gap", "data.input_size=64"]
+    overrides = [*base, "model.cam_layer=layer1", "model.cam_gate=layer3"]
+    module = CxrModule(load_config(None, overrides), ["Mass"], Preprocessing(64, 1.0, 64))
+    path = write_artifact(tmp_path / "m.ckpt", module.model, ["Mass"], Preprocessing(64, 1.0, 64))
+    rebuilt = load_artifact(path).model.eval()
+    assert (rebuilt.architecture.cam_layer, rebuilt.architecture.cam_gate) == ("layer1", "layer3")
+    image = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
+    gated = grad_cam_batch(rebuilt, image, [[0]])[0]
+    explicit = grad_cam_batch(rebuilt, image, [[0]], layer="layer1", gate="layer3")[0]
+    np.testing.assert_allclose(gated, explicit, atol=1e-6)
+    assert not np.allclose(gated, grad_cam_batch(rebuilt, image, [[0]], gate=None)[0], atol=1e-2)
+    with pytest.raises(CxrError, match="no layer 'layer7'"):
+        CxrModule(load_config(None, [*base, "model.cam_gate=layer7"]), ["Mass"], Preprocessing(64, 1.0, 64))

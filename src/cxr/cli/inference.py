@@ -189,6 +189,9 @@ def localize(
         "", "--method", help="gradcam, gradcam++, hirescam or layercam (default: the one predict and serve use)."
     ),
     layer: str | None = typer.Option(None, "--layer", help="Map this backbone module instead (e.g. layer3)."),
+    gate: str = typer.Option(
+        "own", "--gate", help="A backbone module whose Grad-CAM gates the map, 'none', or 'own' (the model's record)."
+    ),
 ) -> None:
     """Class activation maps vs boxes: pointing game and IoU per finding → RUN/localize/ (localize.json, report.md)."""
     from rich.console import Console
@@ -200,11 +203,20 @@ def localize(
     if method and method not in set(CamMethod):
         raise CxrError(f"unknown --method {method!r}; choose one of: {', '.join(CamMethod)}")
     document = localize_run(
-        run, split, store, fraction, tolerance, examples, method=method or DEFAULT_METHOD, layer=layer
+        run,
+        split,
+        store,
+        fraction,
+        tolerance,
+        examples,
+        method=method or DEFAULT_METHOD,
+        layer=layer,
+        gate=None if gate == "none" else gate,
     )
     columns = ("finding", "cases", "pointing game", "strict", "mean IoU", "center baseline", "random baseline")
     table = Table(*columns, title_justify="left")
-    table.title = f"{document.method.name} on {document.method.layer}, {split} split"
+    gated = f", gated by Grad-CAM on {document.method.gate}" if document.method.gate else ""
+    table.title = f"{document.method.name} on {document.method.layer}{gated}, {split} split"
     for name, item in {**document.findings, "all": document.overall}.items():
         table.add_row(
             name,

@@ -25,11 +25,13 @@ class LocalizationRates:
 
 @dataclass(frozen=True)
 class CamMapping:
-    """Which map was scored: the Grad-CAM method, the backbone layer it maps, and what that means."""
+    """Which map was scored: the Grad-CAM method, the backbone layer it maps, the layer whose Grad-CAM gates it (if
+    any), and what that means."""
 
     name: str
     layer: str | None
     what: str
+    gate: str | None = None
 
 
 @dataclass(frozen=True)

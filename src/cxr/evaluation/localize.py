@@ -33,7 +33,7 @@ from cxr.data.store import Store
 from cxr.errors import CxrError
 from cxr.evaluation.localization import CamMapping, LocalizationRates, LocalizationResult
 from cxr.imaging.preprocessing import to_unit
-from cxr.inference.cam import DEFAULT_METHOD, CamMethod, grad_cam_batch, overlay, png_bytes
+from cxr.inference.cam import DEFAULT_METHOD, OWN_GATE, CamMethod, grad_cam_batch, overlay, png_bytes
 from cxr.inference.eager import TorchPredictor
 
 DEFAULT_FRACTION = 0.5
@@ -105,10 +105,12 @@ def localize_run(
     method: str = DEFAULT_METHOD,
     layer: str | None = None,
     out: str | Path | None = None,
+    gate: str | None = OWN_GATE,
 ) -> LocalizationResult:
     """Score the class activation maps of ``RUN/checkpoints/best.ckpt`` against the store's boxes; write
     ``RUN/localize`` (or ``out``). ``method``: a :class:`~cxr.inference.cam.CamMethod`; ``layer``: a backbone module
-    to map instead of the model's own Grad-CAM layer (``benchmarks/cam_methods.py`` compares both).
+    to map instead of the model's own Grad-CAM layer (``benchmarks/cam_methods.py`` compares both); ``gate``: the
+    module whose Grad-CAM gates the map (:func:`~cxr.inference.cam.grad_cam_batch`; default the model's, None: none).
 
     ``tolerance`` is in model-input pixels (default: Zhang et al.'s 15 px at 224, scaled). Returns the result
     written to ``localize.json`` (:class:`~cxr.evaluation.localization.LocalizationResult`).
@@ -125,21 +127,25 @@ def localize_run(
     cases = localization_cases(store, run, split, predictor.labels)
     tolerance = ZHANG_TOLERANCE * predictor.input_size if tolerance is None else float(tolerance)
     method = CamMethod(method)
-    if layer:
+    if gate == OWN_GATE:
+        gate = predictor.model.architecture.cam_gate
+    for name in (layer, gate):
         try:
-            predictor.model.backbone.get_submodule(layer)
+            predictor.model.backbone.get_submodule(name) if name else None
         except AttributeError:
-            raise CxrError(f"{run}: the model has no layer {layer!r} (a module name in its backbone)") from None
+            raise CxrError(f"{run}: the model has no layer {name!r} (a module name in its backbone)") from None
     out = Path(out) if out else run / "localize"
     (out / "examples").mkdir(parents=True, exist_ok=True)
     for stale in (out / "examples").glob("*.png"):  # a rerun must not list the examples of an earlier one
         stale.unlink()
-    cam = functools.partial(grad_cam_batch, predictor.model, method=method, layer=layer)
+    cam = functools.partial(grad_cam_batch, predictor.model, method=method, layer=layer, gate=gate)
     scores = pd.DataFrame(_score_cases(cases, store, predictor, cam, tolerance, fraction, examples, out / "examples"))
     mapping = CamMapping(
         name=method.value,
         layer=layer or predictor.model.architecture.cam_layer,
-        what="the map of the box's finding, batched as the grad-cam package computes it (cxr.inference.cam)",
+        what="the map of the box's finding, batched as the grad-cam package computes it (cxr.inference.cam)"
+        + (f", times the Grad-CAM map of {gate}, rescaled to [0, 1]" if gate else ""),
+        gate=gate,
     )
     result = _summarise(scores, run, split, store, fraction, tolerance, mapping)
     (out / "localize.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -43,11 +43,17 @@ DEFAULT_METHOD = CamMethod.LAYERCAM
 ``benchmarks/cam_methods.py`` on the demo's model against its synthetic boxes (``docs/benchmarks.md``, "Heatmaps"):
 LayerCAM on the stride-8 map pointed at the box of 9 of 14 findings >= 80 % of the time (mean 0.835), every other
 method and layer at most 8; on the last stage it also beat Grad-CAM (6 vs 4 of 14). On the longer-trained model of the
-demo's current recipe it is still the best of eight (11 of 14, mean 0.911)."""
+demo's current recipe it is still the best single map (11 of 14, mean 0.911); gated by Grad-CAM on layer3 (a model's
+``cam_gate``), LayerCAM on layer1 does better still (14 of 14 on the demo's test split)."""
+
+
+OWN_GATE = "own"
+"""``gate=OWN_GATE``: the model's recorded ``cam_gate`` (its artifact's ``architecture.cam_gate``; no gate if unset)."""
 
 
 def grad_cam(model, model_input: np.ndarray, label_indices: Sequence[int], method: str = DEFAULT_METHOD) -> np.ndarray:
-    """Maps ``float32 (len(label_indices), S, S)`` in ``[0, 1]`` for one model input ``(1, S, S)``."""
+    """Maps ``float32 (len(label_indices), S, S)`` in ``[0, 1]`` for one model input ``(1, S, S)``, gated as the model
+    records (:func:`grad_cam_batch`)."""
     return grad_cam_batch(model, np.asarray(model_input)[None], [list(label_indices)], method=method)[0]
 
 
@@ -58,6 +64,7 @@ def grad_cam_batch(
     chunk: int = 32,
     method: str = DEFAULT_METHOD,
     layer: str | None = None,
+    gate: str | None = OWN_GATE,
 ) -> list[np.ndarray]:
     """Grad-CAM maps of several inputs ``(N, 1, S, S)``: per input ``i``, ``float32 (len(label_indices[i]), S, S)``.
 
@@ -67,11 +74,20 @@ def grad_cam_batch(
     mode nothing mixes samples, so the gradient of a sum of logits, one per input, is every input's own gradient.
     ``cxr localize`` maps hundreds of images this way. ``method``: a :class:`CamMethod`; ``layer``: another target
     than the model's ``feature_layer``, by its module name in the backbone (e.g. an earlier stage).
+
+    ``gate``: a backbone module whose Grad-CAM map multiplies each map (both at the input's size and in ``[0, 1]``; the
+    product min-max scaled again): a fine map of an early stage, where a finding's own sign and its neighbours' look
+    alike, kept where a later stage's class-discriminative map agrees — the pairing of Guided Grad-CAM (Selvaraju et
+    al., 2017: Grad-CAM times a pixel-level map) and LayerCAM's use of several stages (Jiang et al., 2021), both maps
+    from one backward pass. :data:`OWN_GATE` (default): the model's ``architecture.cam_gate``; ``None``: no gate.
     """
     import torch
 
     method = CamMethod(method)
     target = model.backbone.get_submodule(layer) if layer else model.feature_layer
+    if gate == OWN_GATE:
+        gate = model.architecture.cam_gate
+    targets = [target] + ([model.backbone.get_submodule(gate)] if gate else [])
     model.eval()
     device = next(model.parameters()).device
     inputs = np.ascontiguousarray(model_inputs, dtype=np.float32)
@@ -81,56 +97,73 @@ def grad_cam_batch(
         if not any(wanted):
             maps += [np.zeros((0, size, size), np.float32) for _ in wanted]
             continue
-        activations, gradients = _activations_and_gradients(
-            model, target, torch.from_numpy(inputs[start : start + chunk]).to(device), wanted
+        captured = _activations_and_gradients(
+            model, targets, torch.from_numpy(inputs[start : start + chunk]).to(device), wanted
         )
-        maps += [
-            _cam_maps(method, activations[i], gradients[: len(indices), i], size) for i, indices in enumerate(wanted)
-        ]
+        (activations, gradients), gated = captured[0], captured[1:]
+        for i, indices in enumerate(wanted):
+            image_maps = _cam_maps(method, activations[i], gradients[: len(indices), i], size)
+            for gate_activations, gate_gradients in gated:
+                gate_maps = _cam_maps(CamMethod.GRADCAM, gate_activations[i], gate_gradients[: len(indices), i], size)
+                image_maps = np.stack([_unit_range(m * g) for m, g in zip(image_maps, gate_maps, strict=True)])
+            maps.append(image_maps.astype(np.float32, copy=False))
     return maps
 
 
-def _activations_and_gradients(model, target, batch, wanted: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """The target layer's activations ``(N, C, h, w)`` (after the model's ``cam_reshape``, if any) and, per round
+def _activations_and_gradients(model, targets, batch, wanted: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per target layer: its activations ``(N, C, h, w)`` (after the model's ``cam_reshape``, if any) and, per round
     ``r``, the gradient of input ``i``'s logit ``wanted[i][r]`` with respect to them, ``(R, N, C, h, w)`` (zero where
     input ``i`` has fewer labels).
 
-    The layers below the target run without autograd (the weights' ``requires_grad`` is off meanwhile, and the
-    target's output re-enters the graph as a leaf), so only the layers above it keep activations for the backward.
+    The layers below the first target the forward reaches run without autograd (the weights' ``requires_grad`` is off
+    meanwhile, and that target's output re-enters the graph as a leaf), so only the layers above it keep activations
+    for the backward; the later targets' outputs are captured on the way and get their gradients in the same pass.
     """
     import torch
 
-    captured = []
+    captured: dict[int, torch.Tensor] = {}
 
-    def leaf(module, args, output):
-        captured.append(output.detach().requires_grad_())
-        return captured[-1]
+    def hook(position: int):
+        def capture(module, args, output):
+            if position in captured:  # a module run twice: its first output is the one mapped
+                return None
+            if not captured:  # the first target reached: from here on the forward builds a graph
+                output = output.detach().requires_grad_()
+            captured[position] = output
+            return output
+
+        return capture
 
     parameters = [p for p in model.parameters() if p.requires_grad]
-    handle = target.register_forward_hook(leaf)
+    handles = [target.register_forward_hook(hook(position)) for position, target in enumerate(targets)]
     try:
         for parameter in parameters:
             parameter.requires_grad_(False)
         with torch.enable_grad():
             logits = model(batch)
+            outputs = [captured[position] for position in range(len(targets))]
             rounds = max(len(indices) for indices in wanted)
             selectors = torch.zeros((rounds, *logits.shape), dtype=logits.dtype, device=logits.device)
             for i, indices in enumerate(wanted):
                 selectors[range(len(indices)), i, indices] = 1
             gradients = [
-                torch.autograd.grad(logits, captured[0], selectors[r], retain_graph=r < rounds - 1)[0]
-                for r in range(rounds)
+                torch.autograd.grad(logits, outputs, selectors[r], retain_graph=r < rounds - 1) for r in range(rounds)
             ]
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         for parameter in parameters:
             parameter.requires_grad_(True)
     # Transformers' targets are tokens (B, N, C) or NHWC maps: the model's ``cam_reshape`` rearranges activations
     # and gradients alike into (B, C, h, w) (a rearrangement, so the reshaped gradient is the reshaped map's).
     reshape = getattr(model, "cam_reshape", None) or (lambda tensor: tensor)
-    activations = reshape(captured[0].detach())
-    gradients = torch.stack([reshape(gradient) for gradient in gradients])
-    return activations.float().cpu().numpy(), gradients.float().cpu().numpy()
+    return [
+        (
+            reshape(output.detach()).float().cpu().numpy(),
+            torch.stack([reshape(per_round[position]) for per_round in gradients]).float().cpu().numpy(),
+        )
+        for position, output in enumerate(outputs)
+    ]
 
 
 def _cam_maps(method: CamMethod, activations: np.ndarray, gradients: np.ndarray, size: int) -> np.ndarray:

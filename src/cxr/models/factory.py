@@ -539,17 +539,19 @@ def rebuild_model(architecture: ArchitectureSpec, labels: Sequence[str], input_s
         backbone_config=architecture.backbone_config,
     )
     if architecture.cam_layer:
-        set_cam_layer(model, architecture.cam_layer)
+        set_cam_layer(model, architecture.cam_layer, architecture.cam_gate)
     return model
 
 
-def set_cam_layer(model: CxrNet, layer: str) -> None:
-    """Make backbone module ``layer`` the heatmaps' target (``model.cam_layer``; recorded in the artifact)."""
-    try:
-        model.backbone.get_submodule(layer)
-    except AttributeError as error:
-        raise CxrError(f"{model.architecture.name}: no layer {layer!r} in the backbone for the heatmaps") from error
-    model.architecture = replace(model.architecture, cam_layer=layer)
+def set_cam_layer(model: CxrNet, layer: str, gate: str | None = None) -> None:
+    """Make backbone module ``layer`` the heatmaps' target and ``gate`` (if any) the module whose Grad-CAM gates them
+    (``model.cam_layer``, ``model.cam_gate``; recorded in the artifact; :func:`cxr.inference.cam.grad_cam_batch`)."""
+    for name in (layer, gate) if gate else (layer,):
+        try:
+            model.backbone.get_submodule(name)
+        except AttributeError as error:
+            raise CxrError(f"{model.architecture.name}: no layer {name!r} in the backbone for the heatmaps") from error
+    model.architecture = replace(model.architecture, cam_layer=layer, cam_gate=gate or None)
 
 
 def count_parameters(model: nn.Module) -> int:

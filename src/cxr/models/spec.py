@@ -75,6 +75,7 @@ class ArchitectureSpec:
     std: tuple[float, ...] | None = None
     img_size: int | None = None
     cam_layer: str | None = None
+    cam_gate: str | None = None  # a later module whose Grad-CAM gates the heatmaps (cxr.inference.cam.grad_cam_batch)
     in_chans: int = 1  # the model's own input: one grey channel, in [0, 1]
     backbone_config: dict | None = None  # foundation backbones: their own config (cxr.models.foundation), no paths
 
@@ -90,7 +91,7 @@ class ArchitectureSpec:
             raise CxrError(f"{where}: mean and std must both be given, one value per channel")
 
     def to_dict(self) -> dict:
-        return {
+        record = {
             "name": self.name,
             "num_outputs": self.num_outputs,
             "head": self.head,
@@ -101,7 +102,12 @@ class ArchitectureSpec:
             "img_size": self.img_size,
             "cam_layer": self.cam_layer,
             "in_chans": self.in_chans,
-        } | ({"backbone_config": self.backbone_config} if self.backbone_config is not None else {})
+        }
+        if self.cam_gate:  # only where set: artifacts without a gate keep their earlier layout
+            record["cam_gate"] = self.cam_gate
+        if self.backbone_config is not None:
+            record["backbone_config"] = self.backbone_config
+        return record
 
     @classmethod
     def from_dict(cls, block: dict, num_outputs: int, where: str = "architecture") -> ArchitectureSpec:
@@ -129,6 +135,7 @@ class ArchitectureSpec:
                 std=_floats(std, where, "std") if std is not None else None,
                 img_size=img_size,
                 cam_layer=block.get("cam_layer"),
+                cam_gate=block.get("cam_gate"),
                 in_chans=int(block.get("in_chans", 1)),
                 backbone_config=backbone_config,
             ),

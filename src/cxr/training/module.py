@@ -137,8 +137,8 @@ class CxrModule(L.LightningModule):
             grad_checkpointing=spec.grad_checkpointing,
             drop_path=spec.drop_path,
         )
-        if spec.cam_layer:
-            set_cam_layer(self.model, spec.cam_layer)
+        if spec.cam_layer or spec.cam_gate:
+            set_cam_layer(self.model, spec.cam_layer or self.model.architecture.cam_layer, spec.cam_gate)
         weight = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight is not None else None
         self.register_buffer("pos_weight", weight, persistent=False)
         self.val_auroc = MaskedAUROC()

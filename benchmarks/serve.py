@@ -10,6 +10,7 @@ within +10 %), the load average, and the memory (RSS and its private part) of th
 and after the run. Loopback only. Not a test.
 
     .venv/bin/python benchmarks/serve.py [--requests 80] [--workers 1] [--onnx] [--batch-max 8] [--batch-wait-ms 10]
+                                         [--precision fp32|bf16|auto]
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def measure(model: Path, args, batching: list[str]) -> dict:
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "cxr.cli", "serve", str(model), "--port", str(port)]
-    command += ["--workers", str(args.workers), *batching]
+    command += ["--workers", str(args.workers), "--precision", args.precision, *batching]
     env = {k: v for k, v in os.environ.items() if k not in ("CXR_API_KEY", "CXR_API_KEY_FILE")}
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="Serve the ONNX export instead of the checkpoint.")
     parser.add_argument("--batch-max", type=int, default=None, help="Batched run's --batch-max (default: serve's).")
     parser.add_argument("--batch-wait-ms", type=float, default=None, help="Batched run's --batch-wait-ms.")
+    parser.add_argument("--precision", default="fp32", help="Both servers' --precision (fp32, bf16, auto).")
     args = parser.parse_args()
 
     batched = [*(["--batch-max", str(args.batch_max)] if args.batch_max else []),
@@ -139,9 +141,9 @@ def main() -> None:
         runs = {"unbatched": measure(model, args, ["--batch-max", "1"]), "batched": measure(model, args, batched)}
     load = os.getloadavg()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.2f} "
-          f"{load[1]:.2f} {load[2]:.2f}; cxr serve --workers {args.workers}, resnet18 {args.size} px "
-          f"({'onnx' if args.onnx else 'torch'}), {IMAGE.stat().st_size // 1024} kB 1024x1024 PNG, {args.requests} "
-          f"requests per measurement; batched: {' '.join(batched) or 'the defaults'}")  # fmt: skip
+          f"{load[1]:.2f} {load[2]:.2f}; cxr serve --workers {args.workers} --precision {args.precision}, resnet18 "
+          f"{args.size} px ({'onnx' if args.onnx else 'torch'}), {IMAGE.stat().st_size // 1024} kB 1024x1024 PNG, "
+          f"{args.requests} requests per measurement; batched: {' '.join(batched) or 'the defaults'}")  # fmt: skip
     for name, run in runs.items():
         print(f"{name:10} 1 client {run['one']:6.2f} req/s (p50 {1000 * run['p50']:.1f} ms), 8 clients "
               f"{run['eight']:6.2f} req/s, 8 / 1 = {run['eight'] / run['one']:.2f}")  # fmt: skip

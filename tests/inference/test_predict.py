@@ -220,3 +220,34 @@ def test_csv_keeps_paths_when_two_files_share_a_name(checkpoint, sample_images, 
     assert result.exit_code == 0, result.output
     ids = pd.read_csv(csv)["Image Index"].tolist()
     assert sorted(ids) == sorted([str(tmp_path / "a" / "IM0001.png"), str(tmp_path / "b" / "IM0001.png")])
+
+
+def test_bf16_precision_runs_the_model_in_bf16_channels_last_close_to_fp32(tmp_path, monkeypatch):
+    """``precision="bf16"``: autocast and NHWC weights (the CPU path that pays where bf16 is native), probabilities
+    within bf16's rounding of fp32's; ``auto`` follows the CPU's flags; an ONNX file refuses bf16 with its name."""
+    import torch
+
+    from conftest import tiny_checkpoint
+    from cxr.inference import eager
+
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.ckpt")
+    batch = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)
+    fp32, bf16 = load_predictor(checkpoint), load_predictor(checkpoint, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    conv = bf16.model.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
+    calls = []
+    bf16.model.register_forward_hook(lambda module, args, output: calls.append(output.dtype))
+    expected, got = fp32.probabilities(batch), bf16.probabilities(batch)
+    assert calls == [torch.bfloat16] and got.dtype == np.float64
+    assert np.abs(got - expected).max() < 0.02 and not np.array_equal(got, expected)
+    monkeypatch.setattr(eager, "native_bf16", lambda: True)
+    assert eager.resolve_precision("auto") == "bf16" and eager.resolve_precision("auto", "cuda") == "fp32"
+    monkeypatch.setattr(eager, "native_bf16", lambda: False)
+    assert eager.resolve_precision("auto") == "fp32" and eager.resolve_precision("bf16") == "bf16"
+    with pytest.raises(CxrError, match="precision must be one of"):
+        eager.resolve_precision("fp16")
+    onnx = tmp_path / "tiny.onnx"
+    onnx.write_bytes(b"not read")
+    with pytest.raises(CxrError, match="tiny.onnx: --precision bf16 applies to a checkpoint"):
+        load_predictor(onnx, precision="bf16")

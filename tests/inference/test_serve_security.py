@@ -406,11 +406,12 @@ def test_settings_from_environment(tmp_path):
         "CXR_SERVE_BACKGROUND_LOAD": "1",
         "CXR_SERVE_BATCH_MAX": "4",
         "CXR_SERVE_BATCH_WAIT_MS": "2.5",
+        "CXR_SERVE_PRECISION": "auto",
     }
     settings = ServeSettings.from_environment(environ)
     assert settings == ServeSettings(
         model=Path("model.onnx"), max_upload_mb=5.0, api_keys=KEYS, decode_timeout=2.5,
-        audit=tmp_path / "audit.jsonl", load_in_background=True, batch_max=4, batch_wait_ms=2.5,
+        audit=tmp_path / "audit.jsonl", load_in_background=True, batch_max=4, batch_wait_ms=2.5, precision="auto",
     )  # fmt: skip
     # What cxr serve --workers hands its workers reads back as the same settings (keys through their file).
     assert ServeSettings.from_environment({**settings.to_environment(key_file), "CXR_API_KEY": KEYS[0]}) == (
@@ -418,6 +419,9 @@ def test_settings_from_environment(tmp_path):
     )
     defaults = ServeSettings.from_environment({"CXR_SERVE_MODEL": "m.ckpt"})
     assert defaults.api_keys == () and not defaults.load_in_background and defaults.batch_max > 1
+    assert defaults.precision == "fp32"
+    with pytest.raises(CxrError, match="precision"):
+        ServeSettings.from_environment({**environ, "CXR_SERVE_PRECISION": "fp16"})
     with pytest.raises(CxrError, match="decode_timeout"):
         ServeSettings.from_environment({**environ, "CXR_SERVE_DECODE_TIMEOUT": "soon"})
     with pytest.raises(CxrError, match="batch_max"):

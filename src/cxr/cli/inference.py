@@ -318,13 +318,18 @@ def serve(
     batch_wait_ms: float = typer.Option(
         BATCH_WAIT_MS, "--batch-wait-ms", help="How long a batch waits for requests still decoding (ms; alone: 0)."
     ),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="A checkpoint's arithmetic: fp32, bf16, or auto (bf16 where the CPU has it natively).",
+    ),
 ) -> None:
     """Web page (GET /) and REST API (POST /api/predict, GET /api/model, /healthz, /readyz, /metrics, /docs)."""
     from cxr.inference.serve import run_server, settings_for_cli
 
     settings = settings_for_cli(
         model, api_key_file, max_upload_mb=max_upload_mb, decode_timeout=decode_timeout, audit=audit,
-        load_in_background=load_in_background, batch_max=batch_max, batch_wait_ms=batch_wait_ms,
+        load_in_background=load_in_background, batch_max=batch_max, batch_wait_ms=batch_wait_ms, precision=precision,
     )  # fmt: skip
     run_server(
         settings, host=host, port=port, workers=workers, api_key_file=api_key_file, insecure=insecure,

@@ -28,17 +28,21 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 """What a directory given to ``cxr predict`` is searched for (recursively, case-insensitively)."""
 
 
-def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
-    """The predictor for a checkpoint (torch) or an exported ``.onnx`` (onnxruntime), chosen by suffix."""
+def load_predictor(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Predictor:
+    """The predictor for a checkpoint (torch) or an exported ``.onnx`` (onnxruntime), chosen by suffix. ``precision``
+    (a checkpoint's: :func:`cxr.inference.eager.resolve_precision`) is refused for an ``.onnx`` file unless fp32/auto:
+    an export carries its own arithmetic (fp32, or int8 from ``cxr export --quantize``)."""
     path = resolve_model_path(path)
     # Each backend imported only when a model needs it: an ONNX deployment has no torch to import.
     if path.suffix.lower() == ".onnx":
         from cxr.inference.onnx import OnnxPredictor
 
+        if precision == "bf16":
+            raise CxrError(f"{path}: --precision bf16 applies to a checkpoint; an ONNX export runs as it was exported")
         return OnnxPredictor(path)
     from cxr.inference.eager import TorchPredictor
 
-    return TorchPredictor.from_path(path, device=device)
+    return TorchPredictor.from_path(path, device=device, precision=precision)
 
 
 def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:

@@ -74,7 +74,7 @@ def _load(settings: ServeSettings, predictor, decoder, state: ModelState, metric
     start = time.perf_counter()
     try:
         batching = (settings.batch_max, settings.batch_wait_ms, metrics.batch_size.observe)
-        service = Service(predictor or load_predictor(settings.model), decoder, batching)
+        service = Service(predictor or load_predictor(settings.model, precision=settings.precision), decoder, batching)
         if audit is not None:
             audit.describe_model(service.predictor)
     except Exception as error:

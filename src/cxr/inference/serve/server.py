@@ -29,7 +29,7 @@ def app_from_environment() -> FastAPI:
     """The app factory uvicorn's worker processes call (``cxr serve --workers N``): settings from the environment
     (``CXR_SERVE_MODEL``, ``CXR_SERVE_MAX_UPLOAD_MB``, ``CXR_API_KEY``, ``CXR_API_KEY_FILE``,
     ``CXR_SERVE_DECODE_TIMEOUT``, ``CXR_SERVE_AUDIT``, ``CXR_SERVE_BACKGROUND_LOAD``, ``CXR_SERVE_BATCH_MAX``,
-    ``CXR_SERVE_BATCH_WAIT_MS``)."""
+    ``CXR_SERVE_BATCH_WAIT_MS``, ``CXR_SERVE_PRECISION``)."""
     return create_app(settings=ServeSettings.from_environment())
 
 

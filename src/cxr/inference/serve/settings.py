@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -22,6 +23,7 @@ ENVIRONMENT = {
     "load_in_background": "CXR_SERVE_BACKGROUND_LOAD",
     "batch_max": "CXR_SERVE_BATCH_MAX",
     "batch_wait_ms": "CXR_SERVE_BATCH_WAIT_MS",
+    "precision": "CXR_SERVE_PRECISION",
 }
 """The variable of each setting; API keys come from ``CXR_API_KEY`` and ``CXR_API_KEY_FILE`` (:mod:`.security`)."""
 FALSE = ("", "0", "false", "no")
@@ -30,7 +32,8 @@ FALSE = ("", "0", "false", "no")
 class ServeSettings(BaseModel):
     """One server's settings. ``api_keys``: keys one of which ``/api/…`` requests must present (none: open API).
     ``decode_timeout`` seconds per decode in a pool of ``decode_threads``; ``audit``: the file to append one JSON line
-    per prediction to; ``batch_max``/``batch_wait_ms``: micro-batching (:mod:`.batching`; ``batch_max=1`` is off)."""
+    per prediction to; ``batch_max``/``batch_wait_ms``: micro-batching (:mod:`.batching`; ``batch_max=1`` is off);
+    ``precision``: a checkpoint's arithmetic (:func:`cxr.inference.eager.resolve_precision`: fp32, bf16 or auto)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,6 +46,7 @@ class ServeSettings(BaseModel):
     load_in_background: bool = False
     batch_max: int = Field(BATCH_MAX, ge=1)
     batch_wait_ms: float = Field(BATCH_WAIT_MS, ge=0)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -89,6 +93,7 @@ class ServeSettings(BaseModel):
             ENVIRONMENT["load_in_background"]: "1" if self.load_in_background else "",
             ENVIRONMENT["batch_max"]: str(self.batch_max),
             ENVIRONMENT["batch_wait_ms"]: str(self.batch_wait_ms),
+            ENVIRONMENT["precision"]: self.precision,
         }
         if key_file is not None:
             environ[KEY_FILE_ENV] = str(Path(key_file).resolve())

@@ -251,3 +251,18 @@ def test_bf16_precision_runs_the_model_in_bf16_channels_last_close_to_fp32(tmp_p
     onnx.write_bytes(b"not read")
     with pytest.raises(CxrError, match="tiny.onnx: --precision bf16 applies to a checkpoint"):
         load_predictor(onnx, precision="bf16")
+
+
+def test_cli_precision_reaches_the_model(checkpoint, sample_images):
+    """``cxr predict --precision bf16`` answers within bf16's rounding of the fp32 run, not equal to it; a value
+    outside fp32/bf16/auto is refused with the choices."""
+    fp32 = json.loads(invoke("predict", checkpoint, *sample_images[:2], "--json", "--workers", "1").stdout)
+    result = invoke("predict", checkpoint, *sample_images[:2], "--json", "--workers", "1", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    bf16 = json.loads(result.stdout)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert a["image"] == b["image"]
+        differences = [abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"]]
+        assert max(differences) < 0.02 and max(differences) > 0
+    refused = invoke("predict", checkpoint, sample_images[0], "--precision", "fp16")
+    assert refused.exit_code != 0 and "precision must be one of fp32, bf16, auto" in str(refused.exception)

@@ -337,9 +337,9 @@ def test_readiness_while_the_model_loads_in_the_background(checkpoint, png_bytes
 
     release = threading.Event()
 
-    def slow_load(path):
+    def slow_load(path, **options):
         release.wait(120)
-        return load_predictor(path)
+        return load_predictor(path, **options)
 
     monkeypatch.setattr(serve_app, "load_predictor", slow_load)
     client = TestClient(create_app(checkpoint, load_in_background=True))

@@ -44,6 +44,11 @@ def predict(
         None, "--devices", help="Several devices, one process each: N (the first N GPUs) or cuda:0,cuda:2 (or cpu,cpu)."
     ),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally mirrored image."),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="A checkpoint's arithmetic: fp32, bf16, or auto (bf16 where the CPU has it natively).",
+    ),
 ) -> None:
     """Probability of each finding per image; unreadable files are reported on stderr and skipped (exit 1).
 
@@ -71,7 +76,8 @@ def predict(
         raise CxrError("--device and --devices: give one of them")
     if device_list is not None and len(device_list) == 1:  # one device: this process runs it
         device, device_list = device_list[0], None
-    predictor = load_predictor(model, device=device)  # with several devices, here only for labels and thresholds
+    # With several devices, loaded here only for labels and thresholds.
+    predictor = load_predictor(model, device=device, precision=precision)
     found, missing = find_images(images)
     for error in missing:
         report(error["image"], error["error"])
@@ -87,7 +93,7 @@ def predict(
         with _progress(stderr, len(todo)) as advance:
             records = iter_predictions(
                 predictor, todo, batch_size=batch_size, workers=workers, cam_dir=cam, on_error=report, tta=tta,
-                stems=None, devices=device_list,
+                stems=None, devices=device_list, precision=precision,
             )  # fmt: skip
             for prediction in records:
                 for sink in sinks:

@@ -95,6 +95,7 @@ def predicted_on_devices(
     workers: int,
     tta: bool,
     on_error: Callable[[str, str], None],
+    precision: str = "fp32",
 ) -> Iterator[PredictedImage]:
     """What :func:`~cxr.inference.pipeline.predicted_images` gives for ``images``, computed by one process per
     device (the checkpoint ``model`` loaded on each), ``workers`` decoding processes shared among them."""
@@ -111,7 +112,7 @@ def predicted_on_devices(
         context.Process(
             target=run_device,
             name=f"cxr-predict-{device}",
-            args=(str(model), device, share, batch_size, share_workers, tta, threads, queues[d]),
+            args=(str(model), device, share, batch_size, share_workers, tta, threads, queues[d], precision),
         )  # fmt: skip
         for d, (device, share) in enumerate(zip(devices, shares, strict=True))
     ]
@@ -155,7 +156,15 @@ def _next_outcome(waiting: deque[Outcome], messages, process, device: str) -> Ou
 
 
 def run_device(
-    model: str, device: str, images: list[Path], batch_size: int, workers: int, tta: bool, threads: int, messages
+    model: str,
+    device: str,
+    images: list[Path],
+    batch_size: int,
+    workers: int,
+    tta: bool,
+    threads: int,
+    messages,
+    precision: str = "fp32",
 ) -> None:
     """A device process: the checkpoint on ``device``, the pipeline on ``images``, one message per batch of
     outcomes (in input order) to ``messages``; a failure is sent as its message instead of a traceback."""
@@ -167,7 +176,7 @@ def run_device(
 
         if device == "cpu":
             torch.set_num_threads(threads)  # N processes on one CPU: each its share of the cores
-        predictor = TorchPredictor.from_path(model, device=device)
+        predictor = TorchPredictor.from_path(model, device=device, precision=precision)
         outcomes: list[Outcome] = []
 
         def unreadable(image: str, reason: str) -> None:

@@ -121,6 +121,7 @@ def iter_predictions(
     on_error: Callable[[str, str], None] | None = None,
     tta: bool = False,
     devices: Sequence[str] | None = None,
+    precision: str = "fp32",
 ) -> Iterator[Prediction]:
     """One :class:`Prediction` per readable file of ``images``, in input order, as each batch completes.
 
@@ -128,7 +129,8 @@ def iter_predictions(
     :mod:`cxr.inference.pipeline`), overlapped with the model. With ``cam_dir``, each also has its ``heatmaps``
     (files named by ``stems``, default :func:`~cxr.inference.cam.unique_stems` of ``images``).
     With several ``devices`` (``cuda:0``, ``cuda:1``, ... or ``cpu``), one process per device predicts its share
-    (:mod:`cxr.inference.devices`) and the records are the same, in the same order.
+    (:mod:`cxr.inference.devices`) and the records are the same, in the same order; each loads the checkpoint with
+    ``precision`` (:func:`cxr.inference.eager.resolve_precision`, resolved for its own device).
     """
     report = on_error or _report_to_stderr
     workers = resolve_workers(workers, len(images))
@@ -140,8 +142,9 @@ def iter_predictions(
         if predictor.backend != "torch":
             raise CxrError(f"--devices needs a checkpoint; {predictor.path} runs on onnxruntime's CPU provider")
         items = predicted_on_devices(
-            predictor.path, devices, images, batch_size=batch_size, workers=workers, tta=tta, on_error=report
-        )
+            predictor.path, devices, images, batch_size=batch_size, workers=workers, tta=tta, on_error=report,
+            precision=precision,
+        )  # fmt: skip
     else:
         items = predicted_images(
             predictor, images, batch_size=batch_size, workers=workers, tta=tta, keep_source=cam_dir is not None,

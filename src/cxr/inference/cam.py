@@ -85,8 +85,8 @@ def grad_cam_batch(
 
     method = CamMethod(method)
     target = model.backbone.get_submodule(layer) if layer else model.feature_layer
-    if gate == OWN_GATE:
-        gate = model.architecture.cam_gate
+    if gate == OWN_GATE:  # a model without an architecture record (a bare module with a feature_layer) has no gate
+        gate = getattr(getattr(model, "architecture", None), "cam_gate", None)
     targets = [target] + ([model.backbone.get_submodule(gate)] if gate else [])
     model.eval()
     device = next(model.parameters()).device

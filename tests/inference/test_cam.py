@@ -128,8 +128,8 @@ def test_a_gated_map_is_the_product_of_the_packages_two_maps():
 
     torch.manual_seed(0)
     model = create_model("resnet18", 4, input_size=64).eval()
-    images = np.random.default_rng(5).random((3, 1, 64, 64), dtype=np.float32)
-    wanted = [[0, 3], [2], [1, 2, 3]]
+    images = np.random.default_rng(5).random((4, 1, 64, 64), dtype=np.float32)
+    wanted = [[0, 3], [2], [], [1, 2, 3]]  # an image with no finding asked for gets no map
 
     def package(cls, layer, image, indices):
         copies = torch.from_numpy(image[None]).expand(len(indices), -1, -1, -1).contiguous()
@@ -140,6 +140,9 @@ def test_a_gated_map_is_the_product_of_the_packages_two_maps():
     reversed_order = grad_cam_batch(model, images, wanted, method="gradcam", layer="layer3", gate="layer1")
     assert all(p.requires_grad and p.grad is None for p in model.parameters())  # restored, and left untouched
     for image, indices, ours, other in zip(images, wanted, gated, reversed_order, strict=True):
+        if not indices:
+            assert ours.shape == other.shape == (0, 64, 64)
+            continue
         fine, coarse = package(LayerCAM, "layer1", image, indices), package(GradCAM, "layer3", image, indices)
         product = fine * coarse
         expected = (product - product.min(axis=(1, 2), keepdims=True)) / (

@@ -105,7 +105,7 @@ def grad_cam_batch(
             image_maps = _cam_maps(method, activations[i], gradients[: len(indices), i], size)
             for gate_activations, gate_gradients in gated:
                 gate_maps = _cam_maps(CamMethod.GRADCAM, gate_activations[i], gate_gradients[: len(indices), i], size)
-                image_maps = np.stack([_unit_range(m * g) for m, g in zip(image_maps, gate_maps, strict=True)])
+                image_maps = _unit_range_each(image_maps * gate_maps)
             maps.append(image_maps.astype(np.float32, copy=False))
     return maps
 
@@ -190,6 +190,12 @@ def _cam_maps(method: CamMethod, activations: np.ndarray, gradients: np.ndarray,
     for r, cam in enumerate(cams):
         out[r] = _unit_range(np.maximum(cv2.resize(_unit_range(cam).astype(np.float32), (size, size)), 0))
     return out
+
+
+def _unit_range_each(maps: np.ndarray) -> np.ndarray:
+    """:func:`_unit_range` of each map of ``(R, h, w)`` (``R`` may be 0: an image with no finding asked for)."""
+    maps = maps - maps.min(axis=(1, 2), keepdims=True)
+    return maps / (1e-7 + maps.max(axis=(1, 2), keepdims=True))
 
 
 def _unit_range(image: np.ndarray) -> np.ndarray:

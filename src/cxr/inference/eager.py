@@ -18,8 +18,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 def resolve_precision(precision: str, device: str = "cpu") -> str:
     """``fp32`` or ``bf16`` for a torch model's predictions. ``auto``: bf16 on a CPU that computes it natively (AMX or
     AVX-512 BF16, :func:`~cxr.models.hardware.native_bf16`), fp32 elsewhere — on such a CPU bf16 with channels_last
-    answered a ResNet-18 at 224 px 1.9x (batch 1) to 4x (batch 8) faster than fp32 (``docs/benchmarks.md``, "The
-    fastest CPU path"), with probabilities within about 0.003 of fp32's."""
+    answered a ResNet-18 at 224 px 1.9x (batch 1) to 4x (batch 8) faster than fp32 (``docs/benchmarks.md``, "Server"),
+    with probabilities within about 0.003 of fp32's ("The fastest CPU path")."""
     if precision not in PRECISIONS:
         raise CxrError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":

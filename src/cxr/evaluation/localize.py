@@ -129,9 +129,9 @@ def localize_run(
     method = CamMethod(method)
     if gate == OWN_GATE:
         gate = predictor.model.architecture.cam_gate
-    for name in (layer, gate):
+    for name in filter(None, (layer, gate)):
         try:
-            predictor.model.backbone.get_submodule(name) if name else None
+            predictor.model.backbone.get_submodule(name)
         except AttributeError:
             raise CxrError(f"{run}: the model has no layer {name!r} (a module name in its backbone)") from None
     out = Path(out) if out else run / "localize"

@@ -285,6 +285,15 @@ def test_localize_scores_a_trained_run_against_synthetic_boxes(trained_run_copy,
     assert "| finding | cases | pointing game |" in report and "Zhang et al." in report
     examples = list((out / "examples").glob("*.png"))
     assert examples and all(f"examples/{p.name}" in report for p in examples)
+    assert document["method"]["gate"] is None  # the test run's model records no gate
+    base = ["localize", str(trained_run_copy), "--store", str(synth_store)]
+    gated = CliRunner().invoke(app, [*base, "--gate", "layer3"])
+    assert gated.exit_code == 0, gated.output
+    document = json.loads((out / "localize.json").read_text())
+    assert document["method"]["gate"] == "layer3" and "times the Grad-CAM map of layer3" in document["method"]["what"]
+    assert document["overall"]["cases"] == expected
+    refused = CliRunner().invoke(app, [*base, "--gate", "x9"])
+    assert refused.exit_code != 0 and "has no layer 'x9'" in str(refused.exception)
 
 
 def test_the_heatmap_layer_is_a_config_key_recorded_in_the_artifact(tmp_path):

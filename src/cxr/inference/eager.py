@@ -18,8 +18,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 def resolve_precision(precision: str, device: str = "cpu") -> str:
     """``fp32`` or ``bf16`` for a torch model's predictions. ``auto``: bf16 on a CPU that computes it natively (AMX or
     AVX-512 BF16, :func:`~cxr.models.hardware.native_bf16`), fp32 elsewhere — on such a CPU bf16 with channels_last
-    answered a ResNet-18 at 224 px 1.9x (batch 1) to 4x (batch 8) faster than fp32 (``docs/benchmarks.md``, "Server"),
-    with probabilities within about 0.003 of fp32's ("The fastest CPU path")."""
+    ran a ResNet-18 at 224 px 1.6x (batch 1) to 2.8x (batch 16) faster than fp32, with probabilities within 0.0035 of
+    fp32's (``benchmarks/cpu_backends.py``; ``docs/benchmarks.md``, "Server")."""
     if precision not in PRECISIONS:
         raise CxrError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
